@@ -1,0 +1,99 @@
+"""Named SAM sizes and builders that load (and resample) pretrained weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .aespa_model import PREFERENCE_PREFIXES, AESPAModel, aespa_config
+from .checkpoint import LoadReport, load_weights, read_checkpoint, unwrap_state_dict
+from .reference_format import convert_reference_checkpoint, is_reference_checkpoint
+from .sam import CONFIG_KEYS, Sam, build_sam_parts
+
+CHECKPOINT_FORMAT = "aespa-ckpt/1"
+
+# Shared by every size: the official SAM values.
+_COMMON: dict[str, Any] = dict(
+    patch_size=16, mlp_ratio=4.0, window_size=14, out_chans=256, use_rel_pos=True, prompt_embed_dim=256,
+    mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8, num_multimask_outputs=3,
+    iou_head_depth=3, iou_head_hidden_dim=256,
+)  # fmt: skip
+
+ENCODERS: dict[str, dict[str, Any]] = {
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=[7, 15, 23, 31]),
+    # Small encoder for CPU runs and tests (trained from scratch: no pretrained weights exist for it).
+    "vit_t": dict(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=[1, 3]),
+}
+
+
+def sam_config(encoder: str = "vit_b", image_size: int = 1024, **overrides: Any) -> dict[str, Any]:
+    """The configuration dict (parity-fixture keys) of a named size at `image_size`."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder '{encoder}' (choose from {', '.join(ENCODERS)})")
+    if image_size <= 0 or image_size % 16:
+        raise ValueError(f"image size {image_size} must be a positive multiple of 16")
+    config = {**_COMMON, **ENCODERS[encoder], "img_size": image_size, **overrides}
+    unknown = set(config) - set(CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"unknown SAM config keys {sorted(unknown)}")
+    return config
+
+
+def load_sam_checkpoint(sam: Sam, checkpoint: str) -> LoadReport:
+    """Load an official-layout SAM/MedSAM checkpoint (any image size) into `sam`, strictly."""
+    state = unwrap_state_dict(read_checkpoint(checkpoint), source=str(checkpoint))
+    return load_weights(sam, state, source=str(checkpoint))
+
+
+def build_sam_from_config(config: dict[str, Any], checkpoint: str | None = None) -> Sam:
+    """SAM parts from a configuration dict, loading (and resampling) `checkpoint` when given.
+
+    A refused checkpoint raises `CheckpointError` whose one-line message names the offending key.
+    """
+    sam = build_sam_parts(config)
+    if checkpoint is not None:
+        load_sam_checkpoint(sam, checkpoint)
+    return sam
+
+
+def build_sam(encoder: str = "vit_b", image_size: int = 1024, checkpoint: str | None = None) -> Sam:
+    """SAM parts of a named size (`vit_b`, `vit_l`, `vit_h`, `vit_t`)."""
+    return build_sam_from_config(sam_config(encoder, image_size), checkpoint)
+
+
+def build_model(
+    encoder: str = "vit_b",
+    image_size: int = 1024,
+    n_components: int = 16,
+    fusion: str = "residual",
+    batch_mixture: bool = False,
+    checkpoint: str | None = None,
+) -> tuple[AESPAModel, LoadReport | None]:
+    """The full model (SAM parts + preference heads), optionally loading `checkpoint` (see `load_model_weights`)."""
+    config = aespa_config(sam_config(encoder, image_size), n_components, fusion, batch_mixture=batch_mixture)
+    model = AESPAModel(config)
+    report = load_model_weights(model, checkpoint) if checkpoint else None
+    return model, report
+
+
+def load_model_weights(model: AESPAModel, checkpoint: str) -> LoadReport:
+    """Load any supported file into the full model, resampling to its image size.
+
+    * this project's checkpoints (`format: aespa-ckpt/1`) and the original's published AESPA checkpoint:
+      every tensor of the model must be there;
+    * a SAM/MedSAM state dict (raw or wrapped): the SAM parts must be complete, the preference heads and
+      the mixture state start afresh (reported in `LoadReport.initialised`).
+    """
+    source = str(checkpoint)
+    obj = read_checkpoint(checkpoint)
+    optional: tuple[str, ...] = ()
+    if is_reference_checkpoint(obj):
+        state = convert_reference_checkpoint(obj, source)
+    elif isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        state = unwrap_state_dict(obj["model"], source)
+    else:
+        state = unwrap_state_dict(obj, source)
+        optional = PREFERENCE_PREFIXES
+    return load_weights(model, state, source=source, optional_prefixes=optional)

@@ -1,0 +1,96 @@
+"""The three SAM parts in the official layout, and their builder from a configuration dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .transformer import TwoWayTransformer
+
+# The keys of a SAM configuration (those of the parity fixture's `config`).
+CONFIG_KEYS = (
+    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "global_attn_indexes",
+    "window_size", "out_chans", "use_rel_pos", "prompt_embed_dim", "mask_in_chans", "decoder_depth",
+    "decoder_mlp_dim", "decoder_num_heads", "num_multimask_outputs", "iou_head_depth", "iou_head_hidden_dim",
+)  # fmt: skip
+
+
+class Sam(nn.Module):
+    """Holds `image_encoder`, `prompt_encoder` and `mask_decoder` with the official call signatures.
+
+    Images are Bx3xSxS in [0, 1] (MedSAM convention: no mean/std normalisation).
+    """
+
+    def __init__(self, image_encoder: ImageEncoderViT, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+
+    @property
+    def image_size(self) -> int:
+        return self.image_encoder.img_size
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Plain SAM: Bx3xSxS images and prompt set b for image b -> low-res logits Bx(1|3)x4Gx4G, IoU."""
+        embeddings = self.image_encoder(images)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        if sparse.shape[0] != embeddings.shape[0]:  # no prompt at all: one empty prompt set per image
+            sparse = sparse.expand(embeddings.shape[0], -1, -1)
+            dense = dense.expand(embeddings.shape[0], -1, -1, -1)
+        return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
+
+
+def build_sam_parts(config: dict[str, Any]) -> Sam:
+    """Build the SAM parts (random weights) from a configuration dict with `CONFIG_KEYS`."""
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"SAM config lacks {missing}")
+    c = config
+    if c["img_size"] % c["patch_size"]:
+        raise ValueError(f"image size {c['img_size']} is not a multiple of the patch size {c['patch_size']}")
+    grid = c["img_size"] // c["patch_size"]
+    encoder = ImageEncoderViT(
+        img_size=c["img_size"],
+        patch_size=c["patch_size"],
+        embed_dim=c["embed_dim"],
+        depth=c["depth"],
+        num_heads=c["num_heads"],
+        mlp_ratio=c["mlp_ratio"],
+        out_chans=c["out_chans"],
+        use_rel_pos=c["use_rel_pos"],
+        window_size=c["window_size"],
+        global_attn_indexes=tuple(c["global_attn_indexes"]),
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=c["prompt_embed_dim"],
+        image_embedding_size=(grid, grid),
+        input_image_size=(c["img_size"], c["img_size"]),
+        mask_in_chans=c["mask_in_chans"],
+    )
+    transformer = TwoWayTransformer(
+        depth=c["decoder_depth"],
+        embedding_dim=c["prompt_embed_dim"],
+        num_heads=c["decoder_num_heads"],
+        mlp_dim=c["decoder_mlp_dim"],
+    )
+    decoder = MaskDecoder(
+        transformer_dim=c["prompt_embed_dim"],
+        transformer=transformer,
+        num_multimask_outputs=c["num_multimask_outputs"],
+        iou_head_depth=c["iou_head_depth"],
+        iou_head_hidden_dim=c["iou_head_hidden_dim"],
+    )
+    return Sam(encoder, prompt_encoder, decoder)
