@@ -1,0 +1,401 @@
+"""Multi-rater segmentation datasets (SPEC §5): LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE, synthetic.
+
+`build_dataset(name, data_path, split, image_size, **options)` returns a `MultiRaterDataset` whose
+samples are dicts:
+
+    image         3xSxS   float32 in [0,1]; grey images replicated to 3 channels
+    multi_rater   Rx1xSxS float32 in {0,1}; RxCxSxS one-hot (C=6, channel 0 background) for
+                  MBHSeg-Multiclass
+    valid_raters  R       bool; raters are padded to the split's largest rater count (padding: zeros, False)
+    name          str     "<patient>/<slice>" (LIDC, synthetic), "<case>/slice_<z>" (MBHSeg), "<id>" (REFUGE)
+
+Resizing: images bilinearly (antialiased when shrinking, align_corners=False); masks by nearest
+neighbour with pixel centres aligned, i.e. output pixel i reads input pixel floor((i + 0.5) * in / out)
+(PIL's NEAREST, torch's 'nearest-exact'), so a resized mask only ever holds labels of the original.
+
+Mask files are binarised as: bool as is; floats >= 0.5; integers: a file whose largest value is 1 is a
+0/1 mask (> 0), otherwise an 8-bit style 0/255 mask (>= 128).
+
+Rater slots: a sample's rater files sorted by rater id (numeric-aware) fill slots 0..n-1; a rater is
+valid when its file exists (`valid_raters='present'`, an empty mask says "no lesion") or, with
+`'nonempty'`, when its native-resolution mask has foreground (any class 1..5 for one-hot masks).
+
+LIDC (and synthetic) drop slices where no rater marks anything unless `keep_empty=True`; that choice is
+computed from the masks once and cached in `<split>/aespa_manifest.json`, keyed on the list of files
+with their sizes and modification times. The other layouts keep every slice they find
+(`process_mbhseg.py --keep_empty` decides for MBHSeg).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from multiclass import binarize_multiclass  # noqa: F401  (re-exported: the loops import it from here)
+from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, ensure_synthetic
+from utils import InputError
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("LIDC", "MBHSeg-Binary", "MBHSeg-Multiclass", "REFUGE", "synthetic")
+SPLITS = ("train", "test")
+VALID_RULES = ("present", "nonempty")
+REFUGE_TARGETS = ("cup", "disc")
+REFUGE_FOLDERS = {"train": "Training-400", "test": "Test-400"}
+MBHSEG_CLASSES = 6
+MANIFEST = "aespa_manifest.json"
+MANIFEST_FORMAT = "aespa-lidc-manifest/1"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One sample on disk: its name, image file and rater mask files (sorted by rater id)."""
+
+    name: str
+    image: Path
+    raters: tuple[Path, ...]
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing digit runs as numbers ("slice_9" < "slice_10"); ties broken by the raw name."""
+    parts = re.split(r"(\d+)", name)  # str, int, str, int, ... at fixed parities: always comparable
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """(H, W) of an image file, from its header only."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as err:  # PIL raises many types for bad files
+        raise InputError(f"{path}: unreadable image ({_one_line(err)})") from err
+    return h, w
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Image file -> HxW (grey) or HxWx3 (colour) float32 in [0,1]."""
+    scale = {"L": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I": 65535.0, "F": 1.0}
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in scale:
+                return np.clip(np.asarray(img, dtype=np.float32) / scale[img.mode], 0.0, 1.0)
+            return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except Exception as err:
+        raise InputError(f"{path}: unreadable image ({_one_line(err)})") from err
+
+
+def binarize(arr: np.ndarray) -> np.ndarray:
+    """Mask values -> bool, by the rule in the module docstring."""
+    if arr.dtype == bool:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr >= 0.5
+    if arr.size and arr.max() <= 1:
+        return arr > 0
+    return arr >= 128
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Mask file (.png: HxW; .npy: HxW or HxWxC) -> bool array of the same shape."""
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as img:
+                img.load()
+                keep = img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16")
+                arr = np.asarray(img if keep else img.convert("L"))
+    except Exception as err:
+        raise InputError(f"{path}: unreadable mask ({_one_line(err)})") from err
+    return binarize(arr)
+
+
+def mask_shape_of(path: Path) -> tuple[int, ...]:
+    """Shape of a mask file from its header only (PNG: (H, W); NPY: the array's shape)."""
+    if path.suffix != ".npy":
+        return image_size_of(path)
+    try:
+        return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
+    except Exception as err:
+        raise InputError(f"{path}: unreadable mask ({_one_line(err)})") from err
+
+
+def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each of n_out pixels, centres aligned: floor((i + 0.5) * n_in / n_out), exact ints."""
+    return (2 * np.arange(n_out) + 1) * n_in // (2 * n_out)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """HxW[xC] mask -> SxS[xC] by nearest neighbour (see `nearest_indices`)."""
+    rows = nearest_indices(mask.shape[0], size)
+    cols = nearest_indices(mask.shape[1], size)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
+    """HxW or HxWx3 float image -> 3xSxS float32, bilinear (align_corners=False, antialiased when shrinking).
+
+    PIL's float resize: the same numbers as torch's interpolate(antialias=True) without its thread pool,
+    which costs more than the work on small images."""
+    channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
+    if image.shape[:2] != (size, size):
+        channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), Image.BILINEAR))
+                    for c in channels]
+    out = np.stack(channels * (3 if len(channels) == 1 else 1))  # 3xSxS, grey replicated
+    return torch.from_numpy(np.clip(out, 0.0, 1.0, out=out))
+
+
+def expected_mask_shape(h: int, w: int, n_classes: int) -> tuple[int, ...]:
+    return (h, w) if n_classes == 1 else (h, w, n_classes)
+
+
+def _shape_error(mask: Path, shape: tuple, image: Path, h: int, w: int, n_classes: int) -> InputError:
+    want = expected_mask_shape(h, w, n_classes)
+    return InputError(f"{mask}: mask shape {shape} does not match {want} expected for image {image} ({h}x{w})")
+
+
+# ----------------------------------------------------------------------------------------- dataset
+
+
+class MultiRaterDataset(Dataset):
+    """Samples of `records`, read and resized on access (see the module docstring for the dict)."""
+
+    def __init__(self, records: list[Record], image_size: int, n_raters: int, n_classes: int = 1,
+                 valid_raters: str = "present", dataset_name: str = ""):
+        self.records = records
+        self.image_size = image_size
+        self.n_raters = n_raters
+        self.n_classes = n_classes
+        self.valid_rule = valid_raters
+        self.dataset_name = dataset_name
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        rec, S, C = self.records[index], self.image_size, self.n_classes
+        native = read_image(rec.image)
+        h, w = native.shape[:2]
+        masks = np.zeros((self.n_raters, C, S, S), np.float32)  # RxCxSxS, padded raters stay zero
+        valid = np.zeros(self.n_raters, bool)
+        for r, path in enumerate(rec.raters):
+            mask = read_mask(path)  # HxW or HxWxC bool
+            if mask.shape != expected_mask_shape(h, w, C):
+                raise _shape_error(path, mask.shape, rec.image, h, w, C)
+            small = resize_mask(mask, S) if (h, w) != (S, S) else mask
+            masks[r] = small.reshape(S, S, C).transpose(2, 0, 1)  # SxSxC -> CxSxS
+            foreground = mask if C == 1 else mask[..., 1:]  # channel 0 is background
+            valid[r] = self.valid_rule == "present" or bool(foreground.any())
+        return {"image": resize_image(native, S), "multi_rater": torch.from_numpy(masks),
+                "valid_raters": torch.from_numpy(valid), "name": rec.name}
+
+
+# ----------------------------------------------------------------------------------------- layouts
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise InputError(f"{path}: {what} not found")
+    return path
+
+
+def _listing(root: Path) -> dict[str, list[os.DirEntry]]:
+    """Files one folder down, root/<group>/<file>, hidden names skipped: {group: entries}."""
+    with os.scandir(root) as it:
+        groups = [e for e in it if e.is_dir() and not e.name.startswith(".")]
+    out = {}
+    for group in groups:
+        with os.scandir(group.path) as it:
+            out[group.name] = [e for e in it if e.is_file() and not e.name.startswith(".")]
+    return out
+
+
+def _pair(images: dict[str, list[os.DirEntry]], masks: dict[str, list[os.DirEntry]], gt_root: Path,
+          mask_re: re.Pattern, hint: str) -> list[Record]:
+    """Join <group>/<stem>.png images with <group>/<stem>_<rater-tag><id>.<ext> masks, sorted."""
+    by_slice: dict[tuple[str, str], list[tuple[str, Path]]] = {}
+    for group, entries in masks.items():
+        for e in entries:
+            if m := mask_re.fullmatch(e.name):
+                by_slice.setdefault((group, m["slice"]), []).append((m["rater"], Path(e.path)))
+    records = []
+    for group in sorted(images, key=natural_key):
+        for e in sorted(images[group], key=lambda e: natural_key(e.name)):
+            stem, ext = os.path.splitext(e.name)
+            if ext.lower() != ".png":
+                continue
+            raters = by_slice.pop((group, stem), None)
+            if not raters:
+                raise InputError(f"{e.path}: image has no rater masks (expected {gt_root / group / stem}{hint})")
+            raters.sort(key=lambda rp: natural_key(rp[0]))
+            records.append(Record(f"{group}/{stem}", Path(e.path), tuple(p for _, p in raters)))
+    if by_slice:
+        example = min(p for raters in by_slice.values() for _, p in raters)
+        log.warning("%d slice(s) with masks but no image ignored, e.g. %s", len(by_slice), example)
+    return records
+
+
+def _tree_key(*listings: dict[str, list[os.DirEntry]]) -> str:
+    """Hash of every file's relative path, size and mtime: changes whenever the tree does."""
+    lines = sorted(f"{i}/{g}/{e.name}\t{e.stat().st_size}\t{e.stat().st_mtime_ns}"
+                   for i, listing in enumerate(listings) for g, entries in listing.items() for e in entries)
+    return hashlib.sha256("\n".join([MANIFEST_FORMAT, *lines]).encode()).hexdigest()
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; other users may read the cache
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _foreground_flags(split_dir: Path, records: list[Record], key: str) -> dict[str, bool]:
+    """{name: does some rater mark foreground}, from the manifest when its key matches, else computed
+    (checking every mask against its image's size) and cached."""
+    path = split_dir / MANIFEST
+    try:
+        cached = json.loads(path.read_text())
+        flags = cached["foreground"] if cached.get("format") == MANIFEST_FORMAT and cached.get("key") == key else {}
+        if all(rec.name in flags for rec in records):
+            return flags
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        pass  # absent or unreadable: recompute
+    flags = {}
+    for rec in tqdm(records, desc=f"indexing {split_dir}", leave=False, disable=None):
+        h, w = image_size_of(rec.image)
+        flags[rec.name] = False
+        for mask_path in rec.raters:
+            mask = read_mask(mask_path)
+            if mask.shape != (h, w):
+                raise _shape_error(mask_path, mask.shape, rec.image, h, w, 1)
+            flags[rec.name] = flags[rec.name] or bool(mask.any())
+    try:
+        _write_json_atomic(path, {"format": MANIFEST_FORMAT, "key": key, "foreground": flags})
+    except OSError as err:
+        log.info("could not cache the slice selection in %s (%s); computed it without caching", path, err)
+    return flags
+
+
+def _lidc_records(split_dir: Path, keep_empty: bool) -> list[Record]:
+    images_root = _require_dir(split_dir / "images", "images folder")
+    gt_root = _require_dir(split_dir / "gt", "gt folder")
+    images, masks = _listing(images_root), _listing(gt_root)
+    records = _pair(images, masks, gt_root, re.compile(r"(?P<slice>.+)_l(?P<rater>[^_]+)\.png"), "_l<k>.png")
+    if not records:
+        raise InputError(f"{images_root}: no images (expected <patient>/<slice>.png)")
+    foreground = _foreground_flags(split_dir, records, _tree_key(images, masks))
+    kept = records if keep_empty else [r for r in records if foreground[r.name]]
+    if not kept:
+        raise InputError(f"{split_dir}: no slice has a marked lesion (keep_empty=True keeps empty slices)")
+    log.info("%s: %d slices (%d without lesion skipped)", split_dir, len(kept), len(records) - len(kept))
+    return kept
+
+
+def _check_shapes(records: list[Record], n_classes: int) -> None:
+    """Build-time check from file headers: every mask has its image's size (and the layout's shape)."""
+    for rec in records:
+        h, w = image_size_of(rec.image)
+        for mask_path in rec.raters:
+            shape = mask_shape_of(mask_path)
+            if shape != expected_mask_shape(h, w, n_classes):
+                raise _shape_error(mask_path, shape, rec.image, h, w, n_classes)
+
+
+def _mbhseg_records(split_dir: Path, n_classes: int) -> list[Record]:
+    images_root = split_dir / "imgs" if (split_dir / "imgs").is_dir() else split_dir / "images"
+    _require_dir(images_root, "image folder (imgs/ or images/)")
+    gt_root = _require_dir(split_dir / "gt", "gt folder")
+    records = _pair(_listing(images_root), _listing(gt_root), gt_root,
+                    re.compile(r"(?P<slice>.+)_r(?P<rater>[^_]+)\.npy"), "_r<id>.npy")
+    if not records:
+        raise InputError(f"{images_root}: no images (expected <case>/slice_<z>.png)")
+    _check_shapes(records, n_classes)
+    return records
+
+
+def _refuge_records(split_dir: Path, target: str) -> list[Record]:
+    with os.scandir(split_dir) as it:
+        folders = sorted((Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")),
+                         key=lambda p: natural_key(p.name))
+    records = []
+    for folder in folders:
+        names = set(os.listdir(folder))
+        image = next((folder / f"{folder.name}{ext}" for ext in IMAGE_EXTS if f"{folder.name}{ext}" in names), None)
+        if image is None:
+            raise InputError(f"{folder}: no image {folder.name}.jpg")
+        pattern = re.compile(re.escape(folder.name) + rf"_seg_{target}_(?P<rater>\d+)\.png")
+        raters = [(m["rater"], folder / n) for n in names if (m := pattern.fullmatch(n))]
+        if not raters:
+            raise InputError(f"{image}: image has no {target} masks (expected {folder.name}_seg_{target}_<k>.png)")
+        raters.sort(key=lambda rp: natural_key(rp[0]))
+        records.append(Record(folder.name, image, tuple(p for _, p in raters)))
+    if not records:
+        raise InputError(f"{split_dir}: no images (expected <id>/<id>.jpg)")
+    _check_shapes(records, 1)
+    return records
+
+
+# ----------------------------------------------------------------------------------------- entry
+
+
+def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, image_size: int, *,
+                  valid_raters: str = "present", keep_empty: bool = False, refuge_target: str = "cup",
+                  seed: int = 0, n_train: int = 400, n_test: int = 100) -> MultiRaterDataset:
+    """The `split` ('train'|'test') of dataset `name` under `data_path`, samples resized to image_size.
+
+    Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);
+    refuge_target 'cup'|'disc' (REFUGE); seed, n_train, n_test (synthetic: generated on first use into
+    data_path, default data/synthetic). Raises InputError (one line naming the path) for a bad tree.
+    """
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset '{name}' (valid: {', '.join(DATASETS)})")
+    if split not in SPLITS:
+        raise InputError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
+    if valid_raters not in VALID_RULES:
+        raise InputError(f"unknown valid_raters rule '{valid_raters}' (valid: {', '.join(VALID_RULES)})")
+    if refuge_target not in REFUGE_TARGETS:
+        raise InputError(f"unknown refuge_target '{refuge_target}' (valid: {', '.join(REFUGE_TARGETS)})")
+    if int(image_size) != image_size or image_size < 1:
+        raise InputError(f"image_size must be a positive integer, got {image_size}")
+    if data_path is None and name != "synthetic":
+        raise InputError(f"dataset {name} needs a data path")
+    root = Path(data_path if data_path is not None else SYNTHETIC_ROOT)
+    if name == "synthetic":
+        root = ensure_synthetic(root, seed=seed, n_train=n_train, n_test=n_test)
+    _require_dir(root, f"{name} data folder")
+
+    n_classes = MBHSEG_CLASSES if name == "MBHSeg-Multiclass" else 1
+    if name in ("LIDC", "synthetic"):
+        records = _lidc_records(_require_dir(root / split, "split folder"), keep_empty)
+    elif name.startswith("MBHSeg"):
+        records = _mbhseg_records(_require_dir(root / split, "split folder"), n_classes)
+    else:
+        records = _refuge_records(_require_dir(root / REFUGE_FOLDERS[split], "split folder"), refuge_target)
+    n_raters = max(len(rec.raters) for rec in records)
+    return MultiRaterDataset(records, int(image_size), n_raters, n_classes, valid_raters, name)

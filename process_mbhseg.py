@@ -1,0 +1,212 @@
+"""MBH-Seg NIfTI volumes -> 2-D axial PNG slices and per-rater masks (SPEC §5.2).
+
+    python process_mbhseg.py --src data/MBHSeg --dst data [--window_level 40 --window_width 80] [--keep_empty]
+
+Input:  <src>/{train,test}/<case>/image.nii.gz and label_annot_<id>.nii.gz (values 0..5, 0 background).
+Output: <dst>/MBHSeg-Binary/<split>/imgs/<case>/slice_<z>.png        8-bit windowed CT
+        <dst>/MBHSeg-Binary/<split>/gt/<case>/slice_<z>_r<id>.npy     uint8 HxW 0/255 (label > 0)
+        <dst>/MBHSeg-Multi/<split>/imgs/<case>/slice_<z>.png         the same image
+        <dst>/MBHSeg-Multi/<split>/gt/<case>/slice_<z>_r<id>.npy      uint8 HxWx6 0/255 one-hot
+
+Orientation: volumes are first brought to the closest canonical (RAS+) orientation, so array axes run
+to the patient's Right, Anterior and Superior; z is the index along the third axis (inferior -> superior).
+Each slice is written in the radiological display convention: PNG rows run anterior -> posterior
+(canonical axis 1 reversed), PNG columns patient's right -> left (canonical axis 0 reversed), i.e.
+png[row, col] = volume[X-1-col, Y-1-row, z]. Image and masks go through the same function.
+
+Window: value = round(255 * clip((HU - (level - width/2)) / width, 0, 1)), rounding half to even.
+Only slices where some rater marks foreground are kept unless --keep_empty. Every file is written
+through a temporary file and a rename, and skipped when its bytes are already there, so a rerun
+changes nothing; files of an earlier run that this run would not produce (e.g. empty slices after
+dropping --keep_empty) are removed from the case folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from utils import InputError, run_cli
+
+N_CLASSES = 6
+SPLITS = ("train", "test")
+OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
+LABEL_RE = re.compile(r"label_annot_(?P<rater>.+)\.nii(\.gz)?")
+OUTPUT_RE = re.compile(r"slice_\d+(_r.+\.npy|\.png)")
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Convert MBH-Seg NIfTI volumes into 2-D slices and per-rater masks.")
+    parser.add_argument("--src", default="data/MBHSeg", help="raw data: <src>/{train,test}/<case>/*.nii.gz")
+    parser.add_argument("--dst", default="data", help="output root: writes <dst>/MBHSeg-Binary and <dst>/MBHSeg-Multi")
+    parser.add_argument("--window_level", type=float, default=40.0, help="CT window centre in HU")
+    parser.add_argument("--window_width", type=float, default=80.0, help="CT window width in HU (> 0)")
+    parser.add_argument("--keep_empty", action="store_true", help="also keep slices no rater marks")
+    return parser.parse_args(argv)
+
+
+def load_canonical(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(XxYxZ array, 4x4 affine) of a NIfTI file in closest-canonical (RAS+) orientation; the array is
+    float32 HU, or int16 labels."""
+    import nibabel as nib  # imported here: only this tool needs it
+
+    try:
+        image = nib.as_closest_canonical(nib.load(path))
+        data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
+        affine = image.affine
+    except Exception as err:  # nibabel, gzip and zlib raise many types for a bad file
+        raise InputError(f"{path}: unreadable NIfTI ({_one_line(err)})") from err
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    if not labels:
+        return data, affine
+    values = np.rint(data).astype(np.int16)
+    if values.min() < 0 or values.max() >= N_CLASSES:
+        raise InputError(f"{path}: label values must lie in 0..{N_CLASSES - 1}, found {values.min()}..{values.max()}")
+    return values, affine
+
+
+def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """HU -> uint8 through the CT window [level - width/2, level + width/2]."""
+    scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def display_slice(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z of an XxYxZ[xC] canonical volume as YxX[xC] rows/columns (see module docstring)."""
+    return np.swapaxes(volume[:, :, z], 0, 1)[::-1, ::-1]
+
+
+def find_cases(src: Path) -> list[tuple[str, Path, Path, list[tuple[str, Path]]]]:
+    """(split, case folder, image file, [(rater id, label file)]) for every case, checked, sorted."""
+    if not src.is_dir():
+        raise InputError(f"--src {src}: folder not found")
+    splits = [s for s in SPLITS if (src / s).is_dir()]
+    if not splits:
+        raise InputError(f"--src {src}: no train/ or test/ folder")
+    cases = []
+    for split in splits:
+        for case in sorted(p for p in (src / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            image = next((case / n for n in ("image.nii.gz", "image.nii") if (case / n).is_file()), None)
+            if image is None:
+                raise InputError(f"{case}: no image.nii.gz")
+            raters = sorted((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n)))
+            if not raters:
+                raise InputError(f"{case}: no label_annot_<id>.nii.gz files")
+            cases.append((split, case, image, raters))
+    if not cases:
+        raise InputError(f"--src {src}: no cases in {', '.join(splits)}")
+    return cases
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write `data` atomically (temporary file + rename) unless the file already holds it; True if written."""
+    try:
+        if path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def case_outputs(image: Path, raters: list[tuple[str, Path]], level: float, width: float,
+                 keep_empty: bool) -> dict[str, dict[str, bytes]]:
+    """{'binary'|'multi': {relative file name: bytes}} of one case (names relative to imgs|gt/<case>/)."""
+    hu, affine = load_canonical(image, labels=False)  # XxYxZ
+    labels = []
+    for _, path in raters:
+        label, label_affine = load_canonical(path, labels=True)
+        if label.shape != hu.shape:
+            raise InputError(f"{path}: label shape {label.shape} does not match image shape {hu.shape} ({image})")
+        if not np.allclose(label_affine, affine, atol=1e-2):  # same grid, other placement: say so, go on
+            tqdm.write(f"warning: {path}: affine differs from {image}'s; using the voxel grid as is")
+        labels.append(label)
+    marked = np.stack([label > 0 for label in labels]).any(axis=(0, 1, 2))  # Z: some rater marks the slice
+    one_hot = np.eye(N_CLASSES, dtype=np.uint8) * 255  # label value -> 0/255 one-hot row
+    out: dict[str, dict[str, bytes]] = {"binary": {}, "multi": {}}
+    for z in range(hu.shape[2]):
+        if not (keep_empty or marked[z]):
+            continue
+        png = _png_bytes(window(display_slice(hu, z), level, width))
+        for kind in out:
+            out[kind][f"imgs/slice_{z}.png"] = png
+        for (rater, _), label in zip(raters, labels):
+            plane = display_slice(label, z)  # YxX
+            out["binary"][f"gt/slice_{z}_r{rater}.npy"] = _npy_bytes((plane > 0).astype(np.uint8) * 255)
+            out["multi"][f"gt/slice_{z}_r{rater}.npy"] = _npy_bytes(one_hot[plane])  # YxXx6
+    return out
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> int:
+    """Delete earlier outputs (slice_* files) in `folder` that are not in `keep`; their count."""
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if OUTPUT_RE.fullmatch(p.name) and p.name not in keep]
+    for path in stale:
+        path.unlink()
+    return len(stale)
+
+
+def main(argv: list[str] | None = None) -> dict[str, int]:
+    args = parse_args(argv)
+    if args.window_width <= 0:
+        raise InputError(f"--window_width must be > 0, got {args.window_width}")
+    src, dst = Path(args.src), Path(args.dst)
+    cases = find_cases(src)
+    counts = {"slices": 0, "written": 0, "unchanged": 0, "removed": 0}
+    for split, case, image, raters in tqdm(cases, desc="MBH-Seg cases", unit="case"):
+        outputs = case_outputs(image, raters, args.window_level, args.window_width, args.keep_empty)
+        counts["slices"] += sum(1 for name in outputs["binary"] if name.startswith("imgs/"))
+        for kind, files in outputs.items():
+            base = dst / OUTPUTS[kind] / split
+            for name, data in files.items():
+                folder, file = name.split("/")
+                counts["written" if write_if_changed(base / folder / case.name / file, data) else "unchanged"] += 1
+            for folder in ("imgs", "gt"):
+                keep = {n.split("/")[1] for n in files if n.startswith(folder + "/")}
+                counts["removed"] += _remove_stale(base / folder / case.name, keep)
+    print(f"{len(cases)} cases, {counts['slices']} slices kept -> {dst / OUTPUTS['binary']}, "
+          f"{dst / OUTPUTS['multi']}: {counts['written']} files written, {counts['unchanged']} unchanged, "
+          f"{counts['removed']} stale removed")
+    return counts
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,109 @@
+"""synthetic_data.py: determinism, reuse/refusal, the LIDC-layout files, rater disagreement and styles."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import synthetic_data as sd
+from dataset import build_dataset
+from utils import InputError
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    """SPEC §6 Dice on bool masks (empty vs empty = 1)."""
+    return (2 * np.logical_and(a, b).sum() + 1e-8) / (a.sum() + b.sum() + 1e-8)
+
+
+def test_same_seed_gives_byte_identical_files(tmp_path):
+    sd.generate(tmp_path / "a", seed=3, n_train=5, n_test=3)
+    sd.generate(tmp_path / "b", seed=3, n_train=5, n_test=3)
+    sd.generate(tmp_path / "c", seed=4, n_train=5, n_test=3)
+    sd.generate(tmp_path / "d", seed=3, n_train=2, n_test=1)
+    a, b, c, d = (_files(tmp_path / n) for n in "abcd")
+    assert len(a) == 1 + (5 + 3) * 5  # synthetic.json + per image: 1 image, 4 masks
+    assert a == b
+    image = "train/images/p000/slice_01.png"
+    assert a[image] != c[image]  # another seed, other images
+    assert a[image] == d[image]  # a case does not depend on how many were asked for
+    assert a["train/images/p000/slice_00.png"] != a["test/images/p000/slice_00.png"]  # separate streams
+
+
+def test_reuse_and_refusal(tmp_path):
+    root = tmp_path / "synthetic"
+    assert sd.ensure_synthetic(root, seed=1, n_train=3, n_test=2) == root
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    sd.ensure_synthetic(root, seed=1, n_train=3, n_test=2)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == mtimes
+    with pytest.raises(InputError) as err:
+        sd.ensure_synthetic(root, seed=2, n_train=3, n_test=2)
+    assert str(root) in str(err.value) and "seed" in str(err.value) and "\n" not in str(err.value)
+
+    other = tmp_path / "not_synthetic"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(InputError) as err:
+        sd.ensure_synthetic(other, n_train=3, n_test=2)
+    assert str(other) in str(err.value) and "\n" not in str(err.value)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary folder left behind
+
+
+def test_loader_reads_the_generated_files(tmp_path):
+    root = tmp_path / "synthetic"
+    ds = build_dataset("synthetic", root, "test", 64, seed=5, n_train=4, n_test=3)
+    assert len(ds) == 3 and ds.n_raters == 4
+    sample = ds[0]
+    assert sample["image"].shape == (3, 64, 64) and sample["multi_rater"].shape == (4, 1, 64, 64)
+    assert sample["valid_raters"].all() and sample["name"] == "p000/slice_00"
+    case = sd.make_case(sd.case_stream(5, "test", 0))
+    for k in range(4):
+        on_disk = np.asarray(Image.open(root / "test" / "gt" / "p000" / f"slice_00_l{k}.png"))
+        assert np.array_equal(on_disk == 255, case.raters[k]) and set(np.unique(on_disk)) <= {0, 255}
+    assert np.array_equal(np.asarray(Image.open(root / "test" / "images" / "p000" / "slice_00.png")), case.image)
+    # native 128 px read at 128: the masks are the files' pixels
+    full = build_dataset("synthetic", root, "test", 128, seed=5, n_train=4, n_test=3)[0]
+    assert np.array_equal(full["multi_rater"][:, 0].numpy().astype(bool), case.raters)
+
+
+@pytest.fixture(scope="module")
+def default_test_split() -> list[sd.SyntheticCase]:
+    """The default configuration's test split, drawn in memory (the files hold the same, see above)."""
+    defaults = inspect.signature(sd.ensure_synthetic).parameters
+    seed, n_test = defaults["seed"].default, defaults["n_test"].default
+    assert (seed, n_test) == (0, 100)
+    return [sd.make_case(sd.case_stream(seed, "test", i)) for i in range(n_test)]
+
+
+def test_inter_rater_dice_in_range(default_test_split):
+    pairs = {(i, j): np.mean([_dice(c.raters[i], c.raters[j]) for c in default_test_split])
+             for i, j in itertools.combinations(range(4), 2)}
+    assert 0.6 <= np.mean(list(pairs.values())) <= 0.9, pairs
+    assert all(0.5 < d < 0.95 for d in pairs.values()), pairs  # every pair genuinely disagrees
+
+
+def test_rater_styles_are_distinct(default_test_split):
+    faint = sd.FAINT_CONTRAST
+    clear_cases = [c for c in default_test_split if min(c.contrasts) >= faint]
+    ratio = {k: np.mean([c.raters[k].sum() / c.truth.sum() for c in clear_cases]) for k in range(4)}
+    # on clear lesions: tight < faithful (misses_faint) < convex < generous, well apart
+    assert ratio[0] < 0.85 and 0.9 < ratio[3] < 1.1 and 1.08 < ratio[2] < 1.35 and ratio[1] > 1.35, ratio
+    order = sorted(ratio.values())
+    assert all(b - a > 0.1 for a, b in zip(order, order[1:])), ratio
+    # faint lesions: rater 3 leaves them out, the others mark them
+    faint_lesions = [(c, m) for c in default_test_split for m, v in zip(c.lesions, c.contrasts) if v < faint]
+    assert len(faint_lesions) >= 10
+    for k in range(4):
+        marked = np.mean([(c.raters[k] & m).sum() / m.sum() > 0.2 for c, m in faint_lesions])
+        assert marked == 0.0 if k == 3 else marked == 1.0, (k, marked)
+    # the convex rater contains the true lesion (up to jitter at the boundary)
+    covered = np.mean([(c.raters[2] & c.truth).sum() / c.truth.sum() for c in default_test_split])
+    assert covered > 0.97
