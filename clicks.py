@@ -5,9 +5,8 @@ Masks and maps are BxHxW tensors of the SxS model input. A click is returned as
 and `labels` B long (1 positive, 0 negative). Everything is batched on the inputs' device;
 the only per-device branch is the distance transform (scipy on CPU, an exact torch version elsewhere).
 
-Randomness: uniform numbers are drawn with the given generator *on the generator's device* and then
-moved to the data's device, so a CPU generator drives CUDA tensors and gives the same clicks as on
-CPU. Without a generator the data device's default generator is used.
+Randomness: `generator` is a torch.Generator (drawn on its own device, then moved, so a CPU generator
+gives the same clicks on every device) or an `rng.KeyedRandom` (per-image streams); see `rng.uniform`.
 """
 
 from __future__ import annotations
@@ -18,14 +17,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from rng import uniform  # every random draw goes through rng (keyed per image in validation)
+
 STRATEGIES = ("topk", "center")
-
-
-def uniform(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """U[0,1) float64 numbers of `shape` on `device`, drawn on the generator's own device."""
-    if generator is None:
-        return torch.rand(shape, device=device, dtype=torch.float64)
-    return torch.rand(shape, generator=generator, device=generator.device, dtype=torch.float64).to(device)
 
 
 def _binary(t: torch.Tensor) -> torch.Tensor:

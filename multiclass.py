@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from rng import uniform
+
 
 def binarize_multiclass(multi_rater: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None,
                         p_disagree: float = 0.8) -> torch.Tensor:
@@ -30,9 +32,8 @@ def binarize_multiclass(multi_rater: torch.Tensor, valid: torch.Tensor, generato
     present = (count > 0).flatten(2).any(-1)  # Bx(C-1)
     disagreed = ((count > 0) & (count < n_valid)).flatten(2).any(-1)  # Bx(C-1)
 
-    draw_device = generator.device if generator is not None else device
-    coin = torch.rand(B, generator=generator, device=draw_device).to(device) < p_disagree  # B
-    scores = torch.rand(B, C - 1, generator=generator, device=draw_device).to(device)  # Bx(C-1)
+    coin = uniform((B,), device, generator) < p_disagree  # B
+    scores = uniform((B, C - 1), device, generator)  # Bx(C-1)
     candidates = torch.where((coin & disagreed.any(1))[:, None], disagreed, present)  # Bx(C-1)
     chosen = torch.where(candidates, scores, torch.full_like(scores, -1.0)).argmax(1) + 1  # B, class 1..C-1
 
