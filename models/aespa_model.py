@@ -129,10 +129,13 @@ class AESPAModel(Sam):
         self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, momentum: float = 0.1
     ) -> None:
         """Move the stored mixture towards this batch's mean per-image mixture (a running average, like
-        BatchNorm's statistics): it is the prior used before the first click. Training only."""
+        BatchNorm's statistics): it is the prior used before the first click. Training only; under torchrun
+        the batch means are averaged over ranks so every rank keeps the same state."""
+        from distributed import mean_over_ranks  # the model package does not depend on it otherwise
+
         for name, value in zip(MIXTURE_BUFFERS, (weights, means, variances)):
             buf = getattr(self, name)
-            buf.lerp_(value.detach().mean(0).to(buf.dtype), momentum)
+            buf.lerp_(mean_over_ranks(value.detach().float().mean(0)).to(buf.dtype), momentum)
         self.mixture_weights.div_(self.mixture_weights.sum())
 
 

@@ -23,8 +23,11 @@ ENCODERS: dict[str, dict[str, Any]] = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
     "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, global_attn_indexes=[5, 11, 17, 23]),
     "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, global_attn_indexes=[7, 15, 23, 31]),
-    # Small encoder for CPU runs and tests (trained from scratch: no pretrained weights exist for it).
-    "vit_t": dict(embed_dim=128, depth=4, num_heads=4, global_attn_indexes=[1, 3]),
+    # Small model for CPU runs and tests, trained from scratch (no pretrained weights exist for it):
+    # 8-px patches (the 64-px default input is an 8x8 grid, decoded at 32x32), a window matching that grid
+    # (window 14 would pad it to 14x14), and a prompt encoder / decoder 128 wide instead of 256.
+    "vit_t": dict(embed_dim=96, depth=4, num_heads=3, global_attn_indexes=[1, 3], patch_size=8, window_size=8,
+                  out_chans=128, prompt_embed_dim=128, decoder_mlp_dim=1024, iou_head_hidden_dim=128),
 }
 
 
@@ -32,9 +35,9 @@ def sam_config(encoder: str = "vit_b", image_size: int = 1024, **overrides: Any)
     """The configuration dict (parity-fixture keys) of a named size at `image_size`."""
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder '{encoder}' (choose from {', '.join(ENCODERS)})")
-    if image_size <= 0 or image_size % 16:
-        raise ValueError(f"image size {image_size} must be a positive multiple of 16")
     config = {**_COMMON, **ENCODERS[encoder], "img_size": image_size, **overrides}
+    if image_size <= 0 or image_size % config["patch_size"]:
+        raise ValueError(f"image size {image_size} must be a positive multiple of the patch size {config['patch_size']}")
     unknown = set(config) - set(CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown SAM config keys {sorted(unknown)}")
@@ -78,22 +81,22 @@ def build_model(
     return model, report
 
 
-def load_model_weights(model: AESPAModel, checkpoint: str) -> LoadReport:
-    """Load any supported file into the full model, resampling to its image size.
+def model_state(obj: Any, source: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A loaded checkpoint -> (state dict in this project's layout, key prefixes allowed to be absent).
 
     * this project's checkpoints (`format: aespa-ckpt/1`) and the original's published AESPA checkpoint:
       every tensor of the model must be there;
     * a SAM/MedSAM state dict (raw or wrapped): the SAM parts must be complete, the preference heads and
       the mixture state start afresh (reported in `LoadReport.initialised`).
     """
-    source = str(checkpoint)
-    obj = read_checkpoint(checkpoint)
-    optional: tuple[str, ...] = ()
     if is_reference_checkpoint(obj):
-        state = convert_reference_checkpoint(obj, source)
-    elif isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
-        state = unwrap_state_dict(obj["model"], source)
-    else:
-        state = unwrap_state_dict(obj, source)
-        optional = PREFERENCE_PREFIXES
-    return load_weights(model, state, source=source, optional_prefixes=optional)
+        return convert_reference_checkpoint(obj, source), ()
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        return unwrap_state_dict(obj["model"], source), ()
+    return unwrap_state_dict(obj, source), PREFERENCE_PREFIXES
+
+
+def load_model_weights(model: AESPAModel, checkpoint: str) -> LoadReport:
+    """Load any supported file (see `model_state`) into the full model, resampling to its image size."""
+    state, optional = model_state(read_checkpoint(checkpoint), str(checkpoint))
+    return load_weights(model, state, source=str(checkpoint), optional_prefixes=optional)

@@ -94,25 +94,32 @@ class Fusion(nn.Module):
 
 
 def responsibilities(
-    probs: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, chunk: int = 1 << 22
+    probs: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, chunk: int = 1 << 24
 ) -> torch.Tensor:
     """EM update of the mixture weights from a probability map.
 
     probs Bx... (flattened to BxN values p_n), weights/means/variances BxK ->
-    new weights BxK = mean_n r_nk with r_nk ∝ w_k Normal(p_n; μ_k, σ_k²), normalised over k
-    (a zero normaliser is replaced by 1e-6, as in the original). Chunked over N to bound memory.
+    new weights BxK = mean_n r_nk with r_nk ∝ w_k Normal(p_n; μ_k, σ_k²), normalised over k.
+
+    Computed in log space, as a softmax over k of a_nk = log w_k − ½log(2πσ_k²) − (p_n − μ_k)²/(2σ_k²).
+    Where the original's float32 densities are representable this is the same value; where all of a pixel's
+    densities underflow (p far from every component, or tiny variances) the original normalised by 1e-6 and
+    gave the pixel zero weight, this assigns it to its most likely component. An image whose weights are
+    all zero gets zero weights (the original's zero-normaliser rule). Chunked over N to bound memory to
+    about `chunk` elements.
     """
     p = probs.reshape(probs.shape[0], -1)  # BxN
-    w, mu, var = weights[:, None, :], means[:, None, :], variances[:, None, :]  # Bx1xK
-    norm = 1.0 / torch.sqrt(2 * math.pi * var)
+    log_c = (torch.log(weights) - 0.5 * torch.log(2 * math.pi * variances))[:, None, :]  # Bx1xK
+    neg_inv = (-0.5 / variances)[:, None, :]
+    mu = means[:, None, :]
     step = max(1, chunk // max(1, p.shape[0] * weights.shape[1]))
     total = torch.zeros_like(weights)
     for start in range(0, p.shape[1], step):
         x = p[:, start : start + step, None]  # Bxnx1
-        r = w * norm * torch.exp(-((x - mu) ** 2) / (2 * var))  # BxnxK
-        s = r.sum(dim=2, keepdim=True)
-        total = total + (r / torch.where(s == 0, torch.full_like(s, 1e-6), s)).sum(dim=1)
-    return total / p.shape[1]
+        logits = (x - mu).square_().mul_(neg_inv).add_(log_c)  # BxnxK: log of w_k Normal(p_n)
+        total = total + torch.softmax(logits, dim=2).sum(1)  # Σ_n r_nk
+    dead = (weights <= 0).all(1, keepdim=True)  # log w = -inf everywhere: softmax gave NaN
+    return torch.where(dead, 0.0, total / p.shape[1])
 
 
 def mixture_latent(

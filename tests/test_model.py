@@ -32,11 +32,36 @@ def test_responsibilities_hand_computed():
     torch.testing.assert_close(got, expected)
 
 
-def test_responsibilities_zero_normaliser_gives_zero_weights():
-    # Means far away and tiny variances: every density underflows to 0, the normaliser becomes 1e-6.
-    got = responsibilities(torch.rand(1, 10), torch.tensor([[0.5, 0.5]]),
-                           torch.tensor([[100.0, -100.0]]), torch.tensor([[1e-3, 1e-3]]))  # fmt: skip
-    assert torch.equal(got, torch.zeros(1, 2))
+def reference_responsibilities(p, w, mu, var):
+    """Independent float64 version with scipy: log-densities, normalised with logsumexp."""
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    logd = np.log(w)[None, :] + norm.logpdf(p[:, None], loc=mu[None, :], scale=np.sqrt(var)[None, :])  # NxK
+    return np.exp(logd - logsumexp(logd, axis=1, keepdims=True)).mean(0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_responsibilities_match_a_float64_reference(scale):
+    # scale 100: the original's initial mixture (means in ±100, variances up to 10), where float32 densities
+    # underflow for most pixels; the log-space result still matches the exact one.
+    rng = np.random.default_rng(3)
+    p = rng.random(500)
+    w = rng.random(6)
+    w /= w.sum()
+    mu, var = (rng.random(6) * 2 - 1) * scale, rng.random(6) * 9.9 + 0.1
+    got = responsibilities(torch.tensor(p[None], dtype=torch.float32), *(torch.tensor(a[None], dtype=torch.float32) for a in (w, mu, var)))
+    np.testing.assert_allclose(got[0].numpy(), reference_responsibilities(p, w, mu, var), atol=2e-5)
+
+
+def test_responsibilities_far_pixel_goes_to_nearest_component_and_zero_weights_give_zero():
+    # Far from both components (densities underflow in float32): the nearer mean (+100 is nearer to p=0.5
+    # than -200 at equal variance) takes the pixel.
+    got = responsibilities(torch.full((1, 10), 0.5), torch.tensor([[0.5, 0.5]]),
+                           torch.tensor([[100.0, -200.0]]), torch.tensor([[1e-3, 1e-3]]))  # fmt: skip
+    torch.testing.assert_close(got, torch.tensor([[1.0, 0.0]]))
+    zero = responsibilities(torch.rand(1, 10), torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), torch.ones(1, 2))
+    assert torch.equal(zero, torch.zeros(1, 2))
 
 
 def test_responsibilities_vectorised_over_batch_and_chunks():
@@ -68,12 +93,14 @@ def test_heads_shapes_and_weight_softmax():
     torch.testing.assert_close(w.sum(1), torch.ones(3))
 
 
-def inputs(b, size=64, seed=0):
+def inputs(b, size=64, seed=0, patch=8):
+    """Images, clicks, a mask prompt (4G x 4G, G = size / patch), mixture weights and latent noise."""
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(b, 3, size, size, generator=g)
     points = torch.randint(0, size, (b, 2, 2), generator=g).float()
     labels = torch.tensor([[1, 0]] * b)
-    mask = torch.randn(b, 1, size // 4, size // 4, generator=g)
+    low = 4 * (size // patch)
+    mask = torch.randn(b, 1, low, low, generator=g)
     weights = torch.softmax(torch.randn(b, 8, generator=g), 1)
     eps = torch.randn(b, 64, generator=g)
     return images, points, labels, mask, weights, eps
