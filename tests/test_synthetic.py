@@ -87,15 +87,26 @@ def test_inter_rater_dice_in_range(default_test_split):
     pairs = {(i, j): np.mean([_dice(c.raters[i], c.raters[j]) for c in default_test_split])
              for i, j in itertools.combinations(range(4), 2)}
     assert 0.6 <= np.mean(list(pairs.values())) <= 0.9, pairs
-    assert all(0.5 < d < 0.95 for d in pairs.values()), pairs  # every pair genuinely disagrees
+    assert all(0.4 < d < 0.95 for d in pairs.values()), pairs  # every pair genuinely disagrees
+
+
+def test_the_majority_is_a_poor_stand_in_for_each_rater(default_test_split):
+    """Following the user's rater must pay off: the majority mask (> half of the raters) matches a rater
+    at mean Dice below 0.8, so Gain_over_consensus > 0 is reachable for a model that follows."""
+    scores = []
+    for c in default_test_split:
+        majority = 2 * c.raters.sum(0) > len(c.raters)
+        scores += [_dice(majority, r) for r in c.raters]
+    assert np.mean(scores) < 0.8
 
 
 def test_rater_styles_are_distinct(default_test_split):
     faint = sd.FAINT_CONTRAST
     clear_cases = [c for c in default_test_split if min(c.contrasts) >= faint]
     ratio = {k: np.mean([c.raters[k].sum() / c.truth.sum() for c in clear_cases]) for k in range(4)}
-    # on clear lesions: tight < faithful (misses_faint) < convex < generous, well apart
-    assert ratio[0] < 0.85 and 0.9 < ratio[3] < 1.1 and 1.08 < ratio[2] < 1.35 and ratio[1] > 1.35, ratio
+    # on clear lesions: tight < faithful (misses_faint) < convex < generous, well apart. For a disk of radius
+    # r in [10, 24] px, 4 px in gives ((r - 4) / r)^2 <= 0.69, 5 px out >= 1.46, a 2 px out hull >= 1.17.
+    assert ratio[0] < 0.75 and 0.9 < ratio[3] < 1.1 and 1.15 < ratio[2] < 1.6 and ratio[1] > 1.5, ratio
     order = sorted(ratio.values())
     assert all(b - a > 0.1 for a, b in zip(order, order[1:])), ratio
     # faint lesions: rater 3 leaves them out, the others mark them
