@@ -28,11 +28,20 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     try:
         main(argv)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of an error as one line; an error re-raised from a DataLoader worker carries the worker's
+    traceback, whose last line is the original `Class: message`."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 def choose_device(name: str = "auto") -> torch.device:

@@ -1,0 +1,117 @@
+"""From command-line arguments to a model and data loaders (shared by train.py, val.py, bench.py, the demo)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from conf import global_settings as settings
+from dataset import build_dataset
+from models import AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
+from models.build import ENCODERS, model_state
+from models.checkpoint import CheckpointError
+from utils import InputError
+
+log = logging.getLogger(__name__)
+
+
+def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
+    """The named encoder size whose patch embedding and depth match a state dict (vit_b / vit_l / vit_h / vit_t)."""
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        raise CheckpointError(f"{source}: no '{key}': not a SAM/MedSAM or AESPA checkpoint")
+    width, depth = state[key].shape[0], len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, spec in ENCODERS.items():
+        if spec["embed_dim"] == width and spec["depth"] == depth:
+            return name
+    raise CheckpointError(f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}")
+
+
+def build_model_from_args(args: argparse.Namespace) -> tuple[AESPAModel, list[LoadReport]]:
+    """The model the flags describe, with -sam_ckpt and then -weights loaded (both resampled to -image_size).
+
+    `-encoder auto` takes the size of the checkpoint to load (-weights, else -sam_ckpt), or vit_t without one;
+    `-image_size` defaults per encoder (conf/). Each file is read once.
+    """
+    loaded = {}
+    for path in (args.sam_ckpt, args.weights):
+        if path:
+            loaded[path] = model_state(read_checkpoint(path), str(path))
+    if args.encoder == "auto":
+        last = args.weights or args.sam_ckpt
+        args.encoder = encoder_of_state(loaded[last][0], str(last)) if last else "vit_t"
+    if args.image_size is None:
+        args.image_size = settings.IMAGE_SIZE.get(args.encoder, settings.DEFAULT_IMAGE_SIZE)
+    reference = args.compat == "reference"
+    if reference and args.fcomb != "reference":
+        log.info("-compat reference: using the reference Fcomb")
+        args.fcomb = "reference"
+    model, _ = build_model(args.encoder, args.image_size, args.n_components, args.fcomb, batch_mixture=reference)
+    reports = [load_weights(model, state, source=str(path), optional_prefixes=optional)
+               for path, (state, optional) in loaded.items()]  # fmt: skip
+    return model, reports
+
+
+class ShardSampler(Sampler):
+    """Rank r of W takes indices r, r + W, ...: every test image exactly once across ranks (no padding)."""
+
+    def __init__(self, data: Dataset):
+        self.indices = list(range(dist.get_rank(), len(data), dist.get_world_size()))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+class Indexed(Dataset):
+    """Adds each sample's dataset index (`index`): validation keys its random draws on it."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}
+
+
+def dataset_from_args(args: argparse.Namespace, split: str):
+    return build_dataset(args.dataset, args.data_path, split, args.image_size, valid_raters=args.valid_raters,
+                         keep_empty=args.keep_empty, refuge_target=args.refuge_target)  # fmt: skip
+
+
+def build_loader(args: argparse.Namespace, split: str, generator: torch.Generator | None = None) -> DataLoader:
+    """Loader of a split: shuffled with `generator` for training, in order for testing; sharded across
+    ranks under torchrun (each test image on exactly one rank)."""
+    data = Indexed(dataset_from_args(args, split))
+    if len(data) == 0:
+        raise InputError(f"{args.data_path}: the {split} split has no samples")
+    train = split == "train"
+    sampler = None
+    if dist.is_available() and dist.is_initialized():  # training pads to equal shards; testing must not
+        sampler = DistributedSampler(data, shuffle=True, seed=args.seed) if train else ShardSampler(data)
+    return DataLoader(
+        data,
+        batch_size=args.b,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        num_workers=args.w,
+        generator=generator if train and sampler is None else None,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=args.w > 0,
+        drop_last=False,
+    )
+
+
+def default_run_checkpoint(log_dir: str, prefix: str = "") -> Path | None:
+    """The newest `Model/checkpoint_best.pth` under `log_dir` (of runs whose name starts with `prefix`)."""
+    found = sorted(Path(log_dir).glob(f"{prefix}*/Model/checkpoint_best.pth"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None

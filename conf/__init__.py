@@ -1,0 +1,1 @@
+"""Default settings (epochs, paths) read by cfg.py."""

@@ -1,0 +1,47 @@
+"""torchrun support: one process per device, gloo on CPU, NCCL on CUDA. A plain `python train.py` is one process."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+
+from utils import choose_device
+
+
+def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) and pick this rank's device -> (device, rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return choose_device(args.device), 0
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and args.device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return (torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")), dist.get_rank()
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def broadcast_state(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers (as DDP does when it wraps a model)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of `tensor` over all ranks (itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()

@@ -1,0 +1,98 @@
+"""Optimisation steps on parameter subsets, with mixed precision and gradient averaging across ranks.
+
+Both loops take several steps per click round, each on another part of the model (SPEC §4): the
+network (image encoder, fusion, mask decoder), the prompt side (prompt encoder, mean/variance head) and
+the weight head. One Adam holds the three as parameter groups; a step updates only the parameters that
+received a gradient from its loss (Adam skips parameters whose `.grad` is None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models import AESPAModel
+
+PARAM_GROUPS = {
+    "network": ("image_encoder", "fcomb", "mask_decoder"),
+    "prompt": ("prompt_encoder", "mean_var_head"),
+    "weight": ("weight_head",),
+}
+
+
+def build_optimizer(model: AESPAModel, lr: float) -> torch.optim.Adam:
+    """Adam (betas 0.9/0.999) with one parameter group per part of the model, named in `group['name']`."""
+    groups = [
+        {"name": name, "params": [p for m in modules for p in getattr(model, m).parameters()]}
+        for name, modules in PARAM_GROUPS.items()
+    ]
+    return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=True)  # fused: one kernel per tensor, 3-4x faster on CPU
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Gradients flow through `modules` but their own parameters get none (and cost nothing)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for `-amp bf16|fp16` on CUDA; float32 otherwise (CPU autocast is not used)."""
+    if device.type != "cuda" or amp not in AMP_DTYPES:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp])
+
+
+class Stepper:
+    """zero-grad, backward (scaled under fp16), average gradients over ranks, step — for one loss at a time."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off"):
+        self.optimizer = optimizer
+        self.device = device
+        self.amp = amp if device.type == "cuda" else "off"  # mixed precision is a CUDA feature here
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_context(self.device, self.amp)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.distributed:
+            self._average_gradients()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _average_gradients(self) -> None:
+        """One all-reduce of all present gradients, flattened (every rank runs the same steps in order)."""
+        grads = [p.grad for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= dist.get_world_size()
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])

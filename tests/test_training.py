@@ -1,0 +1,102 @@
+"""The training and validation loops end to end (SPEC §4, §7): rows, checkpoints, resume, val.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+import val
+from conftest import tiny_run_args
+from multirater_metrics import SET_KEYS
+from runlog import read_metrics
+
+PERSONAL_KEYS = ("Dice", "IoU", "Dice_follow", "Dice_neutral", "Delta_follow_vs_neutral", "Gain_over_consensus",
+                 "Dice_personal_mean")  # fmt: skip
+
+
+def rows_of(run_dir: str | Path, split: str, epoch: int | None = None) -> list[dict]:
+    rows = [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["split"] == split]
+    return [r for r in rows if epoch is None or r["epoch"] == epoch]
+
+
+@pytest.mark.parametrize("mode", ["AESPA", "SPA"])
+def test_one_epoch_writes_a_complete_run_folder(synthetic_root, tmp_path, mode):
+    out = train.main(tiny_run_args(synthetic_root, tmp_path, "-mode", mode))
+    run = Path(out["run_dir"])
+    for split in ("train", "test"):
+        rows = rows_of(run, split)
+        assert [r["round"] for r in rows] == [1, 2, 3]
+        assert [r["clicks"] for r in rows] == ([0, 1, 2] if mode == "AESPA" else [1, 2, 3])
+        for r in rows:
+            assert r["mode"] == mode and r["epoch"] == 1
+            assert math.isfinite(r["loss"])
+            for key in PERSONAL_KEYS + SET_KEYS:
+                assert math.isfinite(r[key]), key
+    assert {"NoC@0.80", "NoC@0.90", "NoF@0.85"} <= set(rows_of(run, "test")[0])
+    assert json.loads((run / "args.json").read_text())["mode"] == mode
+    assert "epoch 1 test Dice_follow" in (run / "Log" / "log.txt").read_text()
+    assert list((run / "Log").glob("events.out.tfevents.*"))
+    assert (run / "Model" / "checkpoint_best.pth").is_file() and (run / "Model" / "checkpoint_last.pth").is_file()
+    assert {p.name for p in (run / "plots").iterdir()} >= {"round_curves.png", "epochs.png", "qualitative_epoch001.png"}
+
+
+def test_training_loss_falls(synthetic_root, tmp_path):
+    out = train.main(tiny_run_args(synthetic_root, tmp_path, "-epochs", "4", "-lr", "1e-3", "-val_freq", "4",
+                                   "-noc_clicks", "0"))  # fmt: skip
+    train_rows = rows_of(out["run_dir"], "train")
+    loss = {e: sum(r["loss"] for r in train_rows if r["epoch"] == e) for e in (1, 4)}
+    assert loss[4] < 0.8 * loss[1]
+
+
+def weights_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_resume_gives_the_same_weights_and_metrics(synthetic_root, tmp_path):
+    args = tiny_run_args(synthetic_root, tmp_path, "-epochs", "2", "-noc_clicks", "0")
+    straight = train.main(args + ["-exp_name", "straight"])
+    first = train.main(tiny_run_args(synthetic_root, tmp_path, "-epochs", "1", "-noc_clicks", "0", "-exp_name", "stopped"))
+    resumed = train.main(args + ["-resume", str(Path(first["run_dir"]) / "Model" / "checkpoint_last.pth")])
+    assert resumed["run_dir"] == first["run_dir"]  # continues in the same run folder
+    a, b = weights_of(Path(straight["run_dir"]) / "Model" / "checkpoint_last.pth"), weights_of(Path(first["run_dir"]) / "Model" / "checkpoint_last.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    for split in ("train", "test"):
+        assert rows_of(straight["run_dir"], split) == rows_of(first["run_dir"], split)
+
+
+def test_val_py_reproduces_the_logged_metrics_of_the_best_epoch(synthetic_root, tmp_path):
+    out = train.main(tiny_run_args(synthetic_root, tmp_path, "-epochs", "2"))
+    best = Path(out["run_dir"]) / "Model" / "checkpoint_best.pth"
+    logged = rows_of(out["run_dir"], "test", epoch=out["best_epoch"])
+    # another batch size and worker count: validation draws are keyed per image, not per batch
+    rows = val.main(tiny_run_args(synthetic_root, tmp_path / "val", "-weights", str(best), "-b", "3"))
+    assert len(rows) == len(logged)
+    for got, want in zip(rows, logged):
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert got[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    import utils
+
+    target = tmp_path / "checkpoint_last.pth"
+    utils.atomic_torch_save({"epoch": 1}, target)
+    before = target.read_bytes()
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # killed while writing
+
+    monkeypatch.setattr(utils.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        utils.atomic_torch_save({"epoch": 2}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_last.pth"]  # no temporary file left behind

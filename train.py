@@ -1,0 +1,133 @@
+"""Train AESPA or SPA.  `python train.py` trains AESPA on the built-in synthetic data with the small encoder.
+
+    python train.py -exp_name LIDC_AESPA -sam_ckpt ./checkpoint/medsam_vit_b.pth -image_size 128 -b 64 \
+        -dataset LIDC -data_path ./data/LIDC -mode AESPA
+    torchrun --nproc_per_node 2 train.py ...        # several GPUs (or CPU processes with gloo)
+    python train.py -resume logs_new/<run>/Model/checkpoint_last.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from builders import build_loader, build_model_from_args
+from cfg import parse_args
+from conf import global_settings as settings
+from distributed import broadcast_state, cleanup_distributed, setup_distributed
+from engine import evaluate, is_main_process, train_one_epoch
+from optim_step import Stepper, build_optimizer
+from plots import save_epoch_plots
+from runlog import RunFolder, format_table
+from training_state import ARCHITECTURE_FLAGS, load_training_checkpoint, restore_rng, save_checkpoint
+from utils import InputError, run_cli, seed_everything
+
+BEST_METRIC = "Dice_follow"  # at the last round of the test split: does the model follow the user?
+
+
+def last_round(rows: list[dict], key: str) -> float:
+    return float(rows[-1][key])
+
+
+def apply_resume_args(args: argparse.Namespace, saved: dict) -> None:
+    """The architecture of a resumed run is the checkpoint's; say so when the command line disagrees."""
+    for flag in ARCHITECTURE_FLAGS:
+        if flag in saved and getattr(args, flag) != saved[flag]:
+            setattr(args, flag, saved[flag])
+    args.exp_name = saved.get("exp_name", args.exp_name)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv, prog="train.py")
+    device, rank = setup_distributed(args)
+    try:
+        return train(args, device, rank)
+    finally:
+        cleanup_distributed()
+
+
+def train(args: argparse.Namespace, device: torch.device, rank: int) -> dict:
+    resume = load_training_checkpoint(args.resume) if args.resume else None
+    run_root = None
+    if resume is not None:
+        apply_resume_args(args, resume["args"])
+        args.sam_ckpt = None  # the checkpoint holds every weight
+        run_root = Path(args.resume).resolve().parent.parent
+        if not (run_root / "args.json").is_file():
+            raise InputError(f"-resume {args.resume}: not inside a run folder (expected <run>/Model/<checkpoint>)")
+    seed_everything(args.seed)  # the same initial weights on every rank
+    # Everything that can refuse bad input comes before the run folder, so a failed start leaves none.
+    model, reports = build_model_from_args(args)
+    loader_generator = torch.Generator()
+    train_loader, test_loader = build_loader(args, "train", loader_generator), build_loader(args, "test")
+    run = RunFolder(args, root=run_root, enabled=is_main_process())
+    run.log(f"{'resuming' if resume else 'starting'} run {run.root} on {device} (rank {rank})")
+    for report in reports:
+        run.log(report.summary())
+    model.to(device)
+    if args.compile:
+        model.image_encoder.compile()  # in place: parameter names (and checkpoints) stay the same
+        model.mask_decoder.compile()
+    optimizer = build_optimizer(model, args.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.STEP_SIZE, settings.GAMMA)
+    stepper = Stepper(optimizer, device, args.amp)
+    if args.amp != "off" and stepper.amp == "off":
+        run.log(f"-amp {args.amp}: mixed precision runs on CUDA only; this {device.type} run uses float32")
+    generator = torch.Generator().manual_seed(args.seed * 1000 + rank)  # clicks, raters, latent samples
+    seed_everything(args.seed + rank)  # from here on each rank draws its own numbers
+    start_epoch, best_metric, best_epoch = 1, None, None
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        stepper.load_state_dict(resume.get("amp", {}))
+        restore_rng(resume["rng"], {"train": generator})
+        start_epoch, best_metric, best_epoch = resume["epoch"] + 1, resume["best_metric"], resume["best_epoch"]
+    broadcast_state(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    run.log(f"model {args.encoder} at {args.image_size} px, {n_params / 1e6:.2f} M parameters, mode {args.mode}")
+    run.log(f"data {args.dataset} at {args.data_path}: {len(train_loader.dataset)} train, {len(test_loader.dataset)} test samples")
+    test_rows: list[dict] = []
+    for epoch in range(start_epoch, args.epochs + 1):
+        loader_generator.manual_seed(args.seed * 100_003 + epoch)  # the data order of an epoch depends on it alone
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        start = time.time()
+        train_rows = train_one_epoch(model, train_loader, stepper, args, epoch, generator, device)
+        scheduler.step()
+        run.write_metrics(train_rows)
+        run.log(f"epoch {epoch}/{args.epochs} train loss {last_round(train_rows, 'loss'):.4f} "
+                f"Dice_follow {last_round(train_rows, 'Dice_follow'):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+                f"({time.time() - start:.0f} s)")  # fmt: skip
+        if epoch % args.val_freq == 0 or epoch == args.epochs:
+            start = time.time()
+            test_rows = evaluate(model, test_loader, args, epoch, device)
+            run.write_metrics(test_rows)
+            score = last_round(test_rows, BEST_METRIC)
+            run.log(f"epoch {epoch} test {BEST_METRIC} {score:.4f} Gain_over_consensus "
+                    f"{last_round(test_rows, 'Gain_over_consensus'):.4f} ({time.time() - start:.0f} s)")  # fmt: skip
+            if is_main_process():
+                save_epoch_plots(run, model, test_loader, args, device, epoch)
+            if best_metric is None or score > best_metric:
+                best_metric, best_epoch = score, epoch
+                if is_main_process():
+                    save_checkpoint(run.model_dir / "checkpoint_best.pth", epoch=epoch, args=args, model=model,
+                                    optimizer=optimizer, scheduler=scheduler, best_metric=best_metric,
+                                    best_epoch=best_epoch, generators={"train": generator}, extra={"amp": stepper.state_dict()})  # fmt: skip
+        if is_main_process():
+            save_checkpoint(run.model_dir / "checkpoint_last.pth", epoch=epoch, args=args, model=model,
+                            optimizer=optimizer, scheduler=scheduler, best_metric=best_metric, best_epoch=best_epoch,
+                            generators={"train": generator}, extra={"amp": stepper.state_dict()})  # fmt: skip
+    if test_rows:
+        run.log(f"test split, epoch {test_rows[-1]['epoch']} ({args.mode}), per round:\n" + format_table(test_rows))
+    run.log(f"best {BEST_METRIC} {best_metric:.4f} at epoch {best_epoch}; run folder {run.root}" if best_metric is not None
+            else f"run folder {run.root}")  # fmt: skip
+    run.close()
+    return {"run_dir": str(run.root), "test": test_rows, "best_metric": best_metric, "best_epoch": best_epoch}
+
+
+if __name__ == "__main__":
+    run_cli(main)

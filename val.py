@@ -1,0 +1,82 @@
+"""Evaluate a checkpoint with the validation protocol of SPEC §4.4 (each valid rater followed in turn by default).
+
+    python val.py -weights logs_new/<run>/Model/checkpoint_best.pth
+    python val.py -sam_ckpt ./checkpoint/medsam_vit_b.pth -weights ./checkpoint/checkpoint_aespa_lidc.pth \
+        -image_size 128 -b 1 -dataset LIDC -data_path ./data/LIDC -mode AESPA
+
+Architecture flags come from a project checkpoint's saved args; the original's published checkpoint runs
+under `-compat reference`. Results go to a run folder `<log_dir>/<exp_name>_val_<time>/` and stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from builders import build_loader, build_model_from_args
+from cfg import given_flags, parse_args
+from distributed import cleanup_distributed, setup_distributed
+from engine import evaluate, is_main_process
+from models import CHECKPOINT_FORMAT, read_checkpoint
+from models.reference_format import is_reference_checkpoint
+from plots import save_epoch_plots
+from runlog import RunFolder, format_table
+from training_state import ARCHITECTURE_FLAGS
+from utils import InputError, run_cli
+
+
+def settings_from_checkpoint(args: argparse.Namespace, explicit: set[str]) -> tuple[list[str], int]:
+    """Take the architecture flags from the checkpoint (-weights) -> (notes for the log, its epoch)."""
+    obj = read_checkpoint(args.weights)
+    notes = []
+    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
+        saved = obj.get("args", {})
+        for flag in ARCHITECTURE_FLAGS:
+            if flag in saved and getattr(args, flag) != saved[flag]:
+                if flag in explicit:
+                    notes.append(f"-{flag} {getattr(args, flag)} ignored: the checkpoint was trained with {saved[flag]}")
+                setattr(args, flag, saved[flag])
+        return notes, int(obj.get("epoch", 0))
+    if is_reference_checkpoint(obj):
+        if args.compat != "reference":
+            notes.append("the original project's checkpoint: running its conventions (-compat reference)")
+        args.compat, args.fcomb = "reference", "reference"
+        args.n_components = len(obj["EM_weights"])
+        return notes, int(obj.get("epoch", 0) or 0)
+    return ["-weights holds plain SAM weights: the preference heads are untrained"], 0
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv, prog="val.py")
+    if not args.weights:
+        raise InputError("-weights is required: the checkpoint to evaluate (e.g. logs_new/<run>/Model/checkpoint_best.pth)")
+    explicit = given_flags(argv)
+    device, _ = setup_distributed(args)
+    try:
+        notes, epoch = settings_from_checkpoint(args, explicit)
+        model, reports = build_model_from_args(args)
+        loader = build_loader(args, "test")
+        run = RunFolder(args, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
+        for line in notes + [report.summary() for report in reports]:
+            run.log(line)
+        model.to(device).eval()
+        run.log(f"evaluating {args.weights} ({args.mode}, {args.encoder} at {args.image_size} px) on "
+                f"{len(loader.dataset)} test samples of {args.dataset}")  # fmt: skip
+        with torch.no_grad():
+            rows = evaluate(model, loader, args, epoch, device)
+        run.write_metrics(rows)
+        if is_main_process():
+            save_epoch_plots(run, model, loader, args, device, epoch)
+        run.log(f"test split ({args.mode}, follow {args.val_follow}), per round:\n" + format_table(rows))
+        noc = {k: v for k, v in rows[-1].items() if k.startswith(("NoC", "NoF"))}
+        if noc:
+            run.log("  ".join(f"{k} {v:.3f}" for k, v in noc.items()))
+        run.close()
+        return rows
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)
