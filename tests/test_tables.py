@@ -1,0 +1,195 @@
+"""tables.py: run folders written by hand -> mean ± sample std over seeds of the last epoch's test rows, in
+Markdown, CSV and LaTeX, plus one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tables
+from utils import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 3
+# Dice_follow chosen per (num_samples, seed) and round 1..3; NoC@0.90 once per run. Values avoid rounding ties.
+DICE_FOLLOW = {
+    (12, 0): [0.5012, 0.6131, 0.7043],
+    (12, 1): [0.5376, 0.6518, 0.7417],
+    (48, 0): [0.5523, 0.7011, 0.8122],
+    (48, 1): [0.5901, 0.7282, 0.8368],
+}
+NOC = {(12, 0): 7.0, (12, 1): 9.0, (48, 0): 4.0, (48, 1): 5.5}
+
+
+def base_args(**changes) -> dict:
+    """A few flags of args.json as train.py writes it."""
+    args = {"exp_name": "LIDC_SPA", "mode": "SPA", "dataset": "LIDC", "data_path": "./data/LIDC", "num_samples": 48,
+            "n_clusters": 4, "n_components": 16, "clicks": ROUNDS, "seed": 0, "log_dir": "logs_new", "device": "auto",
+            "resume": None, "weights": None}  # fmt: skip
+    args.update(changes)
+    return args
+
+
+def rows_of(epoch: int, split: str, dice_follow: list[float], **extra) -> list[dict]:
+    return [{"epoch": epoch, "split": split, "mode": "SPA", "round": t, "clicks": t, "loss": 0.1,
+             "Dice_follow": v, "Dice": v - 0.1, **extra} for t, v in enumerate(dice_follow, start=1)]  # fmt: skip
+
+
+def write_run(folder: Path, args: dict, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "args.json").write_text(json.dumps(args, indent=2))
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+@pytest.fixture()
+def logs(tmp_path: Path) -> Path:
+    """Two configurations (num_samples 12 / 48) x two seeds. Epoch 1: train + test rows (not the last test);
+    epoch 2: train + test rows (the ones to use); epoch 3: train rows only (training went on, no evaluation yet)."""
+    root = tmp_path / "logs"
+    for (samples, seed), values in DICE_FOLLOW.items():
+        rows = rows_of(1, "train", [0.9] * ROUNDS) + rows_of(1, "test", [0.01] * ROUNDS, **{"NoC@0.90": 99.0})
+        rows += rows_of(2, "train", [0.8] * ROUNDS) + rows_of(2, "test", values, **{"NoC@0.90": NOC[samples, seed]})
+        rows += rows_of(3, "train", [0.95] * ROUNDS)
+        args = base_args(exp_name=f"LIDC_SPA_samples{samples}", num_samples=samples, seed=seed, log_dir=f"logs_{seed}")
+        write_run(root / f"LIDC_SPA_samples{samples}_2026_01_0{seed + 1}_10_00_00", args, rows)
+    return root
+
+
+def expected(samples: int, column: int) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) over the two seeds: column 0..2 = Dice_follow@1..3, 3 = NoC@0.90."""
+    values = np.array([(DICE_FOLLOW[samples, s] + [NOC[samples, s]])[column] for s in (0, 1)])
+    return float(values.mean()), float(values.std(ddof=1))
+
+
+def test_table_means_stds_and_files(logs: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    table = tables.main([str(logs), "-metrics", "Dice_follow,NoC@0.90", "-rounds", "1,2,3", "-out", str(out)])
+    assert [h for h, _, _ in table.columns] == ["Dice_follow@1", "Dice_follow@2", "Dice_follow@3", "NoC@0.90"]
+    assert table.flags == ["num_samples"]  # seed, log_dir and the folder timestamps do not split configurations
+    assert [c.label for c in table.configs] == ["LIDC_SPA_samples12 (num_samples=12)", "LIDC_SPA_samples48 (num_samples=48)"]
+    assert [len(c.runs) for c in table.configs] == [2, 2]
+    for i, samples in enumerate((12, 48)):
+        for j in range(4):
+            mean, std = expected(samples, j)
+            assert table.mean[i, j] == pytest.approx(mean, abs=1e-12)
+            assert table.std[i, j] == pytest.approx(std, abs=1e-12)
+
+    # hand check of one cell: Dice_follow@3 of num_samples 12 = mean(0.7043, 0.7417), std = |a - b| / sqrt(2)
+    assert table.mean[0, 2] == pytest.approx(0.7230)
+    assert table.std[0, 2] == pytest.approx(0.0374 / np.sqrt(2))
+
+    markdown = (out / "table.md").read_text()
+    assert markdown.strip() == capsys.readouterr().out.strip()
+    latex = (out / "table.tex").read_text()
+    assert "\\toprule" in latex and "\\bottomrule" in latex and "Dice\\_follow@3" in latex
+    assert "configuration & num\\_samples & $n$ & Dice\\_follow@1" in latex  # the differing flag is a column
+    assert "LIDC\\_SPA\\_samples12 & 12 & 2 & " in latex
+    assert "| configuration | num_samples | n | Dice_follow@1 |" in markdown
+    for samples in (12, 48):
+        for j in range(4):
+            mean, std = expected(samples, j)
+            assert f"{mean:.3f} ± {std:.3f}" in markdown
+            assert f"{mean:.3f} $\\pm$ {std:.3f}" in latex
+    with (out / "table.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["num_samples"] for r in rows] == ["12", "48"] and [r["n"] for r in rows] == ["2", "2"]
+    assert rows[0]["epochs"] == "2;2"
+    for row, samples in zip(rows, (12, 48)):
+        for j, header in enumerate(["Dice_follow@1", "Dice_follow@2", "Dice_follow@3", "NoC@0.90"]):
+            mean, std = expected(samples, j)
+            assert float(row[f"{header}_mean"]) == pytest.approx(mean, abs=1e-12)
+            assert float(row[f"{header}_std"]) == pytest.approx(std, abs=1e-12)
+    assert (out / "round_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_defaults_single_run_and_ignored_flags(tmp_path: Path, capsys) -> None:
+    """Default rounds are 1, 3 and the last; default metrics missing from every run are left out with a note; runs
+    differing only in ignored flags, a `_seed<N>` suffix and a timestamped checkpoint path are one configuration;
+    a configuration of one run shows no ± and an empty CSV std."""
+    rows = rows_of(1, "test", [0.4, 0.5, 0.6, 0.7], **{"NoC@0.90": 3.0})
+    for seed in (0, 1):
+        weights = f"logs_new/LIDC_SPA_seed{seed}_2026_01_0{seed + 1}_10_00_00/Model/checkpoint_best.pth"
+        args = base_args(exp_name=f"LIDC_SPA_seed{seed}", seed=seed, weights=weights, device=f"cuda:{seed}", w=seed)
+        write_run(tmp_path / f"val_{seed}", args, rows)
+    write_run(tmp_path / "other", base_args(n_clusters=2), rows_of(1, "test", [0.25, 0.5, 0.75, 0.8]))
+    out = tmp_path / "out"
+    table = tables.main([str(tmp_path / "val_0"), str(tmp_path / "val_1"), str(tmp_path / "other"), "-out", str(out)])
+    assert [h for h, _, _ in table.columns] == ["Dice@1", "Dice@3", "Dice@4", "Dice_follow@1", "Dice_follow@3",
+                                                "Dice_follow@4", "NoC@0.90"]  # fmt: skip
+    assert "no run has GED; left out" in capsys.readouterr().err
+    merged = [c for c in table.configs if len(c.runs) == 2]
+    assert len(merged) == 1 and merged[0].exp_name == "LIDC_SPA"
+    single = next(c for c in table.configs if len(c.runs) == 1)
+    assert single.label == "LIDC_SPA (n_clusters=2, weights=None)"
+    markdown = (out / "table.md").read_text()
+    assert "| LIDC_SPA | 2 | None | 1 | 0.150 | 0.650 | 0.700 | 0.250 | 0.750 | 0.800 | - |" in markdown
+    assert "0.500 ± 0.000" in markdown  # two identical seeds: a spread of 0, shown
+    with (out / "table.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["n"] == "1")
+    assert row["Dice_follow@3_mean"] == "0.75" and row["Dice_follow@3_std"] == ""
+
+
+def test_parent_folder_skips_runs_without_results(logs: Path, tmp_path: Path, capsys) -> None:
+    (logs / "just_started").mkdir()
+    (logs / "just_started" / "args.json").write_text(json.dumps(base_args()))
+    table = tables.main([str(logs), "-metrics", "Dice_follow", "-rounds", "last", "-out", str(tmp_path / "o")])
+    assert sum(len(c.runs) for c in table.configs) == 4
+    assert "skipped" in capsys.readouterr().err
+
+
+def one_error(tmp_path: Path, *argv: str) -> str:
+    """Run tables.py as users do; it must exit 2 with one `error:` line and no traceback."""
+    proc = subprocess.run([sys.executable, "tables.py", *argv, "-out", str(tmp_path / "o")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_cli_missing_folder(tmp_path: Path) -> None:
+    assert str(tmp_path / "nope") in one_error(tmp_path, str(tmp_path / "nope"))
+
+
+def test_cli_malformed_metrics_names_file_and_line(logs: Path, tmp_path: Path) -> None:
+    run = sorted(logs.iterdir())[0]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[4] = lines[4][:-5]  # a truncated JSON object on line 5
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    message = one_error(tmp_path, str(logs))
+    assert f"{run / 'metrics.jsonl'} line 5" in message
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("not_a_run", "no args.json"),
+    ("no_metrics", "no metrics.jsonl"),
+    ("no_test_rows", "no test rows"),
+    ("unknown_metric", "-metrics Dice_folow"),
+    ("round_beyond", "-rounds 7"),
+    ("bad_row", "line 2"),
+])  # fmt: skip
+def test_bad_input_raises_input_error(tmp_path: Path, case: str, expect: str) -> None:
+    run = tmp_path / "run"
+    argv = [str(run), "-out", str(tmp_path / "o")]
+    if case == "not_a_run":
+        run.mkdir()
+    elif case == "no_metrics":
+        run.mkdir()
+        (run / "args.json").write_text(json.dumps(base_args()))
+    elif case == "no_test_rows":
+        write_run(run, base_args(), rows_of(1, "train", [0.5] * ROUNDS))
+    elif case == "bad_row":
+        write_run(run, base_args(), rows_of(1, "test", [0.5]) + [{"epoch": "one", "split": "test", "round": 1}])
+    else:
+        write_run(run, base_args(), rows_of(1, "test", [0.5] * ROUNDS))
+        argv += ["-metrics", "Dice_folow"] if case == "unknown_metric" else ["-rounds", "1,7"]
+    with pytest.raises(InputError, match="^[^\n]*$") as err:
+        tables.main(argv)
+    assert expect in str(err.value)
