@@ -45,3 +45,14 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def check_in_sync(module: torch.nn.Module) -> None:
+    """Fail loudly if the ranks' copies of the weights have drifted apart (they must stay identical)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    checksum = torch.stack([t.detach().double().sum() for t in module.state_dict().values()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"the ranks' weights differ (checksums {[float(g) for g in gathered]})")

@@ -70,8 +70,15 @@ class Stepper:
         return autocast_context(self.device, self.amp)
 
     def step(self, loss: torch.Tensor) -> None:
+        """One optimisation step on the parameters `loss` depends on."""
         self.optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.update()
+
+    def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
+
+    def update(self) -> None:
         if self.distributed:
             self._average_gradients()
         self.scaler.step(self.optimizer)

@@ -17,7 +17,7 @@ import torch
 from builders import build_loader, build_model_from_args
 from cfg import parse_args
 from conf import global_settings as settings
-from distributed import broadcast_state, cleanup_distributed, setup_distributed
+from distributed import broadcast_state, check_in_sync, cleanup_distributed, setup_distributed
 from engine import evaluate, is_main_process, train_one_epoch
 from optim_step import Stepper, build_optimizer
 from plots import save_epoch_plots
@@ -98,6 +98,7 @@ def train(args: argparse.Namespace, device: torch.device, rank: int) -> dict:
         start = time.time()
         train_rows = train_one_epoch(model, train_loader, stepper, args, epoch, generator, device)
         scheduler.step()
+        check_in_sync(model)
         run.write_metrics(train_rows)
         run.log(f"epoch {epoch}/{args.epochs} train loss {last_round(train_rows, 'loss'):.4f} "
                 f"Dice_follow {last_round(train_rows, 'Dice_follow'):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
