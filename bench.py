@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from builders import build_loader, build_model_from_args
+from builders import build_loader, build_model_from_args, maybe_compile
 from cfg import build_parser, check_args
 from engine import loop_module
 from interaction import prepare_batch
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(args.seed)
     model, _ = build_model_from_args(args)
     model.to(device)
+    maybe_compile(model, args)
     stepper = TimedStepper(build_optimizer(model, args.lr), device, args.amp)
     stepper.clock = clock = NetworkClock(model, device)
     loop = loop_module(args)

@@ -57,6 +57,16 @@ def build_model_from_args(args: argparse.Namespace) -> tuple[AESPAModel, list[Lo
     return model, reports
 
 
+def maybe_compile(model: AESPAModel, args: argparse.Namespace) -> None:
+    """`-compile`: compile the image encoder and the mask decoder in place (parameter names, and so
+    checkpoints, stay the same)."""
+    if args.compile:
+        model.image_encoder.compile()
+        # static shapes: the number of prompt tokens grows with every click, and inductor's dynamic-shape
+        # backward of the decoder's attention mis-predicts strides (seen with torch 2.13 on CPU)
+        model.mask_decoder.compile(dynamic=False)
+
+
 class ShardSampler(Sampler):
     """Rank r of W takes indices r, r + W, ...: every test image exactly once across ranks (no padding)."""
 

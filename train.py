@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from builders import build_loader, build_model_from_args
+from builders import build_loader, build_model_from_args, maybe_compile
 from cfg import parse_args
 from conf import global_settings as settings
 from distributed import broadcast_state, check_in_sync, cleanup_distributed, setup_distributed
@@ -68,9 +68,7 @@ def train(args: argparse.Namespace, device: torch.device, rank: int) -> dict:
     for report in reports:
         run.log(report.summary())
     model.to(device)
-    if args.compile:
-        model.image_encoder.compile()  # in place: parameter names (and checkpoints) stay the same
-        model.mask_decoder.compile()
+    maybe_compile(model, args)
     optimizer = build_optimizer(model, args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.STEP_SIZE, settings.GAMMA)
     stepper = Stepper(optimizer, device, args.amp)
