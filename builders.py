@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -12,9 +14,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from conf import global_settings as settings
 from dataset import build_dataset
-from models import AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
+from models import CHECKPOINT_FORMAT, AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
 from models.build import ENCODERS, model_state
 from models.checkpoint import CheckpointError
+from models.reference_format import is_reference_checkpoint
+from training_state import ARCHITECTURE_FLAGS
 from utils import InputError
 
 log = logging.getLogger(__name__)
@@ -32,16 +36,42 @@ def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
     raise CheckpointError(f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}")
 
 
-def build_model_from_args(args: argparse.Namespace) -> tuple[AESPAModel, list[LoadReport]]:
+def adopt_checkpoint_settings(args: argparse.Namespace, obj: Any, explicit: Iterable[str] = ()) -> list[str]:
+    """Make `args` describe the checkpoint's architecture -> notes for the log.
+
+    A checkpoint of this project sets the architecture flags it was trained with (a flag given on the
+    command line that disagrees is noted and overridden); the original's published checkpoint runs under its
+    own conventions (`-compat reference`) with its number of mixture components.
+    """
+    notes = []
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        saved = obj.get("args", {})
+        for flag in ARCHITECTURE_FLAGS:
+            if flag in saved and getattr(args, flag) != saved[flag]:
+                if flag in explicit:
+                    notes.append(f"-{flag} {getattr(args, flag)} ignored: the checkpoint was trained with {saved[flag]}")
+                setattr(args, flag, saved[flag])
+    elif is_reference_checkpoint(obj):
+        if args.compat != "reference":
+            notes.append("the original project's checkpoint: running its conventions (-compat reference)")
+        args.compat, args.fcomb, args.n_components = "reference", "reference", len(obj["EM_weights"])
+    else:
+        notes.append("plain SAM weights: the preference heads start untrained")
+    return notes
+
+
+def build_model_from_args(args: argparse.Namespace, preloaded: Mapping[str, Any] | None = None) -> tuple[AESPAModel, list[LoadReport]]:
     """The model the flags describe, with -sam_ckpt and then -weights loaded (both resampled to -image_size).
 
     `-encoder auto` takes the size of the checkpoint to load (-weights, else -sam_ckpt), or vit_t without one;
-    `-image_size` defaults per encoder (conf/). Each file is read once.
+    `-image_size` defaults per encoder (conf/). Each file is read once (`preloaded`: path -> loaded object).
     """
+    preloaded = preloaded or {}
     loaded = {}
     for path in (args.sam_ckpt, args.weights):
         if path:
-            loaded[path] = model_state(read_checkpoint(path), str(path))
+            obj = preloaded[path] if path in preloaded else read_checkpoint(path)
+            loaded[path] = model_state(obj, str(path))
     if args.encoder == "auto":
         last = args.weights or args.sam_ckpt
         args.encoder = encoder_of_state(loaded[last][0], str(last)) if last else "vit_t"

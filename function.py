@@ -13,7 +13,7 @@ from interaction import (
     Batch, ClickState, bce_loss, draw_among, mean_of, prompt_side, raters_agreeing, round_metrics, weight_head_loss,
 )  # fmt: skip
 from kmeans import batched_kmeans
-from models import AESPAModel
+from models import AESPAModel, responsibilities
 from multirater_metrics import dice, noc
 from optim_step import Stepper, frozen
 from rng import KeyedRandom, normal, uniform
@@ -174,7 +174,7 @@ def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, ta
         out.append({"selected": cand.selected_mean, "centres": cand.centres,
                     "loss": bce_loss(logits.mean(1), target, per_image=True)})  # fmt: skip
         clicks.add(*candidate_click(strategy, cand, target, clicks.exclude, source))
-        _, em_weights = weight_head_loss(model, cand.selected_mean, target, weights, means, variances)
+        em_weights = responsibilities(cand.selected_mean, weights.float(), means.float(), variances.float())
         prev_low = selected_low_res(low, cand.members)
     return out, clicks
 

@@ -9,8 +9,8 @@ import torch
 
 from clicks import next_click
 from interaction import (
-    Batch, ClickState, bce_loss, draw_among, mean_of, pick, prompt_side, raters_agreeing, round_metrics,
-    switch_raters, weight_head_loss,
+    Batch, ClickState, bce_loss, draw_among, mean_of, pick, predict_round, prompt_side, raters_agreeing,
+    round_metrics, switch_raters, weight_head_loss,
 )  # fmt: skip
 from models import AESPAModel
 from multirater_metrics import dice, noc, personalised_metrics, set_metrics
@@ -145,19 +145,14 @@ def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, im
     preds, dice_follow = [], []
     for _ in range(rounds):
         emb = model.image_encoder(batch.images) if embedding is None else embedding
-        sparse, dense, means, variances, weights = prompt_side(model, clicks, prev_low, em_weights, p, yx)
-        z = model.latent(weights, means, variances)
-        low = model.decode(emb[image_idx], z, sparse, dense, args.multimask_output > 1).float()
-        logits = model.upscale(low)[:, 0]
-        probs = torch.sigmoid(logits)
-        preds.append((probs, bce_loss(logits, target, per_image=True)))
-        dice_follow.append(dice(probs, followed))
-        points, labels = next_click(strategy, probs, followed, exclude=clicks.exclude, generator=source)
+        out = predict_round(model, emb[image_idx], clicks, prev_low, em_weights, yx, args.multimask_output > 1)
+        preds.append((out.probs, bce_loss(out.logits, target, per_image=True)))
+        dice_follow.append(dice(out.probs, followed))
+        points, labels = next_click(strategy, out.probs, followed, exclude=clicks.exclude, generator=source)
         clicks.add(points, labels)
         consistent = update_consistent(consistent, raters_agreeing(raters, valid, points, labels), args.target_from)
         target = mean_of(raters, consistent)
-        _, em_weights = weight_head_loss(model, probs, target, weights, means, variances)
-        prev_low = low
+        prev_low, em_weights = out.low, out.em_weights
     return preds, dice_follow, clicks
 
 

@@ -155,6 +155,30 @@ def prompt_side(model: AESPAModel, clicks: ClickState, prev_low: torch.Tensor | 
     return sparse, dense, means, variances, round_weights(model, em_weights, batch_size)
 
 
+@dataclass
+class Round:
+    """One deterministic prediction (ε = 0): low-res logits Bx1x4Gx4G, probabilities BxSxS, and the mixture
+    responsibilities of the prediction BxK (the weight head's input next round)."""
+
+    low: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+    em_weights: torch.Tensor
+
+
+def predict_round(model: AESPAModel, embedding: torch.Tensor, clicks: ClickState, prev_low: torch.Tensor | None,
+                  em_weights: torch.Tensor | None, yx: bool = False, multimask: bool = False) -> Round:  # fmt: skip
+    """The prediction of one validation round from the SAM embedding BxCxGxG (AESPA's protocol, the demo)."""
+    b = embedding.shape[0]
+    sparse, dense, means, variances, weights = prompt_side(model, clicks, prev_low, em_weights, b, yx)
+    z = model.latent(weights, means, variances)
+    low = model.decode(embedding, z, sparse, dense, multimask).float()
+    logits = model.upscale(low)[:, 0]
+    probs = torch.sigmoid(logits)
+    em = responsibilities(probs, weights.float(), means.float(), variances.float())
+    return Round(low, logits, probs, em)
+
+
 def weight_head_loss(model: AESPAModel, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                      means: torch.Tensor, variances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """SPEC §4.1 steps 3-4: responsibilities of the prediction (the next round's weight-head input) and the

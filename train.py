@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from builders import build_loader, build_model_from_args, maybe_compile
-from cfg import parse_args
+from builders import adopt_checkpoint_settings, build_loader, build_model_from_args, maybe_compile
+from cfg import given_flags, parse_args
 from conf import global_settings as settings
 from distributed import broadcast_state, check_in_sync, cleanup_distributed, setup_distributed
 from engine import evaluate, is_main_process, train_one_epoch
 from optim_step import Stepper, build_optimizer
 from plots import save_epoch_plots
 from runlog import RunFolder, format_table
-from training_state import ARCHITECTURE_FLAGS, load_training_checkpoint, restore_rng, save_checkpoint
+from training_state import load_training_checkpoint, restore_rng, save_checkpoint
 from utils import InputError, run_cli, seed_everything
 
 BEST_METRIC = "Dice_follow"  # at the last round of the test split: does the model follow the user?
@@ -32,28 +32,21 @@ def last_round(rows: list[dict], key: str) -> float:
     return float(rows[-1][key])
 
 
-def apply_resume_args(args: argparse.Namespace, saved: dict) -> None:
-    """The architecture of a resumed run is the checkpoint's; say so when the command line disagrees."""
-    for flag in ARCHITECTURE_FLAGS:
-        if flag in saved and getattr(args, flag) != saved[flag]:
-            setattr(args, flag, saved[flag])
-    args.exp_name = saved.get("exp_name", args.exp_name)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv, prog="train.py")
     device, rank = setup_distributed(args)
     try:
-        return train(args, device, rank)
+        return train(args, device, rank, argv)
     finally:
         cleanup_distributed()
 
 
-def train(args: argparse.Namespace, device: torch.device, rank: int) -> dict:
+def train(args: argparse.Namespace, device: torch.device, rank: int, argv: list[str] | None = None) -> dict:
     resume = load_training_checkpoint(args.resume) if args.resume else None
-    run_root = None
-    if resume is not None:
-        apply_resume_args(args, resume["args"])
+    run_root, notes = None, []
+    if resume is not None:  # the run continues with the checkpoint's architecture and name
+        notes = adopt_checkpoint_settings(args, resume, given_flags(argv))
+        args.exp_name = resume["args"].get("exp_name", args.exp_name)
         args.sam_ckpt = None  # the checkpoint holds every weight
         run_root = Path(args.resume).resolve().parent.parent
         if not (run_root / "args.json").is_file():
@@ -65,8 +58,8 @@ def train(args: argparse.Namespace, device: torch.device, rank: int) -> dict:
     train_loader, test_loader = build_loader(args, "train", loader_generator), build_loader(args, "test")
     run = RunFolder(args, root=run_root, enabled=is_main_process())
     run.log(f"{'resuming' if resume else 'starting'} run {run.root} on {device} (rank {rank})")
-    for report in reports:
-        run.log(report.summary())
+    for line in notes + [report.summary() for report in reports]:
+        run.log(line)
     model.to(device)
     maybe_compile(model, args)
     optimizer = build_optimizer(model, args.lr)

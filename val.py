@@ -10,41 +10,16 @@ under `-compat reference`. Results go to a run folder `<log_dir>/<exp_name>_val_
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from builders import build_loader, build_model_from_args
+from builders import adopt_checkpoint_settings, build_loader, build_model_from_args
 from cfg import given_flags, parse_args
 from distributed import cleanup_distributed, setup_distributed
 from engine import evaluate, is_main_process
-from models import CHECKPOINT_FORMAT, read_checkpoint
-from models.reference_format import is_reference_checkpoint
+from models import read_checkpoint
 from plots import save_epoch_plots
 from runlog import RunFolder, format_table
-from training_state import ARCHITECTURE_FLAGS
 from utils import InputError, run_cli
-
-
-def settings_from_checkpoint(args: argparse.Namespace, explicit: set[str]) -> tuple[list[str], int]:
-    """Take the architecture flags from the checkpoint (-weights) -> (notes for the log, its epoch)."""
-    obj = read_checkpoint(args.weights)
-    notes = []
-    if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
-        saved = obj.get("args", {})
-        for flag in ARCHITECTURE_FLAGS:
-            if flag in saved and getattr(args, flag) != saved[flag]:
-                if flag in explicit:
-                    notes.append(f"-{flag} {getattr(args, flag)} ignored: the checkpoint was trained with {saved[flag]}")
-                setattr(args, flag, saved[flag])
-        return notes, int(obj.get("epoch", 0))
-    if is_reference_checkpoint(obj):
-        if args.compat != "reference":
-            notes.append("the original project's checkpoint: running its conventions (-compat reference)")
-        args.compat, args.fcomb = "reference", "reference"
-        args.n_components = len(obj["EM_weights"])
-        return notes, int(obj.get("epoch", 0) or 0)
-    return ["-weights holds plain SAM weights: the preference heads are untrained"], 0
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -54,8 +29,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     explicit = given_flags(argv)
     device, _ = setup_distributed(args)
     try:
-        notes, epoch = settings_from_checkpoint(args, explicit)
-        model, reports = build_model_from_args(args)
+        obj = read_checkpoint(args.weights)
+        notes = adopt_checkpoint_settings(args, obj, explicit)
+        epoch = int(obj.get("epoch", 0) or 0) if isinstance(obj, dict) else 0
+        model, reports = build_model_from_args(args, preloaded={args.weights: obj})
         loader = build_loader(args, "test")
         run = RunFolder(args, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
         for line in notes + [report.summary() for report in reports]:

@@ -172,3 +172,22 @@ def write_mbhseg_raw(root: str | Path, split: str = "train", n_cases: int = 2, r
         for k, label in enumerate(labels):
             write_nifti(case / f"label_annot_{k + 1}.nii.gz", flip(label), affine)
     return RawMBHSeg(root, hu, labels, ras)
+
+
+def write_two_style_tree(root: str | Path, n_train: int = 32, n_test: int = 8, size: int = 64, seed: int = 0) -> Path:
+    """LIDC layout, one bright disk of radius r in 10..16 px per image at a random place, and two raters with
+    systematic styles: rater 0 marks radius r - 3 (tight), rater 1 radius r + 3 (generous)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for split, n in (("train", n_train), ("test", n_test)):
+        for i in range(n):
+            radius = rng.uniform(10, 16)
+            cy, cx = rng.uniform(radius + 4, size - radius - 4, 2)
+            dist = np.hypot(yy - cy, xx - cx)
+            image = 0.3 + 0.4 * (dist < radius) + 0.05 * rng.standard_normal((size, size))
+            stem = f"p{i:03d}/s0"
+            write_png(root / split / "images" / f"{stem}.png", (np.clip(image, 0, 1) * 255).astype(np.uint8))
+            for k, offset in enumerate((-3, 3)):
+                write_png(root / split / "gt" / f"{stem}_l{k}.png", ((dist < radius + offset) * 255).astype(np.uint8))
+    return root

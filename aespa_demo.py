@@ -1,0 +1,79 @@
+"""Interactive gradio demo: click on a scan and watch the prediction move toward the rater you agree with.
+
+    python aespa_demo.py                    # the newest checkpoint_best.pth under logs_new/ (python train.py)
+    python aespa_demo.py -weights logs_new/<run>/Model/checkpoint_best.pth -port 7861
+    python aespa_demo.py -sam_ckpt ./checkpoint/medsam_vit_b.pth -weights ./checkpoint/checkpoint_aespa_lidc.pth
+
+Serves on 127.0.0.1 (loopback) unless -host says otherwise; a public link only with -share. Architecture
+flags come from the checkpoint, as in val.py; the original's published checkpoint runs under -compat reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from builders import adopt_checkpoint_settings, build_model_from_args, default_run_checkpoint
+from cfg import OneLineParser, build_parser, check_args, given_flags
+from demo.predictor import Predictor
+from demo.sample import load_sample
+from models import read_checkpoint
+from utils import InputError, choose_device, run_cli
+
+NO_CHECKPOINT = ("no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
+                 "(a few minutes on a CPU; the demo then finds logs_new/<run>/Model/checkpoint_best.pth)")  # fmt: skip
+
+
+def build_demo_parser(prog: str | None = None) -> OneLineParser:
+    """The project's parser plus the demo's server flags."""
+    parser = build_parser(prog)
+    demo = parser.add_argument_group("demo")
+    demo.add_argument("-host", default="127.0.0.1", help="address to serve on (default loopback only; 0.0.0.0 for every interface)")
+    demo.add_argument("-port", type=int, default=7860, help="port to serve on (default 7860)")
+    demo.add_argument("-share", action="store_true", help="also open a public gradio.live link (off by default)")
+    return parser
+
+
+def parse_demo_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_demo_parser("aespa_demo.py")
+    args = check_args(parser.parse_args(argv), parser)
+    if not 1 <= args.port <= 65535:
+        parser.error(f"argument -port: must be in 1..65535, got {args.port}")
+    return args
+
+
+def load_predictor(args: argparse.Namespace, explicit: set[str]) -> tuple[Predictor, list[str]]:
+    """-weights (or the newest default run's checkpoint) -> (Predictor on the chosen device, notes to print)."""
+    if not args.weights:
+        found = default_run_checkpoint(args.log_dir)
+        if found is None:
+            raise InputError(NO_CHECKPOINT)
+        args.weights = str(found)
+    obj = read_checkpoint(args.weights)
+    notes = adopt_checkpoint_settings(args, obj, explicit)
+    model, reports = build_model_from_args(args, preloaded={args.weights: obj})
+    device = choose_device(args.device)
+    predictor = Predictor(model, device, yx=args.compat == "reference", multimask=args.multimask_output > 1)
+    return predictor, notes + [r.summary() for r in reports]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_demo_args(argv)
+    predictor, notes = load_predictor(args, given_flags(argv))
+    from demo.app import build_app  # gradio is slow to import: after the checkpoint is known to be good
+
+    app = build_app(predictor, load_sample())
+    for line in notes:
+        print(line)
+    try:
+        _, local_url, share_url = app.launch(server_name=args.host, server_port=args.port, share=args.share,
+                                             ssr_mode=False, inbrowser=False, prevent_thread_lock=True, quiet=True)  # fmt: skip
+    except OSError:  # gradio found the port taken (or the address cannot be bound)
+        raise InputError(f"-port {args.port}: cannot serve on {args.host}:{args.port} (in use? choose another -port)") from None
+    compat = ", -compat reference" if predictor.yx else ""
+    print(f"AESPA demo: {args.weights} ({args.encoder} at {args.image_size} px{compat}) on {predictor.device}")
+    print(f"open {local_url}" + (f" or the public link {share_url}" if share_url else ""), flush=True)
+    app.block_thread()  # until Ctrl-C
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,100 @@
+"""The gradio page: the scan to click on, click controls, the raters' gallery, upload, and the raw mask.
+
+Every action is also a named API endpoint (for gradio_client and scripts), taking clicks in model pixels:
+    /load_sample ()  /upload (image)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
+    /suggest (rater)
+each returning (view, caption, gallery, clicks, mask). Clicking on the view does what /add_click does, at
+the model pixel under the pointer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+import numpy as np
+
+from . import session as sess
+from .predictor import Predictor
+from .sample import Sample
+
+HELP = """## AESPA: click, and the prediction moves toward the rater you agree with
+Click on the scan: **positive** clicks mark what belongs to the lesion, **negative** ones what does not.
+The prediction (red) is recomputed after every click. For the bundled sample, the gallery compares it with
+each rater (yellow: both, cyan: rater only, red: prediction only); **Suggest next click** makes the click
+a user following the chosen rater would make. Upload your own image below (no raters then)."""
+
+
+def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
+    """The Blocks app; nothing is launched."""
+    size = predictor.size
+    start = sess.new_session(sample.image, size, "Bundled sample", sample)
+    first = sess.render(predictor, start)
+
+    def show(s: sess.Session) -> tuple:
+        r = sess.render(predictor, s)
+        return s, r.view, r.caption, r.gallery, r.clicks_text, r.mask
+
+    def action(step: Callable[..., sess.Session]) -> Callable:
+        return lambda s, *values: show(step(s, *values))
+
+    def on_select(s: sess.Session, label: str, evt: gr.SelectData) -> tuple:
+        x, y = evt.index[:2]
+        return show(sess.add_display_click(s, x, y, label))
+
+    def on_upload(image: np.ndarray | None) -> tuple:
+        if image is None:  # the upload box was cleared
+            return load_sample()
+        return show(sess.new_session(image, size, "Uploaded image"))
+
+    def load_sample() -> tuple:
+        return show(start)
+
+    def on_suggest(s: sess.Session, rater: int) -> tuple:
+        return show(sess.suggest(predictor, s, int(rater)))
+
+    with gr.Blocks(title="AESPA demo", analytics_enabled=False) as app:
+        state = gr.State(start)
+        gr.Markdown(HELP)
+        with gr.Row():
+            with gr.Column(scale=3):
+                view = gr.Image(first.view, label="Scan: click to add a point", type="numpy", format="png",
+                                interactive=False, elem_id="aespa-view", buttons=["download", "fullscreen"])  # fmt: skip
+                with gr.Row():
+                    label = gr.Radio(list(sess.LABELS), value="positive", label="Next click")
+                    undo_btn, redo_btn, clear_btn = gr.Button("Undo"), gr.Button("Redo"), gr.Button("Clear")
+                clicks_box = gr.Textbox(first.clicks_text, label=f"Clicks: (x, y) in pixels of the {size}x{size} model input",
+                                        lines=3, interactive=False, elem_id="aespa-clicks")  # fmt: skip
+                with gr.Accordion("Click by coordinates", open=False):
+                    with gr.Row():
+                        x_in = gr.Number(0, label="x (column)", precision=0, minimum=0, maximum=size - 1)
+                        y_in = gr.Number(0, label="y (row)", precision=0, minimum=0, maximum=size - 1)
+                        add_btn = gr.Button("Add click")
+            with gr.Column(scale=2):
+                caption = gr.Markdown(first.caption)
+                gallery = gr.Gallery(first.gallery, label="Each rater against the prediction", columns=2,
+                                     format="png", allow_preview=False)  # fmt: skip
+                with gr.Row():
+                    target = gr.Dropdown([(name, k) for k, name in enumerate(start.rater_names)], value=0,
+                                         label="Suggest a click toward")  # fmt: skip
+                    suggest_btn = gr.Button("Suggest next click")
+                with gr.Accordion("Your own image, raw prediction", open=False):
+                    upload = gr.Image(label="Upload a scan (resized to the model input)", type="numpy",
+                                      sources=["upload"], format="png")  # fmt: skip
+                    sample_btn = gr.Button("Back to the bundled sample")
+                    mask = gr.Image(first.mask, label=f"Predicted mask ({size}x{size})", type="numpy",
+                                    format="png", image_mode="L", interactive=False)  # fmt: skip
+
+        outputs = [state, view, caption, gallery, clicks_box, mask]
+        # One queue for every action; a click made while the previous one runs is ignored (gradio's "once":
+        # "multiple" can reorder quick clicks, whose requests race, and "always_last" repeats the first one).
+        queue = dict(concurrency_id="aespa", concurrency_limit=1, trigger_mode="once", show_progress="minimal")
+        view.select(on_select, [state, label], outputs, api_visibility="private", **queue)
+        add_btn.click(action(sess.add_click), [state, x_in, y_in, label], outputs, api_name="add_click", **queue)
+        undo_btn.click(action(sess.undo), [state], outputs, api_name="undo", **queue)
+        redo_btn.click(action(sess.redo), [state], outputs, api_name="redo", **queue)
+        clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
+        suggest_btn.click(on_suggest, [state, target], outputs, api_name="suggest", **queue)
+        upload.upload(on_upload, [upload], outputs, api_name="upload", **queue)
+        sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)
+    return app

@@ -1,0 +1,116 @@
+"""The demo's model side: a prediction as a pure function of (image, clicks), replaying AESPA's validation
+protocol (SPEC §4.4) exactly, with the SAM image embedding computed once per image.
+
+Clicks are (x, y, label) in pixels of the model's SxS input (label 1 positive, 0 negative). The prediction
+after n clicks is round n of the protocol: round 0 has no click, round i uses clicks[:i], the previous
+round's low-resolution logits as mask prompt and the mixture weights the weight head makes from the
+previous round's responsibilities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from clicks import next_click
+from dataset import resize_image
+from interaction import ClickState, predict_round
+from models import AESPAModel
+from multirater_metrics import dice, iou
+
+
+class Click(NamedTuple):
+    """One click in model-input pixels: column x, row y, label (1 positive, 0 negative)."""
+
+    x: int
+    y: int
+    label: int
+
+
+def to_model_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """HxW or HxWx3 float image in [0,1] (or uint8) -> 3xSxS float32, resized as the data loaders do."""
+    if image.dtype == np.uint8:
+        image = image.astype(np.float32) / 255.0
+    if image.ndim == 3 and image.shape[2] == 4:  # RGBA upload: drop alpha
+        image = image[..., :3]
+    return resize_image(np.asarray(image, dtype=np.float32), size)
+
+
+def click_tensors(clicks: Sequence[Click], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """clicks -> points Nx2 float (x, y) and labels N long."""
+    points = torch.tensor([[c.x, c.y] for c in clicks], dtype=torch.float32, device=device).reshape(-1, 2)
+    labels = torch.tensor([c.label for c in clicks], dtype=torch.long, device=device)
+    return points, labels
+
+
+@torch.no_grad()
+def replay(model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click], yx: bool = False,
+           multimask: bool = False) -> torch.Tensor:  # fmt: skip
+    """Rounds 0..n of the protocol for one image (embedding 1xCxGxG) -> probabilities (n+1)xSxS, one per round."""
+    size = model.image_size
+    state = ClickState(1, size, embedding.device)
+    points, labels = click_tensors(clicks, embedding.device)
+    prev_low = em_weights = None
+    rounds = []
+    for i in range(len(clicks) + 1):
+        if i:
+            state.add(points[i - 1 : i], labels[i - 1 : i])  # 1x2, 1
+        out = predict_round(model, embedding, state, prev_low, em_weights, yx, multimask)
+        prev_low, em_weights = out.low, out.em_weights
+        rounds.append(out.probs[0])
+    return torch.stack(rounds)
+
+
+class Predictor:
+    """A loaded model on a device, with an LRU cache of SAM image embeddings keyed on the input's bytes.
+
+    Thread-safe: gradio serves sessions from a thread pool, so model calls and the cache share one lock.
+    """
+
+    def __init__(self, model: AESPAModel, device: torch.device, yx: bool = False, multimask: bool = False,
+                 cache_size: int = 8):  # fmt: skip
+        self.model = model.to(device).eval()
+        self.device, self.yx, self.multimask = device, yx, multimask
+        self.size = model.image_size
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+
+    @torch.no_grad()
+    def embedding(self, image: torch.Tensor) -> torch.Tensor:
+        """3xSxS image -> SAM embedding 1xCxGxG (computed once per distinct image)."""
+        key = hashlib.sha1(image.contiguous().cpu().numpy().tobytes()).hexdigest()
+        if key in self.cache:
+            self.cache.move_to_end(key)
+            return self.cache[key]
+        emb = self.model.image_encoder(image[None].to(self.device))
+        self.cache[key] = emb
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return emb
+
+    def predict(self, image: torch.Tensor, clicks: Sequence[Click]) -> np.ndarray:
+        """Probabilities SxS (float32 numpy) after every click of `clicks`, for the 3xSxS `image`."""
+        with self.lock:
+            rounds = replay(self.model, self.embedding(image), clicks, self.yx, self.multimask)
+        return rounds[-1].cpu().numpy()
+
+    def suggest(self, probs: np.ndarray, rater: np.ndarray, clicks: Sequence[Click]) -> Click:
+        """The simulated user's next centre click (SPEC §3) toward `rater` (SxS bool), never on a clicked pixel."""
+        state = ClickState(1, self.size, torch.device("cpu"))
+        for c in clicks:
+            state.add(*click_tensors([c], torch.device("cpu")))
+        points, labels = next_click("center", torch.from_numpy(probs)[None], torch.from_numpy(rater)[None],
+                                    exclude=state.exclude)  # fmt: skip
+        return Click(int(points[0, 0]), int(points[0, 1]), int(labels[0]))
+
+
+def rater_scores(probs: np.ndarray, raters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU (SPEC §6) of the prediction SxS against each of the RxSxS rater masks -> R, R."""
+    pred, masks = torch.from_numpy(probs)[None], torch.from_numpy(raters)
+    return dice(pred, masks).numpy(), iou(pred, masks).numpy()

@@ -1,0 +1,133 @@
+"""One user's interaction, as plain immutable data, and what the UI shows for it (no gradio here).
+
+A `Session` is an image (the bundled sample with its raters, or an upload without) and the clicks so far,
+plus the undone clicks that `redo` brings back. Every action returns a new Session; `render` draws it.
+The prediction depends only on (image, clicks), so undo gives back exactly the earlier prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from dataset import resize_mask
+
+from .predictor import Click, Predictor, rater_scores, to_model_input
+from .render import (
+    THUMB_MIN, VIEW_MIN, base_view, comparison_view, display_size, mask_png, prediction_view, to_model_xy,
+)  # fmt: skip
+from .sample import Sample
+
+LABELS = {"positive": 1, "negative": 0}
+
+
+@dataclass(frozen=True)
+class Session:
+    """pixels 3xSxS model input; base DxDx3 uint8 backdrop of the view, thumb the gallery's (smaller);
+    raters RxSxS bool or None (an upload)."""
+
+    title: str
+    pixels: np.ndarray
+    base: np.ndarray
+    thumb: np.ndarray
+    raters: np.ndarray | None = None
+    rater_names: tuple[str, ...] = ()
+    clicks: tuple[Click, ...] = ()
+    redo_stack: tuple[Click, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return self.pixels.shape[-1]
+
+    @property
+    def display(self) -> int:
+        return self.base.shape[0]
+
+
+@dataclass
+class Rendered:
+    """What the UI shows: the view DxDx3, the SxS 0/255 mask, a caption, gallery tiles, the click list."""
+
+    view: np.ndarray
+    mask: np.ndarray
+    caption: str
+    gallery: list[tuple[np.ndarray, str]]
+    clicks_text: str
+
+
+def new_session(image: np.ndarray, size: int, title: str, sample: Sample | None = None) -> Session:
+    """A session without clicks for an HxW[x3] image (float in [0,1] or uint8), with the sample's raters."""
+    pixels = to_model_input(image, size).numpy()
+    raters = names = None
+    if sample is not None:
+        raters = np.stack([resize_mask(m, size) for m in sample.raters])  # RxSxS, as the data loaders resize
+        names = tuple(f"rater {k} ({name})" for k, name in enumerate(sample.rater_names))
+    base, thumb = (base_view(image, display_size(size, at_least)) for at_least in (VIEW_MIN, THUMB_MIN))
+    return Session(title, pixels, base, thumb, raters, names or ())
+
+
+def add_click(s: Session, x: int, y: int, label: str | int) -> Session:
+    """Append a click at model pixel (x, y); a new click forgets the undone ones."""
+    value = LABELS.get(label, label) if isinstance(label, str) else int(label)
+    if value not in (0, 1):
+        raise ValueError(f"click label must be positive/negative or 1/0, got {label!r}")
+    x, y = min(max(int(x), 0), s.size - 1), min(max(int(y), 0), s.size - 1)
+    return replace(s, clicks=s.clicks + (Click(x, y, value),), redo_stack=())
+
+
+def add_display_click(s: Session, x: float, y: float, label: str | int) -> Session:
+    """A click at pixel (x, y) of the displayed DxD view."""
+    return add_click(s, *to_model_xy(x, y, s.display, s.size), label)
+
+
+def undo(s: Session) -> Session:
+    if not s.clicks:
+        return s
+    return replace(s, clicks=s.clicks[:-1], redo_stack=s.redo_stack + s.clicks[-1:])
+
+
+def redo(s: Session) -> Session:
+    if not s.redo_stack:
+        return s
+    return replace(s, clicks=s.clicks + s.redo_stack[-1:], redo_stack=s.redo_stack[:-1])
+
+
+def clear(s: Session) -> Session:
+    return replace(s, clicks=(), redo_stack=())
+
+
+def suggest(predictor: Predictor, s: Session, rater: int) -> Session:
+    """Add the simulated user's next click toward `rater` (nothing changes for an image without raters)."""
+    if s.raters is None or not 0 <= rater < len(s.raters):
+        return s
+    probs = predictor.predict(to_tensor(s), s.clicks)
+    return add_click(s, *predictor.suggest(probs, s.raters[rater], s.clicks))
+
+
+def to_tensor(s: Session) -> torch.Tensor:
+    return torch.from_numpy(s.pixels)  # 3xSxS
+
+
+def describe_clicks(clicks: tuple[Click, ...]) -> str:
+    lines = [f"{i}. ({c.x}, {c.y}) {'positive' if c.label else 'negative'}" for i, c in enumerate(clicks, 1)]
+    return "\n".join(lines) if lines else "no clicks yet"
+
+
+def render(predictor: Predictor, s: Session) -> Rendered:
+    """Predict from the session's clicks and draw everything the UI shows."""
+    probs = predictor.predict(to_tensor(s), s.clicks)
+    view = prediction_view(s.base, probs, s.clicks)
+    n = len(s.clicks)
+    summary = f"{n} click{'s' if n != 1 else ''}; {int((probs > 0.5).sum())} of {s.size}x{s.size} pixels predicted"
+    if s.raters is None:
+        return Rendered(view, mask_png(probs), f"**{s.title}**: no raters to compare with. {summary}.", [],
+                        describe_clicks(s.clicks))  # fmt: skip
+    dices, ious = rater_scores(probs, s.raters)
+    best = int(np.argmax(dices))  # the closest rater by Dice; the first of equals
+    table = "\n".join(f"| {name}{' ⟵' if k == best else ''} | {d:.3f} | {j:.3f} |"
+                      for k, (name, d, j) in enumerate(zip(s.rater_names, dices, ious)))  # fmt: skip
+    caption = f"**Following: {s.rater_names[best]}**. {summary}.\n\n| rater | Dice | IoU |\n|---|---|---|\n{table}"
+    tiles = [(comparison_view(s.thumb, probs, r), name) for r, name in zip(s.raters, s.rater_names)]
+    return Rendered(view, mask_png(probs), caption, tiles, describe_clicks(s.clicks))
