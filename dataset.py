@@ -366,7 +366,7 @@ def _refuge_records(split_dir: Path, target: str) -> list[Record]:
 
 def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, image_size: int, *,
                   valid_raters: str = "present", keep_empty: bool = False, refuge_target: str = "cup",
-                  seed: int = 0, n_train: int = 200, n_test: int = 100) -> MultiRaterDataset:
+                  seed: int = 0, n_train: int = 260, n_test: int = 100) -> MultiRaterDataset:
     """The `split` ('train'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
     Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);

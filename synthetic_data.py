@@ -174,7 +174,7 @@ def _parameters(seed: int, n_train: int, n_test: int) -> dict:
             "raters": list(RATER_STYLES)}
 
 
-def generate(root: str | os.PathLike, seed: int = 0, n_train: int = 200, n_test: int = 100) -> None:
+def generate(root: str | os.PathLike, seed: int = 0, n_train: int = 260, n_test: int = 100) -> None:
     """Write the data set into the (new or empty) folder `root`, synthetic.json last."""
     root = Path(root)
     for split, count in (("train", n_train), ("test", n_test)):
@@ -198,7 +198,7 @@ def _read_parameters(root: Path) -> dict | None:
         return None
 
 
-def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = 200,
+def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = 260,
                      n_test: int = 100) -> Path:
     """`root`, generated first when absent or empty; reused when its synthetic.json matches the
     parameters; otherwise InputError (one line). Generation happens in a temporary sibling folder that
