@@ -36,18 +36,25 @@ def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
     raise CheckpointError(f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}")
 
 
-def adopt_checkpoint_settings(args: argparse.Namespace, obj: Any, explicit: Iterable[str] = ()) -> list[str]:
+def adopt_checkpoint_settings(
+    args: argparse.Namespace, obj: Any, explicit: Iterable[str] = (), evaluating: bool = False
+) -> list[str]:
     """Make `args` describe the checkpoint's architecture -> notes for the log.
 
     A checkpoint of this project sets the architecture flags it was trained with (a flag given on the
     command line that disagrees is noted and overridden); the original's published checkpoint runs under its
-    own conventions (`-compat reference`) with its number of mixture components.
+    own conventions (`-compat reference`) with its number of mixture components. `-mode` is the training
+    mode's protocol: the checkpoint's unless an evaluation (`evaluating`) names another explicitly, e.g. an
+    SPA-trained model evaluated under the AESPA protocol (the network is the same in both modes).
     """
     notes = []
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         saved = obj.get("args", {})
         for flag in ARCHITECTURE_FLAGS:
             if flag in saved and getattr(args, flag) != saved[flag]:
+                if flag == "mode" and evaluating and flag in explicit:
+                    notes.append(f"-mode {args.mode}: evaluating a model trained with -mode {saved[flag]} under the {args.mode} protocol")
+                    continue
                 if flag in explicit:
                     notes.append(f"-{flag} {getattr(args, flag)} ignored: the checkpoint was trained with {saved[flag]}")
                 setattr(args, flag, saved[flag])

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device, _ = setup_distributed(args)
     try:
         obj = read_checkpoint(args.weights)
-        notes = adopt_checkpoint_settings(args, obj, explicit)
+        notes = adopt_checkpoint_settings(args, obj, explicit, evaluating=True)
         epoch = int(obj.get("epoch", 0) or 0) if isinstance(obj, dict) else 0
         model, reports = build_model_from_args(args, preloaded={args.weights: obj})
         loader = build_loader(args, "test")

@@ -99,6 +99,17 @@ def test_val_py_reproduces_the_logged_metrics_of_the_best_epoch(synthetic_root, 
                 assert got[key] == pytest.approx(value, abs=1e-5), key
 
 
+def test_val_py_takes_the_checkpoints_mode_unless_told_another(synthetic_root, tmp_path):
+    out = train.main(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-max_train_batches", "1"))
+    last = str(Path(out["run_dir"]) / "Model" / "checkpoint_last.pth")
+    own = val.main(tiny_run_args(synthetic_root, tmp_path / "own", "-weights", last))  # default -mode AESPA: not given
+    other = val.main(tiny_run_args(synthetic_root, tmp_path / "other", "-weights", last, "-mode", "AESPA"))
+    assert {r["mode"] for r in own} == {"SPA"} and own[0]["clicks"] == 1  # SPA starts from an initial click
+    assert {r["mode"] for r in other} == {"AESPA"} and other[0]["clicks"] == 0  # AESPA's first round has none
+    log = next((tmp_path / "other").glob("*/Log/log.txt")).read_text()
+    assert "evaluating a model trained with -mode SPA under the AESPA protocol" in log
+
+
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     import utils
 
