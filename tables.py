@@ -376,9 +376,10 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(2, len(labels)), fontsize=8)
+    ncol = 1 if max(map(len, labels)) > 60 else min(2, len(labels))  # long labels (paths) get a line each
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(f"{split} split, last epoch: mean ± std over seeds")
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(labels) / 2), 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(labels) / ncol), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         obj = read_checkpoint(args.weights)
         notes = adopt_checkpoint_settings(args, obj, explicit, evaluating=True)
         epoch = int(obj.get("epoch", 0) or 0) if isinstance(obj, dict) else 0
+        args.epochs = epoch or args.epochs  # val.py trains nothing: args.json records the evaluated model's epochs
         model, reports = build_model_from_args(args, preloaded={args.weights: obj})
         loader = build_loader(args, "test")
         run = RunFolder(args, suffix="_val", enabled=is_main_process())  # after everything that can refuse input

@@ -106,8 +106,9 @@ def test_val_py_takes_the_checkpoints_mode_unless_told_another(synthetic_root, t
     other = val.main(tiny_run_args(synthetic_root, tmp_path / "other", "-weights", last, "-mode", "AESPA"))
     assert {r["mode"] for r in own} == {"SPA"} and own[0]["clicks"] == 1  # SPA starts from an initial click
     assert {r["mode"] for r in other} == {"AESPA"} and other[0]["clicks"] == 0  # AESPA's first round has none
-    log = next((tmp_path / "other").glob("*/Log/log.txt")).read_text()
-    assert "evaluating a model trained with -mode SPA under the AESPA protocol" in log
+    run_dir = next((tmp_path / "other").glob("*_val_*"))
+    assert "evaluating a model trained with -mode SPA under the AESPA protocol" in (run_dir / "Log" / "log.txt").read_text()
+    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 1  # the evaluated model's, not val.py's default
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
