@@ -16,13 +16,12 @@ def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return choose_device(args.device), 0
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and args.device != "cpu"
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
+    device = choose_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return (torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")), dist.get_rank()
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, dist.get_rank()
 
 
 def cleanup_distributed() -> None:

@@ -72,7 +72,7 @@ def train_one_epoch(model: AESPAModel, loader, stepper: Stepper, args: argparse.
         bar.set_postfix(loss=f"{float(last['loss'].mean()):.4f}", dice_follow=f"{float(last['Dice_follow'].mean()):.3f}", refresh=False)
         if not math.isfinite(float(last["loss"].mean())):
             raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({float(last['loss'].mean())})")
-    return metric_rows(acc.all_reduce(), {}, epoch, "train", args.mode)
+    return metric_rows(acc.all_reduce(device), {}, epoch, "train", args.mode)
 
 
 @torch.no_grad()
@@ -95,5 +95,5 @@ def evaluate(model: AESPAModel, loader, args: argparse.Namespace, epoch: int, de
                 acc.update(row, round=t)
             noc_acc.update(noc_values)
             bar.set_postfix(dice_follow=f"{float(rows[-1]['Dice_follow'].mean()):.3f}", refresh=False)
-    noc_means = {k: float(v) for k, v in noc_acc.all_reduce().compute().items()}
-    return metric_rows(acc.all_reduce(), noc_means, epoch, "test", args.mode)
+    noc_means = {k: float(v) for k, v in noc_acc.all_reduce(device).compute().items()}
+    return metric_rows(acc.all_reduce(device), noc_means, epoch, "test", args.mode)

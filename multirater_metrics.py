@@ -356,7 +356,7 @@ class MetricAccumulator:
     images) and are counted per key in `nan_count`; a key with no counted value has mean NaN. The
     metrics of this module do not produce NaN (empty masks have fixed values).
 
-    Distributed: `all_reduce()` returns a new accumulator whose sums and counts are summed over
+    Distributed: `all_reduce(device)` returns a new accumulator whose sums and counts are summed over
     all ranks, so every image counts once however the split was sharded (ranks may have seen
     different keys or rounds); without an initialised process group it returns a copy.
     `merge(other)` adds another accumulator in place (what all_reduce does across ranks).
@@ -390,8 +390,13 @@ class MetricAccumulator:
             self._add(slot, stats)
         return self
 
-    def all_reduce(self, group: "dist.ProcessGroup | None" = None) -> "MetricAccumulator":
-        """Sums and counts over all ranks of `group` (a copy when torch.distributed is not initialised)."""
+    def all_reduce(
+        self, device: torch.device | None = None, group: "dist.ProcessGroup | None" = None
+    ) -> "MetricAccumulator":
+        """Sums and counts over all ranks of `group` (a copy when torch.distributed is not initialised).
+
+        `device`: where the reduction's buffer lives, the rank's own device (NCCL reduces CUDA tensors only).
+        """
         out = copy.deepcopy(self)
         if not (dist.is_available() and dist.is_initialized()):
             return out
@@ -400,10 +405,8 @@ class MetricAccumulator:
         slots = list(dict.fromkeys(s for rank_slots in gathered for s in rank_slots))  # same order on every rank
         if not slots:
             return out
-        nccl = dist.get_backend(group) == "nccl"  # nccl reduces CUDA tensors only
-        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         rows = [self._state.get(s, [0.0, 0.0, 0.0]) for s in slots]
-        packed = torch.tensor(rows, dtype=torch.float64, device=device)  # Sx3: sum, count, nan_count
+        packed = torch.tensor(rows, dtype=torch.float64, device=device or torch.device("cpu"))  # Sx3: sum, count, nan_count
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         out._state = {s: row for s, row in zip(slots, packed.cpu().tolist())}
         return out

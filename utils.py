@@ -44,13 +44,18 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def choose_device(name: str = "auto") -> torch.device:
-    """The one place a device is chosen: `auto` is CUDA when available, else CPU."""
+def choose_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The one place a device is chosen: `auto` is CUDA when available, else CPU.
+
+    A torchrun process (`local_rank` given) on CUDA takes the GPU of its local rank, one GPU per process.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"-device {name}: CUDA is not available on this machine (use -device cpu)")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device(device.type, local_rank)
     return device
 
 

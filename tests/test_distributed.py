@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import val
 from conftest import tiny_run_args
 from runlog import read_metrics
+from utils import InputError, choose_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +47,17 @@ def test_torchrun_training_and_validation_match_a_single_process(synthetic_root,
         for key, value in a.items():
             if isinstance(value, float):
                 assert b[key] == pytest.approx(value, abs=1e-5), key
+
+
+@pytest.mark.parametrize("name, local_rank, want", [
+    ("cpu", None, "cpu"),
+    ("cpu", 1, "cpu"),  # gloo ranks share the CPU
+    ("auto", 1, "cuda:1" if torch.cuda.is_available() else "cpu"),  # one GPU per torchrun process
+    ("cuda:0", 1, "cuda:1" if torch.cuda.is_available() else None),
+])  # fmt: skip
+def test_choose_device_gives_each_rank_its_own_gpu(name, local_rank, want):
+    if want is None:  # asking for CUDA where there is none is an input error, not a silent CPU run
+        with pytest.raises(InputError, match="CUDA is not available"):
+            choose_device(name, local_rank)
+    else:
+        assert choose_device(name, local_rank) == torch.device(want)

@@ -35,6 +35,8 @@ from multirater_metrics import (
     set_metrics,
 )
 
+from utils import choose_device
+
 TOL = 1e-6
 
 
@@ -408,15 +410,16 @@ def test_accumulator_all_reduce_two_gloo_ranks(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_metrics_run_on_the_inputs_device():
+    gpu_device = choose_device("cuda")
     p, l = random_masks(11, 3, 2), random_masks(12, 3, 4)
     valid = torch.tensor([[True, True, False, True]] * 3)
-    cpu, gpu = set_metrics(p, l, valid), set_metrics(p.cuda(), l.cuda(), valid.cuda())
+    cpu, gpu = set_metrics(p, l, valid), set_metrics(p.to(gpu_device), l.to(gpu_device), valid.to(gpu_device))
     for key in SET_KEYS:
-        assert gpu[key].device.type == "cuda"
+        assert gpu[key].device.type == gpu_device.type
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=TOL, rtol=0)
-    out = personalised_metrics(p[:, 0].cuda(), l.cuda(), valid.cuda(), l[:, 0].cuda())
-    assert all(v.device.type == "cuda" for v in out.values())
-    assert noc(torch.rand(3, 5, device="cuda"))["NoC@0.80"].device.type == "cuda"
+    out = personalised_metrics(p[:, 0].to(gpu_device), l.to(gpu_device), valid.to(gpu_device), l[:, 0].to(gpu_device))
+    assert all(v.device.type == gpu_device.type for v in out.values())
+    assert noc(torch.rand(3, 5, device=gpu_device))["NoC@0.80"].device.type == gpu_device.type
 
 
 def test_pred_valid_matches_dropping_the_invalid_predictions():
