@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from multiclass import binarize_multiclass  # noqa: F401  (re-exported: the loops import it from here)
 from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, ensure_synthetic
-from utils import InputError
+from utils import InputError, natural_key, one_line
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +71,13 @@ class Record:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def natural_key(name: str) -> tuple:
-    """Sort key comparing digit runs as numbers ("slice_9" < "slice_10"); ties broken by the raw name."""
-    parts = re.split(r"(\d+)", name)  # str, int, str, int, ... at fixed parities: always comparable
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
-
-
 def image_size_of(path: Path) -> tuple[int, int]:
     """(H, W) of an image file, from its header only."""
     try:
         with Image.open(path) as img:
             w, h = img.size
     except Exception as err:  # PIL raises many types for bad files
-        raise InputError(f"{path}: unreadable image ({_one_line(err)})") from err
+        raise InputError(f"{path}: unreadable image ({one_line(err)})") from err
     return h, w
 
 
@@ -101,7 +91,7 @@ def read_image(path: Path) -> np.ndarray:
                 return np.clip(np.asarray(img, dtype=np.float32) / scale[img.mode], 0.0, 1.0)
             return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     except Exception as err:
-        raise InputError(f"{path}: unreadable image ({_one_line(err)})") from err
+        raise InputError(f"{path}: unreadable image ({one_line(err)})") from err
 
 
 def binarize(arr: np.ndarray) -> np.ndarray:
@@ -126,7 +116,7 @@ def read_mask(path: Path) -> np.ndarray:
                 keep = img.mode in ("1", "L", "I", "F") or img.mode.startswith("I;16")
                 arr = np.asarray(img if keep else img.convert("L"))
     except Exception as err:
-        raise InputError(f"{path}: unreadable mask ({_one_line(err)})") from err
+        raise InputError(f"{path}: unreadable mask ({one_line(err)})") from err
     return binarize(arr)
 
 
@@ -137,7 +127,7 @@ def mask_shape_of(path: Path) -> tuple[int, ...]:
     try:
         return tuple(np.load(path, mmap_mode="r", allow_pickle=False).shape)
     except Exception as err:
-        raise InputError(f"{path}: unreadable mask ({_one_line(err)})") from err
+        raise InputError(f"{path}: unreadable mask ({one_line(err)})") from err
 
 
 def nearest_indices(n_in: int, n_out: int) -> np.ndarray:

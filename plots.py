@@ -12,7 +12,7 @@ from runlog import RunFolder, read_metrics
 ROUND_METRICS = ("Dice_follow", "Dice", "Gain_over_consensus", "Dice_personal_mean", "GED", "Dice_soft")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -23,7 +23,7 @@ def _pyplot():
 
 def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = "") -> None:
     """One panel per metric, x = clicks, one line per labelled list of per-round rows."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
     for ax, metric in zip(axes.flat, ROUND_METRICS):
         for label, rows in series.items():
@@ -42,7 +42,7 @@ def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = ""
 
 def plot_epoch_curves(rows: list[dict], path: Path) -> None:
     """Train loss and last-round test Dice_follow / Gain_over_consensus against epochs."""
-    plt = _pyplot()
+    plt = pyplot()
     last = {}
     for r in rows:  # keep the last round of every (split, epoch)
         key = (r["split"], r["epoch"])
@@ -66,7 +66,7 @@ def qualitative_grid(images: torch.Tensor, raters: torch.Tensor, valid: torch.Te
                      clicks_before_first: int = 0) -> None:  # fmt: skip
     """Rows = images; columns = image, each valid rater, the followed mask, the prediction of every round
     (probabilities) with the clicks it used (green: positive, red: negative)."""
-    plt = _pyplot()
+    plt = pyplot()
     n, r = images.shape[0], raters.shape[1]
     cols = 2 + r + len(preds)
     fig, axes = plt.subplots(n, cols, figsize=(1.6 * cols, 1.6 * n), squeeze=False)

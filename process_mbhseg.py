@@ -34,17 +34,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils import InputError, run_cli
+from utils import InputError, one_line, run_cli
 
 N_CLASSES = 6
 SPLITS = ("train", "test")
 OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
 LABEL_RE = re.compile(r"label_annot_(?P<rater>.+)\.nii(\.gz)?")
 OUTPUT_RE = re.compile(r"slice_\d+(_r.+\.npy|\.png)")
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,7 +63,7 @@ def load_canonical(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
         data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
         affine = image.affine
     except Exception as err:  # nibabel, gzip and zlib raise many types for a bad file
-        raise InputError(f"{path}: unreadable NIfTI ({_one_line(err)})") from err
+        raise InputError(f"{path}: unreadable NIfTI ({one_line(err)})") from err
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

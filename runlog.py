@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from utils import InputError
+
 # Columns of the per-round table printed after validation (all are in metrics.jsonl).
 TABLE_COLUMNS = ("round", "clicks", "Dice", "IoU", "Dice_follow", "Gain_over_consensus", "Dice_personal_mean",
                  "GED", "Dice_match", "Dice_soft")  # fmt: skip
@@ -108,8 +110,29 @@ class RunFolder:
             h.close()
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """metrics.jsonl rows; a bad line is reported (InputError) with its 1-based line number."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not readable ({err})") from None
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} line {n}: not valid JSON ({err.msg})") from None
+        if not (isinstance(row, dict) and isinstance(row.get("split"), str) and _is_count(row.get("epoch"))
+                and _is_count(row.get("round"))):  # fmt: skip
+            raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
+        rows.append(row)
+    return rows
 
 
 def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLUMNS) -> str:

@@ -29,7 +29,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from cfg import OneLineParser
-from utils import InputError, run_cli
+from plots import pyplot
+from runlog import read_metrics
+from utils import InputError, natural_key, run_cli
 
 DEFAULT_METRICS = ("Dice", "Dice_follow", "Gain_over_consensus", "GED", "Dice_match", "Dice_soft", "NoC@0.90")
 DEFAULT_ROUNDS = "1,3,last"
@@ -102,31 +104,6 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return obj
 
 
-def is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a bad line is reported with its 1-based line number."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not readable ({err})") from None
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-        if not (isinstance(row, dict) and isinstance(row.get("split"), str) and is_count(row.get("epoch"))
-                and is_count(row.get("round"))):  # fmt: skip
-            raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
-        rows.append(row)
-    return rows
-
-
 def find_run_folders(paths: Sequence[str]) -> list[tuple[Path, bool]]:
     """Run folders (holding args.json) named or found under the given folders -> [(folder, named explicitly)]."""
     found: dict[Path, tuple[Path, bool]] = {}
@@ -155,7 +132,7 @@ def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
             raise InputError(f"{folder}: not a run folder with results (no metrics.jsonl)")
         note(f"skipped {folder}: no metrics.jsonl yet")
         return None
-    rows = [r for r in read_jsonl(metrics_file) if r["split"] == split]
+    rows = [r for r in read_metrics(metrics_file) if r["split"] == split]
     if not rows:
         if explicit:
             raise InputError(f"{metrics_file}: no {split} rows (the run has not been evaluated yet)")
@@ -184,11 +161,6 @@ def normalise(value: Any) -> Any:
 
 def config_flags(run: Run) -> dict[str, Any]:
     return {k: normalise(v) for k, v in run.args.items() if k not in IGNORED_FLAGS}
-
-
-def natural_key(text: str) -> list:
-    """'clusters4' before 'clusters16'."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text)]
 
 
 def label_flags(configs: list[Config], differing: list[str]) -> list[str]:
@@ -346,15 +318,12 @@ def write_csv(table: Table, path: Path) -> None:
 
 def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> None:
     """One panel per per-round metric, x = clicks, one line per configuration: mean over its runs with a ±std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     metrics = [m for m in metrics if not is_per_run(m)]
     if not metrics:
         return
+    plt = pyplot()
     cols = min(3, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -41,7 +42,13 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip()
     if "Original Traceback" in text:
         text = text.splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(text.split())
+    return " ".join(text.split()) or type(err).__name__
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key comparing digit runs as numbers ("slice_9" < "slice_10"); ties broken by the raw name."""
+    parts = re.split(r"(\d+)", name)  # str, int, str, int, ... at fixed parities: always comparable
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
 def choose_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
