@@ -19,7 +19,8 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
 
 def augment_batch(images: torch.Tensor, raters: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """images Bx3xSxS, raters BxRxSxS -> both with one random symmetry per image (8 group ops per batch)."""
-    choice = (uniform((images.shape[0],), images.device, generator) * 8).long()  # B
+    # drawn on the generator's device (the same numbers anywhere): CPU indices cost no GPU->CPU syncs below
+    choice = (uniform((images.shape[0],), torch.device("cpu"), generator) * 8).long()  # B
     images, raters = images.clone(), raters.clone()
     for k in range(1, 8):
         idx = (choice == k).nonzero(as_tuple=True)[0]

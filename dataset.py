@@ -43,7 +43,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from multiclass import binarize_multiclass  # noqa: F401  (re-exported: the loops import it from here)
-from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, ensure_synthetic
+from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, N_TEST, N_TRAIN, ensure_synthetic
 from utils import InputError, natural_key, one_line
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def _refuge_records(split_dir: Path, target: str) -> list[Record]:
 
 def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, image_size: int, *,
                   valid_raters: str = "present", keep_empty: bool = False, refuge_target: str = "cup",
-                  seed: int = 0, n_train: int = 260, n_test: int = 100) -> MultiRaterDataset:
+                  seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> MultiRaterDataset:
     """The `split` ('train'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
     Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);

@@ -24,6 +24,16 @@ def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int]:
     return device, dist.get_rank()
 
 
+def world_size() -> int:
+    """Processes in the torchrun job (1 without an initialised process group)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes logs and checkpoints."""
+    return world_size() == 1 or dist.get_rank() == 0
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -32,14 +42,14 @@ def cleanup_distributed() -> None:
 
 def broadcast_state(module: torch.nn.Module) -> None:
     """Give every rank rank 0's parameters and buffers (as DDP does when it wraps a model)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
 
 
 def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """The mean of `tensor` over all ranks (itself in a single process)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if world_size() == 1:
         return tensor
     out = tensor.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
@@ -48,7 +58,7 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
 
 def check_in_sync(module: torch.nn.Module) -> None:
     """Fail loudly if the ranks' copies of the weights have drifted apart (they must stay identical)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if world_size() == 1:
         return
     checksum = torch.stack([t.detach().double().sum() for t in module.state_dict().values()]).sum().reshape(1)
     gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]

@@ -8,19 +8,15 @@ import sys
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import function
 import function_aespa
+from distributed import is_main_process
 from interaction import prepare_batch
 from models import AESPAModel
 from multirater_metrics import MetricAccumulator
 from optim_step import Stepper, autocast_context
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def progress(iterable, desc: str):
@@ -68,10 +64,10 @@ def train_one_epoch(model: AESPAModel, loader, stepper: Stepper, args: argparse.
         rows = step(model, stepper, batch, args)
         for t, row in enumerate(rows, start=1):
             acc.update(row, round=t)
-        last = rows[-1]
-        bar.set_postfix(loss=f"{float(last['loss'].mean()):.4f}", dice_follow=f"{float(last['Dice_follow'].mean()):.3f}", refresh=False)
-        if not math.isfinite(float(last["loss"].mean())):
-            raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({float(last['loss'].mean())})")
+        loss = float(rows[-1]["loss"].mean())  # one device sync per batch
+        bar.set_postfix(loss=f"{loss:.4f}", dice_follow=f"{float(rows[-1]['Dice_follow'].mean()):.3f}", refresh=False)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss})")
     return metric_rows(acc.all_reduce(device), {}, epoch, "train", args.mode)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distributed import world_size
 from models import AESPAModel
 
 PARAM_GROUPS = {
@@ -64,7 +65,7 @@ class Stepper:
         self.device = device
         self.amp = amp if device.type == "cuda" else "off"  # mixed precision is a CUDA feature here
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.distributed = world_size() > 1
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.amp)
@@ -91,7 +92,7 @@ class Stepper:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat /= dist.get_world_size()
+        flat /= world_size()
         offset = 0
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))

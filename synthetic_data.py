@@ -28,9 +28,11 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from tqdm import tqdm
 
+from conf import global_settings as settings
 from utils import InputError
 
-DEFAULT_ROOT = "data/synthetic"
+DEFAULT_ROOT = settings.SYNTHETIC_DATA_PATH
+N_TRAIN, N_TEST = 260, 100  # images per split
 GENERATOR = "aespa-synthetic/2"  # bump when the output of the same parameters changes
 RATER_STYLES = ("tight", "generous", "convex", "misses_faint")
 SIZE = 128
@@ -174,7 +176,7 @@ def _parameters(seed: int, n_train: int, n_test: int) -> dict:
             "raters": list(RATER_STYLES)}
 
 
-def generate(root: str | os.PathLike, seed: int = 0, n_train: int = 260, n_test: int = 100) -> None:
+def generate(root: str | os.PathLike, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> None:
     """Write the data set into the (new or empty) folder `root`, synthetic.json last."""
     root = Path(root)
     for split, count in (("train", n_train), ("test", n_test)):
@@ -198,8 +200,8 @@ def _read_parameters(root: Path) -> dict | None:
         return None
 
 
-def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = 260,
-                     n_test: int = 100) -> Path:
+def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = N_TRAIN,
+                     n_test: int = N_TEST) -> Path:
     """`root`, generated first when absent or empty; reused when its synthetic.json matches the
     parameters; otherwise InputError (one line). Generation happens in a temporary sibling folder that
     is renamed into place, so concurrent processes (DDP ranks) never see a half-written tree."""

@@ -17,8 +17,8 @@ import torch
 from builders import adopt_checkpoint_settings, build_loader, build_model_from_args, maybe_compile
 from cfg import given_flags, parse_args
 from conf import global_settings as settings
-from distributed import broadcast_state, check_in_sync, cleanup_distributed, setup_distributed
-from engine import evaluate, is_main_process, train_one_epoch
+from distributed import broadcast_state, check_in_sync, cleanup_distributed, is_main_process, setup_distributed
+from engine import evaluate, train_one_epoch
 from optim_step import Stepper, build_optimizer
 from plots import save_epoch_plots
 from runlog import RunFolder, format_table

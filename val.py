@@ -14,8 +14,8 @@ import torch
 
 from builders import adopt_checkpoint_settings, build_loader, build_model_from_args
 from cfg import given_flags, parse_args
-from distributed import cleanup_distributed, setup_distributed
-from engine import evaluate, is_main_process
+from distributed import cleanup_distributed, is_main_process, setup_distributed
+from engine import evaluate
 from models import read_checkpoint
 from plots import save_epoch_plots
 from runlog import RunFolder, format_table

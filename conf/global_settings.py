@@ -6,6 +6,5 @@ IMAGE_SIZE = {"vit_t": 64}  # -image_size when not given: per encoder, else DEFA
 DEFAULT_IMAGE_SIZE = 128  # the LIDC crops' size
 LOG_DIR = "logs_new"  # run folders are created under it (-log_dir)
 SYNTHETIC_DATA_PATH = "data/synthetic"  # where -dataset synthetic is generated on first use
-SAM_CHECKPOINT_DIR = "checkpoint"  # where the README tells users to put medsam_vit_b.pth
 STEP_SIZE = 10  # StepLR: halve the learning rate every STEP_SIZE epochs
 GAMMA = 0.5

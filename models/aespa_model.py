@@ -133,9 +133,11 @@ class AESPAModel(Sam):
         the batch means are averaged over ranks so every rank keeps the same state."""
         from distributed import mean_over_ranks  # the model package does not depend on it otherwise
 
-        for name, value in zip(MIXTURE_BUFFERS, (weights, means, variances)):
+        batch = [value.detach().float().mean(0) for value in (weights, means, variances)]
+        flat = mean_over_ranks(torch.cat([b.reshape(-1) for b in batch]))  # one collective for all three
+        for name, b, part in zip(MIXTURE_BUFFERS, batch, flat.split([b.numel() for b in batch])):
             buf = getattr(self, name)
-            buf.lerp_(mean_over_ranks(value.detach().float().mean(0)).to(buf.dtype), momentum)
+            buf.lerp_(part.view_as(b).to(buf.dtype), momentum)
         self.mixture_weights.div_(self.mixture_weights.sum())
 
 
