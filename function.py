@@ -10,7 +10,7 @@ import torch
 
 from clicks import next_click
 from interaction import (
-    Batch, ClickState, bce_loss, draw_among, mean_of, prompt_side, raters_agreeing, round_metrics, weight_head_loss,
+    Batch, ClickState, bce_loss, draw_among, mean_of, pick, prompt_side, raters_agreeing, round_metrics, weight_head_loss,
 )  # fmt: skip
 from kmeans import batched_kmeans
 from models import AESPAModel, responsibilities
@@ -76,7 +76,6 @@ class Candidates:
     """k-means of one round's samples: centres BxKxSxS, the one the user selects (nearest to the target)."""
 
     centres: torch.Tensor
-    selected: torch.Tensor  # B
     members: torch.Tensor  # BxM bool: samples of the selected cluster
     selected_mean: torch.Tensor  # BxSxS
     others_mean: torch.Tensor  # BxSxS mean of the other samples (the selected mean when there is none)
@@ -89,11 +88,10 @@ def find_candidates(probs: torch.Tensor, target: torch.Tensor, k: int, source: S
     centres = centres.reshape(b, k, s, s)
     selected = (centres - target[:, None]).pow(2).flatten(2).sum(2).argmin(1)  # B
     members = labels == selected[:, None]  # BxM
-    chosen = centres[torch.arange(b, device=probs.device), selected]
-    others = (~members).float()
-    others_mean = (probs * others[..., None, None]).sum(1) / others.sum(1).clamp(min=1)[:, None, None]
-    others_mean = torch.where(others.sum(1)[:, None, None] > 0, others_mean, chosen)
-    return Candidates(centres, selected, members, chosen, others_mean)
+    chosen = pick(centres, selected)
+    others = ~members
+    others_mean = torch.where(others.any(1)[:, None, None], mean_of(probs, others), chosen)
+    return Candidates(centres, members, chosen, others_mean)
 
 
 def candidate_click(strategy: str, cand: Candidates, target: torch.Tensor, exclude: torch.Tensor, source: Source):
@@ -102,12 +100,6 @@ def candidate_click(strategy: str, cand: Candidates, target: torch.Tensor, exclu
     if strategy == "topk":
         return next_click("topk", cand.others_mean, cand.selected_mean, label_source=target, exclude=exclude, generator=source)
     return next_click("center", cand.selected_mean, target, exclude=exclude, generator=source)
-
-
-def selected_low_res(low: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
-    """Mean low-res logits of the selected cluster's samples (the next round's mask prompt): Bx1x4Gx4G."""
-    w = members.float()[..., None, None]
-    return ((low * w).sum(1) / w.sum(1).clamp(min=1))[:, None]
 
 
 def train_batch(model: AESPAModel, stepper: Stepper, batch: Batch, args: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
@@ -146,7 +138,7 @@ def train_batch(model: AESPAModel, stepper: Stepper, batch: Batch, args: argpars
 
         w_loss, em_weights = weight_head_loss(model, cand.selected_mean, target, weights, means, variances)  # 4.
         stepper.step(w_loss)
-        prev_low = selected_low_res(low.detach(), cand.members)
+        prev_low = mean_of(low.detach(), cand.members)[:, None]  # Bx1x4Gx4G: the selected cluster's mean
     model.update_mixture_state(weights, means, variances)
     return rows
 
@@ -175,7 +167,7 @@ def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, ta
                     "loss": bce_loss(logits.mean(1), target, per_image=True)})  # fmt: skip
         clicks.add(*candidate_click(strategy, cand, target, clicks.exclude, source))
         em_weights = responsibilities(cand.selected_mean, weights.float(), means.float(), variances.float())
-        prev_low = selected_low_res(low, cand.members)
+        prev_low = mean_of(low, cand.members)[:, None]  # Bx1x4Gx4G
     return out, clicks
 
 
@@ -212,5 +204,6 @@ def qualitative(model: AESPAModel, batch: Batch, args: argparse.Namespace) -> tu
     """For figures: the preference target BxSxS, the selected candidate of every round, the clicks."""
     target = preference_target(batch.raters, batch.valid, batch.source)
     first_click = initial_click(batch.raters, batch.valid, target, batch.source)
-    out, clicks = interact(model, batch, None, target, first_click, args.clicks, args.val_click_strategy, args)
+    embedding = model.image_encoder(batch.images)
+    out, clicks = interact(model, batch, embedding, target, first_click, args.clicks, args.val_click_strategy, args)
     return target, [r["selected"] for r in out], clicks

@@ -109,11 +109,11 @@ def validate_batch(model: AESPAModel, batch: Batch, args: argparse.Namespace,
     preds, dice_follow, _ = run(args.val_click_strategy, rounds)
 
     rows = []
-    followed = batch.raters[image_idx, rater_idx]
+    followed, raters, valid = batch.raters[image_idx, rater_idx], batch.raters[image_idx], batch.valid[image_idx]
     chosen = torch.zeros_like(batch.valid)
     chosen[image_idx, rater_idx] = True
     for probs, losses in preds[: args.clicks]:
-        row = personalised_metrics(probs, batch.raters[image_idx], batch.valid[image_idx], followed)
+        row = personalised_metrics(probs, raters, valid, followed)
         row["loss"] = losses
         candidates = torch.zeros_like(batch.raters)  # BxRxSxS: the prediction made following each rater
         candidates[image_idx, rater_idx] = probs
@@ -143,9 +143,10 @@ def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, im
     prev_low = em_weights = None
     source = batch.source.subset(image_idx, salt=rater_idx) if isinstance(batch.source, KeyedRandom) else batch.source
     preds, dice_follow = [], []
+    pair_embedding = None if embedding is None else embedding[image_idx]  # PxCxGxG, gathered once
     for _ in range(rounds):
-        emb = model.image_encoder(batch.images) if embedding is None else embedding
-        out = predict_round(model, emb[image_idx], clicks, prev_low, em_weights, yx, args.multimask_output > 1)
+        emb = model.image_encoder(batch.images)[image_idx] if pair_embedding is None else pair_embedding
+        out = predict_round(model, emb, clicks, prev_low, em_weights, yx, args.multimask_output > 1)
         preds.append((out.probs, bce_loss(out.logits, target, per_image=True)))
         dice_follow.append(dice(out.probs, followed))
         points, labels = next_click(strategy, out.probs, followed, exclude=clicks.exclude, generator=source)
@@ -162,6 +163,7 @@ def qualitative(model: AESPAModel, batch: Batch, args: argparse.Namespace) -> tu
     the clicks."""
     image_idx = torch.arange(batch.size, device=batch.images.device)
     rater_idx = batch.valid.long().argmax(1)
-    preds, _, clicks = interact(model, batch, None, image_idx, rater_idx, args.clicks, args.val_click_strategy, args)
+    embedding = model.image_encoder(batch.images)
+    preds, _, clicks = interact(model, batch, embedding, image_idx, rater_idx, args.clicks, args.val_click_strategy, args)
     return batch.raters[image_idx, rater_idx], [p for p, _ in preds], clicks
 

@@ -80,10 +80,6 @@ class ClickState:
         self.labels: torch.Tensor | None = None
         self.exclude = torch.zeros(batch_size, size, size, dtype=torch.bool, device=device)
 
-    @property
-    def count(self) -> int:
-        return 0 if self.points is None else self.points.shape[1]
-
     def add(self, points: torch.Tensor, labels: torch.Tensor) -> None:
         self.points, self.labels, self.exclude = append_click(self.points, self.labels, self.exclude, points, labels)
 
