@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils import InputError, one_line, run_cli
+from utils import InputError, atomic_write_bytes, one_line, run_cli
 
 N_CLASSES = 6
 SPLITS = ("train", "test")
@@ -97,13 +97,18 @@ def find_cases(src: Path) -> list[tuple[str, Path, Path, list[tuple[str, Path]]]
     cases = []
     for split in splits:
         for case in sorted(p for p in (src / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            image = next((case / n for n in ("image.nii.gz", "image.nii") if (case / n).is_file()), None)
-            if image is None:
+            images = [case / n for n in ("image.nii.gz", "image.nii") if (case / n).is_file()]
+            if not images:
                 raise InputError(f"{case}: no image.nii.gz")
+            if len(images) > 1:
+                raise InputError(f"{case}: two images, {images[0]} and {images[1]}: keep one")
             raters = sorted((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n)))
             if not raters:
                 raise InputError(f"{case}: no label_annot_<id>.nii.gz files")
-            cases.append((split, case, image, raters))
+            for (rater, first), (other, second) in zip(raters, raters[1:]):  # sorted: a shared id is adjacent
+                if rater == other:
+                    raise InputError(f"{case}: {first} and {second} are both rater {rater}: keep one")
+            cases.append((split, case, images[0], raters))
     if not cases:
         raise InputError(f"--src {src}: no cases in {', '.join(splits)}")
     return cases
@@ -116,17 +121,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
             return False
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, data)
     return True
 
 
@@ -182,8 +177,10 @@ def _remove_stale(folder: Path, keep: set[str]) -> int:
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parse_args(argv)
-    if args.window_width <= 0:
-        raise InputError(f"--window_width must be > 0, got {args.window_width}")
+    if not math.isfinite(args.window_level):
+        raise InputError(f"--window_level must be a finite number of HU, got {args.window_level}")
+    if not (math.isfinite(args.window_width) and args.window_width > 0):
+        raise InputError(f"--window_width must be a finite number of HU > 0, got {args.window_width}")
     src, dst = Path(args.src), Path(args.dst)
     cases = find_cases(src)
     counts = {"slices": 0, "written": 0, "unchanged": 0, "removed": 0}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from utils import InputError
+from utils import InputError, atomic_write_bytes
 
 # Columns of the per-round table printed after validation (all are in metrics.jsonl).
 TABLE_COLUMNS = ("round", "clicks", "Dice", "IoU", "Dice_follow", "Gain_over_consensus", "Dice_personal_mean",
@@ -117,22 +117,10 @@ def _is_count(value: Any) -> bool:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows; a bad line is reported (InputError) with its 1-based line number."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as err:
         raise InputError(f"{path}: not readable ({err})") from None
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-        if not (isinstance(row, dict) and isinstance(row.get("split"), str) and _is_count(row.get("epoch"))
-                and _is_count(row.get("round"))):  # fmt: skip
-            raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
-        rows.append(row)
-    return rows
+    return [_parse_metrics_line(line, path, n) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLUMNS) -> str:
@@ -146,3 +134,55 @@ def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLU
             cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _parse_metrics_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
+    """The row on metrics.jsonl line `n` (1-based); InputError naming the file and line when it is not one."""
+    try:
+        row = json.loads(line)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise InputError(f"{path} line {n}: not valid JSON ({getattr(err, 'msg', err)})") from None
+    if not (isinstance(row, dict) and isinstance(row.get("split"), str) and _is_count(row.get("epoch"))
+            and _is_count(row.get("round"))):  # fmt: skip
+        raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
+    return row
+
+
+def repair_metrics(path: Path, through_epoch: int) -> list[str]:
+    """Fit a stopped run's metrics.jsonl for its resume from the checkpoint of epoch `through_epoch`.
+
+    Cuts a partial last line (a kill mid-write leaves one without its newline that does not parse) and drops the
+    rows of later epochs (written by an epoch whose checkpoint was never saved), so that every (split, epoch,
+    round) appears once after the resume. Any other malformed line is an InputError naming the file and line:
+    nothing is skipped silently. The file is rewritten atomically, only when something changed, keeping the
+    bytes of every kept line. Returns human-readable notes of what was done (empty: nothing to repair).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # stopped before its first row
+        return []
+    except OSError as err:
+        raise InputError(f"{path}: not readable ({err})") from None
+    lines = data.split(b"\n")
+    tail = lines.pop()  # what follows the last newline: empty for a file of whole lines
+    notes = []
+    if tail:
+        try:
+            _parse_metrics_line(tail, path, len(lines) + 1)
+            lines.append(tail)
+            notes.append("added the missing newline after the last row")
+        except InputError:
+            notes.append(f"cut a partial last line ({len(tail)} bytes)")
+    kept, dropped = [], {}
+    for n, line in enumerate(lines, start=1):
+        if line.strip():  # blank lines are kept as they are (readers skip them)
+            epoch = _parse_metrics_line(line, path, n)["epoch"]
+            if epoch > through_epoch:
+                dropped[epoch] = dropped.get(epoch, 0) + 1
+                continue
+        kept.append(line)
+    notes += [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
+    if notes:
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    return notes

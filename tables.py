@@ -12,6 +12,7 @@ Rows: one per configuration, named by exp_name with the differing flags as colum
 `exp_name (flag=value, ...)` of the CSV and the plot legend). Columns: `<metric>@<round>` for per-round metrics,
 `NoC@τ` / `NoF@τ` once (one value per evaluation). Writes table.md, table.csv (<column>_mean, <column>_std),
 table.tex (booktabs) and round_curves.png into -out (default tables_out/) and prints the Markdown table.
+A run folder that cannot be read is an error; with -skip_bad it is listed on stderr and left out.
 """
 
 from __future__ import annotations
@@ -143,10 +144,23 @@ def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
     return Run(folder, read_json_object(folder / "args.json"), epoch, dict(sorted(by_round.items())))
 
 
-def load_runs(paths: Sequence[str], split: str = "test") -> list[Run]:
-    runs = [run for folder, explicit in find_run_folders(paths) if (run := load_run(folder, split, explicit)) is not None]
+def load_runs(paths: Sequence[str], split: str = "test", skip_bad: bool = False) -> list[Run]:
+    """Every run with `split` rows; with `skip_bad` an unreadable run (bad args.json, a malformed metrics.jsonl line,
+    ...) is listed on stderr and left out instead of being an error."""
+    runs, skipped = [], 0
+    for folder, explicit in find_run_folders(paths):
+        try:
+            run = load_run(folder, split, explicit)
+        except InputError as err:
+            if not skip_bad:
+                raise
+            note(f"skipped {folder}: {err}")
+            skipped, run = skipped + 1, None
+        if run is not None:
+            runs.append(run)
     if not runs:
-        raise InputError(f"{', '.join(paths)}: no run folder with {split} rows")
+        reason = f" ({skipped} unreadable run folders skipped)" if skipped else ""
+        raise InputError(f"{', '.join(paths)}: no run folder with {split} rows{reason}")
     return runs
 
 
@@ -367,6 +381,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("-split", choices=("test", "train"), default="test", help="rows to read: the last epoch that has rows of this split")
     p.add_argument("-out", default=DEFAULT_OUT, help=f"folder for table.md, table.csv, table.tex, round_curves.png (default {DEFAULT_OUT}/)")
     p.add_argument("-digits", type=int, default=3, help="decimals in the Markdown and LaTeX tables (the CSV keeps full precision)")
+    p.add_argument("-skip_bad", action="store_true", help="leave out run folders that cannot be read (listed on stderr) "
+                   "instead of stopping at the first")  # fmt: skip
     return p
 
 
@@ -377,7 +393,7 @@ def main(argv: list[str] | None = None) -> Table:
         raise InputError(f"-digits: must not be negative, got {args.digits}")
     if out.exists() and not out.is_dir():
         raise InputError(f"-out {out}: exists and is not a folder")
-    runs = load_runs(args.runs, args.split)
+    runs = load_runs(args.runs, args.split, args.skip_bad)
     names = [m.strip() for m in (args.metrics or ",".join(DEFAULT_METRICS)).split(",") if m.strip()]
     metrics = check_metrics(names, runs, explicit=args.metrics is not None)
     rounds = resolve_rounds(args.rounds or DEFAULT_ROUNDS, runs, explicit=args.rounds is not None)

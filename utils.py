@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import random
 import re
+import secrets
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 import torch
@@ -73,18 +73,58 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
+# The temporary file of an atomic write: `.{name}.{8 characters}.tmp` beside its target (our hex names, or
+# tempfile.mkstemp's [a-z0-9_] names of earlier versions).
+TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """`write(f)` into a temporary file in the same folder, then rename: a crash never leaves a truncated file.
+
+    The temporary is created with mode 0o666, which the umask trims like any file open() creates (mkstemp's
+    0o600 would make checkpoints private unlike the rest of the run folder).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save` to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` through a temporary file and a rename (see `atomic_torch_save`)."""
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in `folder` (plain files named exactly
+    `.{name}.{8 characters}.tmp`, nothing else); the paths removed. Call it when no write to `folder` is under way
+    (a run starting or resuming)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir()
+                   if TEMPORARY_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())  # fmt: skip
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

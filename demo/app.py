@@ -1,10 +1,14 @@
 """The gradio page: the scan to click on, click controls, the raters' gallery, upload, and the raw mask.
 
 Every action is also a named API endpoint (for gradio_client and scripts), taking clicks in model pixels:
-    /load_sample ()  /upload (image)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
+    /load_sample ()  /upload (file)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
     /suggest (rater)
-each returning (view, caption, gallery, clicks, mask). Clicking on the view does what /add_click does, at
-the model pixel under the pointer.
+each returning (view, caption, gallery, clicks, mask); /upload adds its message (empty when the upload was
+taken). Clicking on the view does what /add_click does, at the model pixel under the pointer.
+
+Uploads arrive as a file path (gr.File), not as gradio's decoded image: `session.read_upload` checks the size
+in bytes and the header's pixel count before anything is decoded, and refuses a file that is not an image; a
+refusal is a line in the page and leaves the session as it was.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 from typing import Callable
 
 import gradio as gr
-import numpy as np
+
+from utils import InputError
 
 from . import session as sess
 from .predictor import Predictor
@@ -42,10 +47,14 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         x, y = evt.index[:2]
         return show(sess.add_display_click(s, x, y, label))
 
-    def on_upload(image: np.ndarray | None) -> tuple:
-        if image is None:  # the upload box was cleared
-            return load_sample()
-        return show(sess.new_session(image, size, "Uploaded image"))
+    def on_upload(s: sess.Session, path: str | None) -> tuple:
+        if path is None:  # the upload box was cleared
+            return (*load_sample(), "")
+        try:
+            image = sess.read_upload(path)
+        except InputError as err:  # too large, or not an image: say so, keep the session
+            return (*show(s), f"**{err}**")
+        return (*show(sess.new_session(image, size, "Uploaded image")), "")
 
     def load_sample() -> tuple:
         return show(start)
@@ -79,8 +88,10 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                                          label="Suggest a click toward")  # fmt: skip
                     suggest_btn = gr.Button("Suggest next click")
                 with gr.Accordion("Your own image, raw prediction", open=False):
-                    upload = gr.Image(label="Upload a scan (resized to the model input)", type="numpy",
-                                      sources=["upload"], format="png")  # fmt: skip
+                    upload = gr.File(label=f"Upload a scan (resized to the model input; at most "
+                                           f"{sess.MAX_UPLOAD_SIDE}x{sess.MAX_UPLOAD_SIDE} pixels, "
+                                           f"{sess.MAX_UPLOAD_BYTES // 1_000_000} MB)", type="filepath")  # fmt: skip
+                    upload_note = gr.Markdown("", elem_id="aespa-upload-note")
                     sample_btn = gr.Button("Back to the bundled sample")
                     mask = gr.Image(first.mask, label=f"Predicted mask ({size}x{size})", type="numpy",
                                     format="png", image_mode="L", interactive=False)  # fmt: skip
@@ -95,6 +106,6 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         redo_btn.click(action(sess.redo), [state], outputs, api_name="redo", **queue)
         clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
         suggest_btn.click(on_suggest, [state, target], outputs, api_name="suggest", **queue)
-        upload.upload(on_upload, [upload], outputs, api_name="upload", **queue)
+        upload.upload(on_upload, [state, upload], outputs + [upload_note], api_name="upload", **queue)
         sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)
     return app

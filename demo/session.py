@@ -7,12 +7,16 @@ The prediction depends only on (image, clicks), so undo gives back exactly the e
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from dataset import resize_mask
+from dataset import read_image, resize_mask
+from utils import InputError, one_line
 
 from .predictor import Click, Predictor, rater_scores, to_model_input
 from .render import (
@@ -21,6 +25,11 @@ from .render import (
 from .sample import Sample
 
 LABELS = {"positive": 1, "negative": 0}
+# Upload limits: a scan at the model's input size is at most 1024 px, so 4096x4096 leaves room for any real scan
+# while a decoded upload stays near 200 MB (float32 RGB); the bytes are checked before the file is opened.
+MAX_UPLOAD_SIDE = 4096
+MAX_UPLOAD_PIXELS = MAX_UPLOAD_SIDE * MAX_UPLOAD_SIDE
+MAX_UPLOAD_BYTES = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,33 @@ def new_session(image: np.ndarray, size: int, title: str, sample: Sample | None 
         names = tuple(f"rater {k} ({name})" for k, name in enumerate(sample.rater_names))
     base, thumb = (base_view(image, display_size(size, at_least)) for at_least in (VIEW_MIN, THUMB_MIN))
     return Session(title, pixels, base, thumb, raters, names or ())
+
+
+def read_upload(path: str | os.PathLike) -> np.ndarray:
+    """An uploaded file -> HxW or HxWx3 float image in [0,1], read as the data loaders read images.
+
+    Refused with a one-line InputError (the page shows it): a file over MAX_UPLOAD_BYTES (checked before opening),
+    a file PIL cannot identify, an image over MAX_UPLOAD_PIXELS (checked from its header, before decoding).
+    """
+    path = Path(path)
+    name = path.name
+    size = path.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"Upload refused: {name} is {size / 1e6:.1f} MB, over the limit of "
+                         f"{MAX_UPLOAD_BYTES / 1e6:g} MB per file")  # fmt: skip
+    try:
+        with Image.open(path) as img:  # reads the header only
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError; broken headers raise others
+        raise InputError(f"Upload refused: {name} is not an image file (PNG, JPEG, TIFF, BMP, ...)") from None
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise InputError(f"Upload refused: {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+                         f"{MAX_UPLOAD_SIDE}x{MAX_UPLOAD_SIDE} = {MAX_UPLOAD_PIXELS:,} pixels")  # fmt: skip
+    try:
+        return read_image(path)
+    except InputError as err:  # a header that promises more than the file holds (truncated, corrupt)
+        reason = one_line(err.__cause__) if err.__cause__ is not None else "unreadable"
+        raise InputError(f"Upload refused: {name} could not be decoded ({reason})") from None
 
 
 def add_click(s: Session, x: int, y: int, label: str | int) -> Session:

@@ -51,14 +51,27 @@ def _numpy_safe_globals() -> list[Any]:
     return allowed
 
 
+# Sentences of torch's advice on a refused safe load; none of it may reach our message (it suggests
+# bypassing the check with weights_only=False).
+_TORCH_ADVICE = ("weights_only", "Weights only load failed", "safe_globals", "trusted", "file an issue",
+                 "documentation")
+
+
 def _explain(err: Exception) -> str:
-    """One line out of torch.load's (often multi-paragraph) error."""
+    """One line out of torch.load's (often multi-paragraph) error, torch's advice left out.
+
+    A refused global is named from either wording: "Trying to load unsupported GLOBAL posix.system whose module
+    ..." (torch 2.13, blocked modules) and "Unsupported global: GLOBAL x.y was not an allowed global ..." (older).
+    """
     text = str(err)
-    found = re.search(r"(Unsupported global: GLOBAL \S+|but got <class '[^']+'>)", text)
+    found = re.search(r"GLOBAL (\S+?)\.?(?=\s|$)|but got (<class '[^']+'>)", text)
     if found:  # a safe load refused an object: say which, not how to bypass the check
-        return f"it holds Python objects a safe load refuses: {found.group(1)}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+        return f"it holds Python objects a safe load refuses: {found.group(1) or found.group(2)}"
+    lines = [line.split("WeightsUnpickler error:")[-1].strip() for line in text.splitlines()]
+    reasons = [line for line in lines if line and not any(a in line for a in _TORCH_ADVICE)]
+    if "Weights only load failed" in text:
+        return "a safe load refuses its contents" + (f": {reasons[0][:200]}" if reasons else "")
+    return f"{type(err).__name__}: {reasons[0][:200]}" if reasons else type(err).__name__
 
 
 def read_checkpoint(path: str | Path) -> Any:

@@ -2,13 +2,19 @@
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_run_args
 from models import CheckpointError, build_sam_from_config, sam_config
+from models.checkpoint import _explain, read_checkpoint
 
 DATA = Path(__file__).parent / "data"
 
@@ -198,4 +204,71 @@ def test_pickled_code_is_refused_not_run(tmp_path, parity):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": parity["state_dict"], "extra": Payload()}, path)
     assert "safe load refuses" in refusal(parity["config"], path)
+    assert not (tmp_path / "pwned").exists()
+
+
+class ShellCall:
+    """Unpickling this would run a shell command: pickled as `posix.system` (`nt.system` on Windows)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+SYSTEM_GLOBAL = re.compile(r"\b(posix|nt|os)\.system\b")
+
+
+def test_a_shell_call_is_refused_naming_the_global_without_torch_advice(tmp_path, parity):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": parity["state_dict"], "extra": ShellCall(tmp_path / "pwned")}, path)
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    msg = one_line(err.value)
+    assert str(path) in msg and SYSTEM_GLOBAL.search(msg), msg
+    assert "weights_only" not in msg and "trusted source" not in msg, msg
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(
+    "torch_text, name",
+    [  # torch >= 2.13 for a blocked module; torch 2.4-2.12 (and 2.13 for others) for a global not allow-listed
+        ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+         "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+         "likely succeed, but it can result in arbitrary code execution. Do it only if you got the file from a "
+         "trusted source.\n\n\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\n"
+         "Check the documentation of torch.load to learn more.", "posix.system"),
+        ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps "
+         "only if you trust the source of the checkpoint. \n\t(1) Re-running `torch.load` with `weights_only` set "
+         "to `False` will likely succeed\n\tWeightsUnpickler error: Unsupported global: GLOBAL os.system was not "
+         "an allowed global by default. Please use `torch.serialization.add_safe_globals([os.system])`", "os.system"),
+    ],
+)
+def test_both_torch_wordings_of_a_refused_global_name_it_and_nothing_else(torch_text, name):
+    msg = _explain(RuntimeError(torch_text))
+    assert name in msg and "\n" not in msg, msg
+    assert "weights_only" not in msg and "add_safe_globals" not in msg and "trusted" not in msg, msg
+
+
+def test_an_unsupported_opcode_gives_no_torch_advice():
+    text = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument. "
+            "Re-running `torch.load` with `weights_only` set to `False` will likely succeed.\nPlease file an issue "
+            "with the following so that we can make `weights_only=True` compatible with your use case: "
+            "WeightsUnpickler error: \n\nUnsupported operand 149\n\nCheck the documentation of torch.load")
+    msg = _explain(RuntimeError(text))
+    assert "Unsupported operand 149" in msg and "weights_only" not in msg, msg
+
+
+@pytest.mark.slow
+def test_train_cli_refuses_a_shell_call_checkpoint_in_one_line(tmp_path, synthetic_root):
+    path = tmp_path / "evil.pth"
+    torch.save({"extra": ShellCall(tmp_path / "pwned")}, path)
+    root = Path(__file__).resolve().parents[1]
+    argv = tiny_run_args(synthetic_root, tmp_path / "logs", "-sam_ckpt", str(path))
+    proc = subprocess.run([sys.executable, str(root / "train.py"), *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert SYSTEM_GLOBAL.search(lines[0]) and "weights_only" not in lines[0], lines[0]
     assert not (tmp_path / "pwned").exists()

@@ -21,11 +21,12 @@ from PIL import Image
 import aespa_demo
 from clicks import next_click
 from dataset import read_mask, resize_mask
+from demo import session as sess
 from demo.predictor import Click, Predictor
 from demo.render import to_model_xy
 from demo_support import ROOT, demo_server, load_model, make_checkpoint, model_input, oracle, run_demo
 from synthetic_data import case_stream, make_case
-from utils import run_cli
+from utils import InputError, run_cli
 
 SAMPLE = ROOT / "demo" / "sample"
 S, K = 64, 6  # the tiny model's input size; the view shows it at 6x (384 px)
@@ -140,12 +141,71 @@ def test_api_upload_has_no_raters(server, model, tmp_path):
     Image.fromarray(make_case(case_stream(0, "test", 5)).image).save(path)
     client = Client(server, verbose=False, download_files=str(tmp_path))
     image = model_input(path, S)
-    _, caption, gallery, _, mask_file = client.predict(handle_file(str(path)), api_name="/upload")
+    _, caption, gallery, _, mask_file, note = client.predict(handle_file(str(path)), api_name="/upload")
     assert_mask(np.asarray(Image.open(mask_file)) > 127, oracle(model, image, []))
-    assert "no raters" in caption and not gallery
+    assert "no raters" in caption and not gallery and note == ""
     _, _, _, clicks_text, mask_file = client.predict(*CLICKS[0][:2], "positive", api_name="/add_click")
     assert_mask(np.asarray(Image.open(mask_file)) > 127, oracle(model, image, CLICKS[:1]))
     assert clicks_text == f"1. ({CLICKS[0][0]}, {CLICKS[0][1]}) positive"
+
+
+def test_api_uploads_over_a_limit_or_not_images_are_refused_in_the_page(server, tmp_path):
+    """Each refusal is one line naming the file and the limit with the file's size; the session (the bundled
+    sample with one click) is shown unchanged and goes on."""
+    from gradio_client import Client, handle_file
+
+    big = tmp_path / "big.png"
+    Image.new("L", (4100, 4100)).save(big)  # a few KB of PNG, 16.8 megapixels
+    heavy = tmp_path / "heavy.png"
+    Image.new("L", (8, 8)).save(heavy)
+    with heavy.open("r+b") as f:
+        f.truncate(52_000_000)  # a valid image followed by zeros: 52 MB
+    text, fake = tmp_path / "notes.txt", tmp_path / "scan.png"
+    text.write_text("not an image\n")
+    fake.write_text("a text file named like an image\n")
+    expected = {
+        big: "Upload refused: big.png is 4100x4100 = 16,810,000 pixels, over the limit of 4096x4096 = 16,777,216 "
+             "pixels",
+        heavy: "Upload refused: heavy.png is 52.0 MB, over the limit of 50 MB per file",
+        text: "Upload refused: notes.txt is not an image file",
+        fake: "Upload refused: scan.png is not an image file",
+    }
+    client = Client(server, verbose=False, download_files=str(tmp_path / "got"))
+    client.predict(api_name="/load_sample")
+    x, y, label = CLICKS[0]
+    _, caption, _, clicks_text, mask_file = client.predict(x, y, "positive", api_name="/add_click")
+    mask = np.asarray(Image.open(mask_file))
+    for path, message in expected.items():
+        _, got_caption, gallery, got_clicks, got_mask, note = client.predict(handle_file(str(path)), api_name="/upload")
+        assert note.strip("*").startswith(message) and "\n" not in note, note
+        assert (got_caption, got_clicks, len(gallery)) == (caption, clicks_text, 4)
+        assert np.array_equal(np.asarray(Image.open(got_mask)), mask)
+    _, _, _, clicks_text, _ = client.predict(*CLICKS[1][:2], "negative", api_name="/add_click")
+    assert clicks_text.splitlines()[1] == f"2. ({CLICKS[1][0]}, {CLICKS[1][1]}) negative"  # the same session went on
+
+
+def test_upload_limits_at_their_boundaries(tmp_path, monkeypatch):
+    monkeypatch.setattr(sess, "MAX_UPLOAD_SIDE", 10)
+    monkeypatch.setattr(sess, "MAX_UPLOAD_PIXELS", 100)
+    Image.new("L", (10, 10), 255).save(tmp_path / "at.png")
+    Image.new("L", (10, 11)).save(tmp_path / "over.png")
+    assert sess.read_upload(tmp_path / "at.png").shape == (10, 10)  # grey, as the data loaders read it
+    with pytest.raises(InputError, match=r"over.png is 10x11 = 110 pixels, over the limit of 10x10 = 100 pixels$"):
+        sess.read_upload(tmp_path / "over.png")
+    size = (tmp_path / "at.png").stat().st_size
+    monkeypatch.setattr(sess, "MAX_UPLOAD_BYTES", size)
+    assert sess.read_upload(tmp_path / "at.png").max() == 1.0
+    monkeypatch.setattr(sess, "MAX_UPLOAD_BYTES", size - 1)
+    with pytest.raises(InputError, match="at.png is .* MB, over the limit of"):
+        sess.read_upload(tmp_path / "at.png")
+
+
+def test_an_upload_whose_pixels_are_cut_short_is_refused(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])  # the header survives, most pixel data does not
+    with pytest.raises(InputError, match="^Upload refused: cut.png could not be decoded [(][^\n]*[)]$"):
+        sess.read_upload(path)
 
 
 def test_newest_default_run_is_used(checkpoint, tmp_path):

@@ -170,3 +170,38 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--window_width", "nan"), ("--window_width", "inf"), ("--window_width", "0"), ("--window_width", "-5"),
+     ("--window_level", "nan"), ("--window_level", "inf"), ("--window_level", "-inf")],
+)
+def test_unusable_windows_are_refused_before_anything_is_written(tmp_path, flag, value):
+    raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
+    with pytest.raises(InputError) as err:
+        process_mbhseg.main(["--src", str(raw.root), "--dst", str(tmp_path / "out"), f"{flag}={value}"])
+    assert flag in str(err.value) and value in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_a_nan_window_in_one_line(tmp_path):
+    raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
+    proc = subprocess.run([sys.executable, "process_mbhseg.py", "--src", str(raw.root), "--dst", str(tmp_path / "out"),
+                           "--window_width", "nan"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: --window_width"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["label_annot_1", "image"])
+def test_two_files_for_one_rater_or_image_are_refused_naming_both(tmp_path, kind):
+    raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
+    case = raw.root / "train" / "case_0"
+    gz = case / f"{kind}.nii.gz"
+    plain = write_nifti(case / f"{kind}.nii", np.zeros(raw.hu.shape, np.uint8), raw.affine)  # beside the .gz
+    with pytest.raises(InputError) as err:
+        process_mbhseg.main(["--src", str(raw.root), "--dst", str(tmp_path / "out")])
+    msg = str(err.value)
+    assert str(gz) in msg and str(plain) in msg and "\n" not in msg, msg
+    assert not (tmp_path / "out").exists()

@@ -193,3 +193,47 @@ def test_bad_input_raises_input_error(tmp_path: Path, case: str, expect: str) ->
     with pytest.raises(InputError, match="^[^\n]*$") as err:
         tables.main(argv)
     assert expect in str(err.value)
+
+
+def add_broken_runs(logs: Path) -> list[Path]:
+    """Two unreadable runs beside the good ones: args.json cut short, and a metrics.jsonl line cut short."""
+    bad_args = write_run(logs / "bad_args", base_args(exp_name="LIDC_SPA_samples12", num_samples=12, seed=5),
+                         rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}))  # fmt: skip
+    (bad_args / "args.json").write_text('{"exp_name": "LIDC_SPA_samples12", "num_')
+    bad_row = write_run(logs / "bad_row", base_args(exp_name="LIDC_SPA_samples48", num_samples=48, seed=6),
+                        rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}))  # fmt: skip
+    with (bad_row / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "split": "te\n')
+    return [bad_args, bad_row]
+
+
+def test_skip_bad_lists_unreadable_runs_and_tabulates_the_others(logs: Path, tmp_path: Path, capsys) -> None:
+    bad = add_broken_runs(logs)
+    argv = [str(logs), "-metrics", "Dice_follow,NoC@0.90", "-rounds", "1,2,3", "-out", str(tmp_path / "o")]
+    with pytest.raises(InputError, match="^[^\n]*$"):  # without the flag a broken run stays an error
+        tables.main(argv)
+    table = tables.main(argv + ["-skip_bad"])
+    err = capsys.readouterr().err
+    assert f"skipped {bad[0]}: {bad[0] / 'args.json'}" in err
+    assert f"skipped {bad[1]}: {bad[1] / 'metrics.jsonl'} line 4" in err
+    assert [len(c.runs) for c in table.configs] == [2, 2]  # the good runs only, values as without the broken ones
+    for i, samples in enumerate((12, 48)):
+        for j in range(4):
+            mean, std = expected(samples, j)
+            assert table.mean[i, j] == pytest.approx(mean, abs=1e-12)
+            assert table.std[i, j] == pytest.approx(std, abs=1e-12)
+
+
+def test_skip_bad_with_every_run_broken_is_one_error(tmp_path: Path) -> None:
+    """The skipped runs are listed (why each is unreadable), then one `error:` line; exit 2, no traceback."""
+    bad = add_broken_runs(tmp_path / "logs")
+    argv = [str(tmp_path / "logs"), "-skip_bad", "-out", str(tmp_path / "o")]
+    proc = subprocess.run([sys.executable, "tables.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    notes = sorted(lines[:-1])  # the JSON decoder's own words after these prefixes vary with the Python version
+    assert len(notes) == 2
+    assert notes[0].startswith(f"note: skipped {bad[0]}: {bad[0] / 'args.json'}: not readable as JSON ("), notes[0]
+    assert notes[1].startswith(f"note: skipped {bad[1]}: {bad[1] / 'metrics.jsonl'} line 4: not valid JSON ("), notes[1]
+    assert lines[-1] == f"error: {tmp_path / 'logs'}: no run folder with test rows (2 unreadable run folders skipped)"
+    assert not (tmp_path / "o").exists()
