@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from builders import adopt_checkpoint_settings, build_model_from_args, default_run_checkpoint
-from cfg import OneLineParser, build_parser, check_args, given_flags
+from builders import adopt_checkpoint_settings, build_model_from_config, default_run_checkpoint
+from cfg import OneLineParser, build_parser, checked_config, given_flags
 from demo.predictor import Predictor
 from demo.sample import load_sample
 from models import read_checkpoint
+from run_config import RunConfig
 from utils import InputError, choose_device, run_cli
 
 NO_CHECKPOINT = ("no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
@@ -33,32 +34,34 @@ def build_demo_parser(prog: str | None = None) -> OneLineParser:
     return parser
 
 
-def parse_demo_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_demo_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
+    """-> (the server flags, the run configuration)."""
     parser = build_demo_parser("aespa_demo.py")
-    args = check_args(parser.parse_args(argv), parser)
+    args = parser.parse_args(argv)
+    cfg = checked_config(args, parser)
     if not 1 <= args.port <= 65535:
         parser.error(f"argument -port: must be in 1..65535, got {args.port}")
-    return args
+    return args, cfg
 
 
-def load_predictor(args: argparse.Namespace, explicit: set[str]) -> tuple[Predictor, list[str]]:
-    """-weights (or the newest default run's checkpoint) -> (Predictor on the chosen device, notes to print)."""
-    if not args.weights:
-        found = default_run_checkpoint(args.log_dir)
+def load_predictor(cfg: RunConfig, explicit: set[str]) -> tuple[Predictor, RunConfig, list[str]]:
+    """-weights (or the newest default run's checkpoint) -> (Predictor on the chosen device, the resolved
+    configuration, notes to print)."""
+    if not cfg.model.weights:
+        found = default_run_checkpoint(cfg.log_dir)
         if found is None:
             raise InputError(NO_CHECKPOINT)
-        args.weights = str(found)
-    obj = read_checkpoint(args.weights)
-    notes = adopt_checkpoint_settings(args, obj, explicit)
-    model, reports = build_model_from_args(args, preloaded={args.weights: obj})
-    device = choose_device(args.device)
-    predictor = Predictor(model, device, yx=args.compat == "reference", multimask=args.multimask_output > 1)
-    return predictor, notes + [r.summary() for r in reports]
+        cfg = cfg.with_flags(weights=str(found))
+    obj = read_checkpoint(cfg.model.weights)
+    cfg, notes = adopt_checkpoint_settings(cfg, obj, explicit)
+    model, reports, cfg = build_model_from_config(cfg, preloaded={cfg.model.weights: obj})
+    predictor = Predictor(model, choose_device(cfg.device))
+    return predictor, cfg, notes + [r.summary() for r in reports]
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_demo_args(argv)
-    predictor, notes = load_predictor(args, given_flags(argv))
+    args, cfg = parse_demo_args(argv)
+    predictor, cfg, notes = load_predictor(cfg, given_flags(argv))
     from demo.app import build_app  # gradio is slow to import: after the checkpoint is known to be good
 
     app = build_app(predictor, load_sample())
@@ -69,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
                                              ssr_mode=False, inbrowser=False, prevent_thread_lock=True, quiet=True)  # fmt: skip
     except OSError:  # gradio found the port taken (or the address cannot be bound)
         raise InputError(f"-port {args.port}: cannot serve on {args.host}:{args.port} (in use? choose another -port)") from None
-    compat = ", -compat reference" if predictor.yx else ""
-    print(f"AESPA demo: {args.weights} ({args.encoder} at {args.image_size} px{compat}) on {predictor.device}")
+    compat = ", -compat reference" if cfg.model.compat == "reference" else ""
+    print(f"AESPA demo: {cfg.model.weights} ({cfg.model.encoder} at {cfg.model.image_size} px{compat}) on {predictor.device}")
     print(f"open {local_url}" + (f" or the public link {share_url}" if share_url else ""), flush=True)
     app.block_thread()  # until Ctrl-C
 

@@ -12,7 +12,6 @@ hooks on the model's parts, backward time inside the optimisation steps.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -22,10 +21,11 @@ from typing import Callable
 
 import torch
 
-from builders import build_loader, build_model_from_args, maybe_compile
-from cfg import build_parser, check_args
-from engine import loop_module
-from interaction import prepare_batch
+from batch import prepare_batch
+from builders import build_loader, build_model_from_config, maybe_compile
+from cfg import build_parser, checked_config
+from engine import entry
+from modes import get_mode
 from optim_step import Stepper, autocast_context, build_optimizer
 from utils import choose_device, run_cli, seed_everything
 
@@ -97,28 +97,31 @@ def main(argv: list[str] | None = None) -> dict:
     group = parser.add_argument_group("bench")
     group.add_argument("-warmup", type=int, default=1, help="untimed runs before measuring")
     group.add_argument("-repeats", type=int, default=3, help="timed runs; the median is reported")
-    args = check_args(parser.parse_args(argv), parser)
-    device = choose_device(args.device)
-    seed_everything(args.seed)
-    model, _ = build_model_from_args(args)
+    args = parser.parse_args(argv)
+    cfg = checked_config(args, parser)
+    device = choose_device(cfg.device)
+    seed_everything(cfg.seed)
+    model, _, cfg = build_model_from_config(cfg)
     model.to(device)
-    maybe_compile(model, args)
-    stepper = TimedStepper(build_optimizer(model, args.lr), device, args.amp)
+    maybe_compile(model, cfg)
+    stepper = TimedStepper(build_optimizer(model, cfg.lr), device, cfg.amp)
     stepper.clock = clock = NetworkClock(model, device)
-    loop = loop_module(args)
-    generator = torch.Generator().manual_seed(args.seed)
-    data = next(iter(build_loader(args, "train", generator)))
+    mode = get_mode(cfg.mode)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    data = next(iter(build_loader(cfg, "train", generator)))
 
     def train_step() -> None:
         model.train()
-        loop.train_batch(model, stepper, prepare_batch(data, device, generator=generator), args)
+        entry(mode, "train_batch")(model, stepper, prepare_batch(data, device, generator=generator), cfg, mode)
 
     def val_batch(reuse: bool) -> Callable[[], None]:
+        run_cfg = cfg.with_flags(no_embedding_reuse=not reuse)
+
         def run() -> None:
             model.eval()
-            args.no_embedding_reuse = not reuse
-            with torch.no_grad(), autocast_context(device, args.amp):
-                loop.validate_batch(model, prepare_batch(data, device, seed=args.seed), args)
+            with torch.no_grad(), autocast_context(device, cfg.amp):
+                entry(mode, "validate_batch")(model, prepare_batch(data, device, seed=cfg.seed), run_cfg, mode)
+
         return run
 
     median_seconds(train_step, device, args.warmup, 0)  # warm up, then time with a fresh clock
@@ -130,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_s, reuse_s, no_reuse_s = (statistics.median(t) for t in (train_times, val_reuse, val_no_reuse))
     batch = len(data["name"])
     result = {
-        "mode": args.mode, "encoder": args.encoder, "image_size": args.image_size, "batch": batch,
-        "clicks": args.clicks, "noc_clicks": args.noc_clicks, "num_samples": args.num_samples if args.mode == "SPA" else None,
+        "mode": cfg.mode, "encoder": cfg.model.encoder, "image_size": cfg.model.image_size, "batch": batch,
+        "clicks": cfg.loop.clicks, "noc_clicks": cfg.loop.noc_clicks, "num_samples": mode.user.latent_samples(cfg.loop),
         "device": str(device), "amp": stepper.amp, "threads": torch.get_num_threads(),
         "train_step_s": round(train_s, 4), "images_per_s": round(batch / train_s, 3),
         "overhead_share": round(1.0 - network_share, 4),

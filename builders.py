@@ -1,8 +1,7 @@
-"""From command-line arguments to a model and data loaders (shared by train.py, val.py, bench.py, the demo)."""
+"""From the run configuration to a model and data loaders (shared by train.py, val.py, bench.py, the demo)."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -12,12 +11,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from conf import global_settings as settings
 from dataset import build_dataset
 from models import CHECKPOINT_FORMAT, AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
 from models.build import ENCODERS, model_state
 from models.checkpoint import CheckpointError
 from models.reference_format import is_reference_checkpoint
+from run_config import RunConfig, default_image_size
 from training_state import ARCHITECTURE_FLAGS
 from utils import InputError
 
@@ -37,9 +36,9 @@ def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
 
 
 def adopt_checkpoint_settings(
-    args: argparse.Namespace, obj: Any, explicit: Iterable[str] = (), evaluating: bool = False
-) -> list[str]:
-    """Make `args` describe the checkpoint's architecture -> notes for the log.
+    cfg: RunConfig, obj: Any, explicit: Iterable[str] = (), evaluating: bool = False
+) -> tuple[RunConfig, list[str]]:
+    """The config with the checkpoint's architecture -> (config, notes for the log).
 
     A checkpoint of this project sets the architecture flags it was trained with (a flag given on the
     command line that disagrees is noted and overridden); the original's published checkpoint runs under its
@@ -47,57 +46,67 @@ def adopt_checkpoint_settings(
     mode's protocol: the checkpoint's unless an evaluation (`evaluating`) names another explicitly, e.g. an
     SPA-trained model evaluated under the AESPA protocol (the network is the same in both modes).
     """
-    notes = []
+    notes, changes = [], {}
+    flags = cfg.flags()
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         saved = obj.get("args", {})
         for flag in ARCHITECTURE_FLAGS:
-            if flag in saved and getattr(args, flag) != saved[flag]:
+            if flag in saved and flags[flag] != saved[flag]:
                 if flag == "mode" and evaluating and flag in explicit:
-                    notes.append(f"-mode {args.mode}: evaluating a model trained with -mode {saved[flag]} under the {args.mode} protocol")
+                    notes.append(f"-mode {cfg.mode}: evaluating a model trained with -mode {saved[flag]} under the {cfg.mode} protocol")
                     continue
                 if flag in explicit:
-                    notes.append(f"-{flag} {getattr(args, flag)} ignored: the checkpoint was trained with {saved[flag]}")
-                setattr(args, flag, saved[flag])
+                    notes.append(f"-{flag} {flags[flag]} ignored: the checkpoint was trained with {saved[flag]}")
+                changes[flag] = saved[flag]
     elif is_reference_checkpoint(obj):
-        if args.compat != "reference":
+        if cfg.model.compat != "reference":
             notes.append("the original project's checkpoint: running its conventions (-compat reference)")
-        args.compat, args.fcomb, args.n_components = "reference", "reference", len(obj["EM_weights"])
+        changes.update(compat="reference", fcomb="reference", n_components=len(obj["EM_weights"]))
     else:
         notes.append("plain SAM weights: the preference heads start untrained")
-    return notes
+    return cfg.with_flags(**changes), notes
 
 
-def build_model_from_args(args: argparse.Namespace, preloaded: Mapping[str, Any] | None = None) -> tuple[AESPAModel, list[LoadReport]]:
-    """The model the flags describe, with -sam_ckpt and then -weights loaded (both resampled to -image_size).
+def build_model_from_config(
+    cfg: RunConfig, preloaded: Mapping[str, Any] | None = None
+) -> tuple[AESPAModel, list[LoadReport], RunConfig]:
+    """The model the config describes, with -sam_ckpt and then -weights loaded (both resampled to -image_size)
+    -> (model, load reports, the config with the architecture resolved).
 
     `-encoder auto` takes the size of the checkpoint to load (-weights, else -sam_ckpt), or vit_t without one;
-    `-image_size` defaults per encoder (conf/). Each file is read once (`preloaded`: path -> loaded object).
+    `-image_size` defaults per encoder (conf/); `-compat reference` implies the reference fusion. Each file is
+    read once (`preloaded`: path -> loaded object).
     """
+    m = cfg.model
     preloaded = preloaded or {}
     loaded = {}
-    for path in (args.sam_ckpt, args.weights):
+    for path in (m.sam_ckpt, m.weights):
         if path:
             obj = preloaded[path] if path in preloaded else read_checkpoint(path)
             loaded[path] = model_state(obj, str(path))
-    if args.encoder == "auto":
-        last = args.weights or args.sam_ckpt
-        args.encoder = encoder_of_state(loaded[last][0], str(last)) if last else "vit_t"
-    if args.image_size is None:
-        args.image_size = settings.IMAGE_SIZE.get(args.encoder, settings.DEFAULT_IMAGE_SIZE)
-    reference = args.compat == "reference"
-    if reference and args.fcomb != "reference":
+    changes: dict[str, Any] = {}
+    if m.encoder == "auto":
+        last = m.weights or m.sam_ckpt
+        changes["encoder"] = encoder_of_state(loaded[last][0], str(last)) if last else "vit_t"
+    if m.image_size is None:
+        changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
+    reference = m.compat == "reference"
+    if reference and m.fcomb != "reference":
         log.info("-compat reference: using the reference Fcomb")
-        args.fcomb = "reference"
-    model, _ = build_model(args.encoder, args.image_size, args.n_components, args.fcomb, batch_mixture=reference)
+        changes["fcomb"] = "reference"
+    cfg = cfg.with_flags(**changes)
+    m = cfg.model
+    model, _ = build_model(m.encoder, m.image_size, m.n_components, m.fcomb, batch_mixture=reference,
+                           point_order="yx" if reference else "xy", multimask_output=m.multimask_output)  # fmt: skip
     reports = [load_weights(model, state, source=str(path), optional_prefixes=optional)
                for path, (state, optional) in loaded.items()]  # fmt: skip
-    return model, reports
+    return model, reports, cfg
 
 
-def maybe_compile(model: AESPAModel, args: argparse.Namespace) -> None:
+def maybe_compile(model: AESPAModel, cfg: RunConfig) -> None:
     """`-compile`: compile the image encoder and the mask decoder in place (parameter names, and so
     checkpoints, stay the same)."""
-    if args.compile:
+    if cfg.compile:
         model.image_encoder.compile()
         # static shapes: the number of prompt tokens grows with every click, and inductor's dynamic-shape
         # backward of the decoder's attention mis-predicts strides (seen with torch 2.13 on CPU)
@@ -130,30 +139,33 @@ class Indexed(Dataset):
         return {**self.dataset[index], "index": index}
 
 
-def dataset_from_args(args: argparse.Namespace, split: str):
-    return build_dataset(args.dataset, args.data_path, split, args.image_size, valid_raters=args.valid_raters,
-                         keep_empty=args.keep_empty, refuge_target=args.refuge_target)  # fmt: skip
+def build_split(cfg: RunConfig, split: str):
+    """The dataset of a split, at the resolved image size."""
+    d = cfg.data
+    return build_dataset(d.dataset, d.data_path, split, cfg.model.image_size, valid_raters=d.valid_raters,
+                         keep_empty=d.keep_empty, refuge_target=d.refuge_target)  # fmt: skip
 
 
-def build_loader(args: argparse.Namespace, split: str, generator: torch.Generator | None = None) -> DataLoader:
+def build_loader(cfg: RunConfig, split: str, generator: torch.Generator | None = None) -> DataLoader:
     """Loader of a split: shuffled with `generator` for training, in order for testing; sharded across
     ranks under torchrun (each test image on exactly one rank)."""
-    data = Indexed(dataset_from_args(args, split))
+    d = cfg.data
+    data = Indexed(build_split(cfg, split))
     if len(data) == 0:
-        raise InputError(f"{args.data_path}: the {split} split has no samples")
+        raise InputError(f"{d.data_path}: the {split} split has no samples")
     train = split == "train"
     sampler = None
     if dist.is_available() and dist.is_initialized():  # training pads to equal shards; testing must not
-        sampler = DistributedSampler(data, shuffle=True, seed=args.seed) if train else ShardSampler(data)
+        sampler = DistributedSampler(data, shuffle=True, seed=cfg.seed) if train else ShardSampler(data)
     return DataLoader(
         data,
-        batch_size=args.b,
+        batch_size=d.batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
-        num_workers=args.w,
+        num_workers=d.workers,
         generator=generator if train and sampler is None else None,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=args.w > 0,
+        persistent_workers=d.workers > 0,
         drop_last=False,
     )
 

@@ -1,27 +1,22 @@
 """The one command-line parser, shared by train.py, val.py, bench.py and the demo.
 
 Flag names are the original project's (single dash); new flags follow the same style. Nothing is parsed at
-import: call `parse_args(argv)`.
+import: `parse_config(argv)` checks the flags and makes the typed run configuration (run_config.py) once.
+Modes and datasets are offered from their registries (modes.py, dataset.DATASETS).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from conf import global_settings as settings
+from dataset import DATASETS
+from modes import get_mode, mode_names
+from run_config import RunConfig
 
-MODES = ("AESPA", "SPA")
-DATASETS = ("synthetic", "LIDC", "MBHSeg-Binary", "MBHSeg-Multiclass", "REFUGE")
 ENCODER_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
-DEFAULT_DATA_PATHS = {
-    "synthetic": settings.SYNTHETIC_DATA_PATH,
-    "LIDC": "data/LIDC",
-    "MBHSeg-Binary": "data/MBHSeg-Binary",
-    "MBHSeg-Multiclass": "data/MBHSeg-Multi",
-    "REFUGE": "data/REFUGE-Multirater",
-}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -43,7 +38,8 @@ def build_parser(prog: str | None = None) -> OneLineParser:
     p = OneLineParser(prog=prog, description="AESPA / SPA: preference-aware interactive segmentation with several raters.")
 
     run = p.add_argument_group("run")
-    run.add_argument("-mode", choices=MODES, default="AESPA", help="training mode: AESPA (follow one rater's clicks) or SPA")
+    run.add_argument("-mode", choices=mode_names(), default="AESPA",
+                     help="interaction mode: AESPA (follow one rater's clicks), SPA, or another registered mode")
     run.add_argument("-exp_name", default=None, help="run name; the run folder is <log_dir>/<exp_name>_<timestamp> (default: <dataset>_<mode>)")
     run.add_argument("-epochs", type=int, default=settings.EPOCH, help=f"training epochs (default {settings.EPOCH}, from conf/)")
     run.add_argument("-seed", type=int, default=0, help="seed of every random choice (data order, raters, clicks, latent samples)")
@@ -68,9 +64,9 @@ def build_parser(prog: str | None = None) -> OneLineParser:
                        help="reference: the original's conventions ((y, x) clicks, batch-averaged mixture, reference Fcomb) for its published checkpoint")
 
     data = p.add_argument_group("data")
-    data.add_argument("-dataset", choices=DATASETS, default="synthetic", help="dataset (synthetic is generated on first use)")
+    data.add_argument("-dataset", choices=list(DATASETS), default="synthetic", help="dataset (synthetic is generated on first use)")
     data.add_argument("-data_path", default=None, help="dataset root (default per dataset: " +
-                      ", ".join(f"{k}: {v}" for k, v in DEFAULT_DATA_PATHS.items()) + ")")  # fmt: skip
+                      ", ".join(f"{k}: {v.default_path}" for k, v in DATASETS.items()) + ")")  # fmt: skip
     data.add_argument("-valid_raters", choices=("present", "nonempty"), default="present",
                       help="a rater counts when its mask file exists (present) or only when it marks something (nonempty, the original)")
     data.add_argument("-keep_empty", action="store_true", help="keep LIDC slices where no rater marks anything")
@@ -114,7 +110,7 @@ def build_parser(prog: str | None = None) -> OneLineParser:
 
 
 def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Namespace:
-    """Refuse inconsistent values in one line; fill the defaults that depend on other flags."""
+    """Refuse inconsistent values in one line (the arguments are returned unchanged)."""
     positive = ("epochs", "b", "clicks", "n_components", "num_samples", "n_clusters", "val_freq")
     for name in positive:
         if getattr(args, name) <= 0:
@@ -126,20 +122,10 @@ def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Name
             parser.error(f"argument -{name}: must not be negative, got {getattr(args, name)}")
     if not 0.0 <= args.switch_prob <= 1.0:
         parser.error(f"argument -switch_prob: must be in [0, 1], got {args.switch_prob}")
-    if args.n_clusters > args.num_samples and args.mode == "SPA":
-        parser.error(f"argument -n_clusters: {args.n_clusters} clusters need at least as many -num_samples ({args.num_samples})")
     if args.distributed not in ("none", "", "0", "False", "false"):
         parser.error(f"argument -distributed {args.distributed}: launch with torchrun --nproc_per_node N train.py ... instead")
     if args.lr <= 0:
         parser.error(f"argument -lr: must be positive, got {args.lr}")
-    if args.data_path is None:
-        args.data_path = DEFAULT_DATA_PATHS[args.dataset]
-    if args.exp_name is None:
-        args.exp_name = f"{args.dataset}_{args.mode}"
-    if args.gpu_device is not None and args.device == "auto":
-        args.device = f"cuda:{args.gpu_device}"
-    if not args.gpu:
-        args.device = "cpu"
     return args
 
 
@@ -151,6 +137,23 @@ def given_flags(argv: Sequence[str] | None = None) -> set[str]:
     return set(vars(parser.parse_known_args(argv)[0]))
 
 
-def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+def checked_config(args: argparse.Namespace, parser: OneLineParser) -> RunConfig:
+    """Check parsed arguments (`check_args`, then the mode's own rules) -> the run configuration."""
+    config = RunConfig.from_args(check_args(args, parser))
+    problem = get_mode(config.mode).user.check(config.loop)
+    if problem:
+        parser.error(problem)
+    return config
+
+
+def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> RunConfig:
+    """The checked command line as a run configuration."""
     parser = build_parser(prog or (sys.argv[0] if argv is None else None))
-    return check_args(parser.parse_args(argv), parser)
+    return checked_config(parser.parse_args(argv), parser)
+
+
+def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
+    """A run configuration from a flat record (args.json, a checkpoint's 'args'); flags it lacks take their
+    defaults, names it has that the parser does not know (from older versions) are left out."""
+    defaults = vars(build_parser().parse_args([]))
+    return RunConfig.from_args(argparse.Namespace(**{**defaults, **{k: v for k, v in flags.items() if k in defaults}}))

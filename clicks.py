@@ -250,3 +250,15 @@ def append_click(
     flat = xy[:, 1].clamp(0, h - 1) * w + xy[:, 0].clamp(0, w - 1)  # B
     exclude = exclude.flatten(1).scatter(1, flat[:, None], True).reshape(b, h, w)
     return new_points, new_labels, exclude
+
+
+class ClickState:
+    """Clicks so far (points BxNx2 as (x, y), labels BxN) and the already-clicked pixels BxSxS."""
+
+    def __init__(self, batch_size: int, size: int, device: torch.device):
+        self.points: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None
+        self.exclude = torch.zeros(batch_size, size, size, dtype=torch.bool, device=device)
+
+    def add(self, points: torch.Tensor, labels: torch.Tensor) -> None:
+        self.points, self.labels, self.exclude = append_click(self.points, self.labels, self.exclude, points, labels)

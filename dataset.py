@@ -33,22 +33,21 @@ import json
 import logging
 import os
 import re
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
+
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from multiclass import binarize_multiclass  # noqa: F401  (re-exported: the loops import it from here)
 from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, N_TEST, N_TRAIN, ensure_synthetic
-from utils import InputError, natural_key, one_line
+from utils import InputError, atomic_write_bytes, natural_key, one_line
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("LIDC", "MBHSeg-Binary", "MBHSeg-Multiclass", "REFUGE", "synthetic")
 SPLITS = ("train", "test")
 VALID_RULES = ("present", "nonempty")
 REFUGE_TARGETS = ("cup", "disc")
@@ -252,19 +251,6 @@ def _tree_key(*listings: dict[str, list[os.DirEntry]]) -> str:
     return hashlib.sha256("\n".join([MANIFEST_FORMAT, *lines]).encode()).hexdigest()
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; other users may read the cache
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _foreground_flags(split_dir: Path, records: list[Record], key: str) -> dict[str, bool]:
     """{name: does some rater mark foreground}, from the manifest when its key matches, else computed
     (checking every mask against its image's size) and cached."""
@@ -286,7 +272,7 @@ def _foreground_flags(split_dir: Path, records: list[Record], key: str) -> dict[
                 raise _shape_error(mask_path, mask.shape, rec.image, h, w, 1)
             flags[rec.name] = flags[rec.name] or bool(mask.any())
     try:
-        _write_json_atomic(path, {"format": MANIFEST_FORMAT, "key": key, "foreground": flags})
+        atomic_write_bytes(path, json.dumps({"format": MANIFEST_FORMAT, "key": key, "foreground": flags}).encode())
     except OSError as err:
         log.info("could not cache the slice selection in %s (%s); computed it without caching", path, err)
     return flags
@@ -354,6 +340,33 @@ def _refuge_records(split_dir: Path, target: str) -> list[Record]:
 # ----------------------------------------------------------------------------------------- entry
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a dataset lies on disk: its default folder, the split folder names, the reader of a split's records
+    (split folder, options) -> records, and the classes of its masks (1: binary)."""
+
+    default_path: str
+    records: Callable[[Path, dict], list[Record]]
+    n_classes: int = 1
+    split_folders: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+
+
+# Every dataset the command line offers (-dataset), in the order it lists them.
+DATASETS: dict[str, Layout] = {
+    "synthetic": Layout(SYNTHETIC_ROOT, lambda d, o: _lidc_records(d, o["keep_empty"])),
+    "LIDC": Layout("data/LIDC", lambda d, o: _lidc_records(d, o["keep_empty"])),
+    "MBHSeg-Binary": Layout("data/MBHSeg-Binary", lambda d, o: _mbhseg_records(d, 1)),
+    "MBHSeg-Multiclass": Layout("data/MBHSeg-Multi", lambda d, o: _mbhseg_records(d, MBHSEG_CLASSES), MBHSEG_CLASSES),
+    "REFUGE": Layout("data/REFUGE-Multirater", lambda d, o: _refuge_records(d, o["refuge_target"]),
+                     split_folders=REFUGE_FOLDERS),
+}  # fmt: skip
+
+
+def default_data_path(name: str) -> str:
+    """The folder a dataset is read from when -data_path is not given."""
+    return DATASETS[name].default_path
+
+
 def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, image_size: int, *,
                   valid_raters: str = "present", keep_empty: bool = False, refuge_target: str = "cup",
                   seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> MultiRaterDataset:
@@ -375,17 +388,12 @@ def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, im
         raise InputError(f"image_size must be a positive integer, got {image_size}")
     if data_path is None and name != "synthetic":
         raise InputError(f"dataset {name} needs a data path")
-    root = Path(data_path if data_path is not None else SYNTHETIC_ROOT)
+    layout = DATASETS[name]
+    root = Path(data_path if data_path is not None else layout.default_path)
     if name == "synthetic":
         root = ensure_synthetic(root, seed=seed, n_train=n_train, n_test=n_test)
     _require_dir(root, f"{name} data folder")
-
-    n_classes = MBHSEG_CLASSES if name == "MBHSeg-Multiclass" else 1
-    if name in ("LIDC", "synthetic"):
-        records = _lidc_records(_require_dir(root / split, "split folder"), keep_empty)
-    elif name.startswith("MBHSeg"):
-        records = _mbhseg_records(_require_dir(root / split, "split folder"), n_classes)
-    else:
-        records = _refuge_records(_require_dir(root / REFUGE_FOLDERS[split], "split folder"), refuge_target)
+    split_dir = _require_dir(root / layout.split_folders[split], "split folder")
+    records = layout.records(split_dir, {"keep_empty": keep_empty, "refuge_target": refuge_target})
     n_raters = max(len(rec.raters) for rec in records)
-    return MultiRaterDataset(records, int(image_size), n_raters, n_classes, valid_raters, name)
+    return MultiRaterDataset(records, int(image_size), n_raters, layout.n_classes, valid_raters, name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
@@ -11,12 +10,13 @@ import torch.distributed as dist
 from utils import choose_device
 
 
-def setup_distributed(args: argparse.Namespace) -> tuple[torch.device, int]:
-    """Join the process group torchrun describes (WORLD_SIZE > 1) and pick this rank's device -> (device, rank)."""
+def setup_distributed(device_name: str) -> tuple[torch.device, int]:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) and pick this rank's device (`-device`)
+    -> (device, rank)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return choose_device(args.device), 0
-    device = choose_device(args.device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        return choose_device(device_name), 0
+    device = choose_device(device_name, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -3,20 +3,18 @@ k-means, and clicks on where the candidate the user selects differs from the oth
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import torch
 
+from batch import Batch
 from clicks import next_click
-from interaction import (
-    Batch, ClickState, bce_loss, draw_among, mean_of, pick, prompt_side, raters_agreeing, round_metrics, weight_head_loss,
-)  # fmt: skip
 from kmeans import batched_kmeans
-from models import AESPAModel, responsibilities
-from multirater_metrics import dice, noc
-from optim_step import Stepper, frozen
+from models import Decoded
+from modes import Mode, Selection, User
+from raters import draw_among, mean_of, pick, raters_agreeing
 from rng import KeyedRandom, normal, uniform
+from run_config import LoopConfig
 
 Source = torch.Generator | KeyedRandom
 
@@ -59,30 +57,19 @@ def initial_click(raters: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
     return torch.stack([pixel % s, pixel // s], 1).float(), label.long()
 
 
-def decode_samples(model: AESPAModel, embedding: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
-                   weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, eps: torch.Tensor,
-                   multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Decode M latent samples per image: eps BxMxL -> (logits BxMxSxS, low-res BxMx4Gx4G)."""
-    b, m = eps.shape[:2]
-    rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
-    z = model.latent(rep(weights), rep(means), rep(variances), eps.reshape(b * m, -1))
-    low = model.decode(rep(embedding), z, rep(sparse), rep(dense), multimask)  # (B*M)x1x4Gx4G
-    logits = model.upscale(low)
-    return logits.reshape(b, m, *logits.shape[-2:]).float(), low.reshape(b, m, *low.shape[-2:]).float()
-
-
 @dataclass
-class Candidates:
-    """k-means of one round's samples: centres BxKxSxS, the one the user selects (nearest to the target)."""
+class Candidates(Selection):
+    """k-means of one round's samples: `pred` the centre the user selects (nearest to the target) BxSxS,
+    `mask_prompt` the mean low-resolution logits of its samples Bx1x4Gx4G, every centre BxKxSxS."""
 
     centres: torch.Tensor
     members: torch.Tensor  # BxM bool: samples of the selected cluster
-    selected_mean: torch.Tensor  # BxSxS
     others_mean: torch.Tensor  # BxSxS mean of the other samples (the selected mean when there is none)
 
 
-def find_candidates(probs: torch.Tensor, target: torch.Tensor, k: int, source: Source) -> Candidates:
+def find_candidates(decoded: Decoded, target: torch.Tensor, k: int, source: Source) -> Candidates:
     """Per-image k-means of the BxMxSxS sample probabilities; the user picks the centre nearest to the target."""
+    probs = torch.sigmoid(decoded.logits)
     b, m, s, _ = probs.shape
     labels, centres = batched_kmeans(probs.reshape(b, m, s * s), k, generator=source)
     centres = centres.reshape(b, k, s, s)
@@ -91,119 +78,66 @@ def find_candidates(probs: torch.Tensor, target: torch.Tensor, k: int, source: S
     chosen = pick(centres, selected)
     others = ~members
     others_mean = torch.where(others.any(1)[:, None, None], mean_of(probs, others), chosen)
-    return Candidates(centres, members, chosen, others_mean)
+    return Candidates(chosen, mean_of(decoded.low, members)[:, None], centres, members, others_mean)
 
 
 def candidate_click(strategy: str, cand: Candidates, target: torch.Tensor, exclude: torch.Tensor, source: Source):
     """Top-k on |selected - others| (labelled from the target), or the centre click of the selected candidate's
     error against the target."""
     if strategy == "topk":
-        return next_click("topk", cand.others_mean, cand.selected_mean, label_source=target, exclude=exclude, generator=source)
-    return next_click("center", cand.selected_mean, target, exclude=exclude, generator=source)
+        return next_click("topk", cand.others_mean, cand.pred, label_source=target, exclude=exclude, generator=source)
+    return next_click("center", cand.pred, target, exclude=exclude, generator=source)
 
 
-def train_batch(model: AESPAModel, stepper: Stepper, batch: Batch, args: argparse.Namespace) -> list[dict[str, torch.Tensor]]:
-    """One batch of SPA training: per round a network step on M samples, candidates and a click, a prompt
-    step, and the mixture update with the weight-head step. Returns per-round dicts of per-image values."""
-    b, size, dev, generator = batch.size, batch.images.shape[-1], batch.images.device, batch.source
-    yx, multimask = args.compat == "reference", args.multimask_output > 1
-    target = preference_target(batch.raters, batch.valid, generator)
-    clicks = ClickState(b, size, dev)
-    clicks.add(*initial_click(batch.raters, batch.valid, target, generator))
-    prev_low = em_weights = None
-    rows = []
-    for _ in range(args.clicks):
-        with torch.no_grad():
-            sparse, dense, means, variances, weights = prompt_side(model, clicks, prev_low, em_weights, b, yx)
-        eps = normal((b, args.num_samples, model.latent_dim), dev, generator)
-        with stepper.autocast():  # 1. network step on the mean of the samples' logits
-            embedding = model.image_encoder(batch.images)
-            logits, low = decode_samples(model, embedding, sparse, dense, weights, means, variances, eps, multimask)
-            loss = bce_loss(logits.mean(1), target)
-        stepper.step(loss)
+class PreferenceUser(User):
+    """SPA's user: a preference target and a first click per image (drawn before the first round), candidates
+    from k-means of the round's latent samples, the candidate nearest to the target selected, and clicks on
+    where it differs from the other samples (`candidate_click`)."""
 
-        probs = torch.sigmoid(logits.detach())  # 2. candidates and the next click
-        cand = find_candidates(probs, target, args.n_clusters, generator)
-        row = round_metrics(cand.selected_mean, cand.centres, batch.raters, batch.valid, target)
-        row["loss"] = loss.detach().expand(b)
-        rows.append(row)
-        clicks.add(*candidate_click(args.click_strategy, cand, target, clicks.exclude, generator))
+    def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
+        super().__init__(batch, loop, purpose)
+        self.rows = torch.arange(batch.size, device=batch.images.device)
+        self.source = batch.source
+        self.target = preference_target(batch.raters, batch.valid, self.source)
+        self.followed = self.target
+        self._first_click = initial_click(batch.raters, batch.valid, self.target, self.source)
 
-        with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.weight_head):  # 3. prompt step
-            sparse, dense, means_p, variances_p, _ = prompt_side(model, clicks, prev_low, em_weights, b, yx)
-            logits_p, _ = decode_samples(model, embedding.detach(), sparse, dense, weights.detach(), means_p,
-                                         variances_p, eps, multimask)  # fmt: skip
-            prompt_loss = bce_loss(logits_p.mean(1), target)
-        stepper.step(prompt_loss)
+    @classmethod
+    def check(cls, loop: LoopConfig) -> str | None:
+        if loop.n_clusters > loop.num_samples:
+            return f"argument -n_clusters: {loop.n_clusters} clusters need at least as many -num_samples ({loop.num_samples})"
+        return None
 
-        w_loss, em_weights = weight_head_loss(model, cand.selected_mean, target, weights, means, variances)  # 4.
-        stepper.step(w_loss)
-        prev_low = mean_of(low.detach(), cand.members)[:, None]  # Bx1x4Gx4G: the selected cluster's mean
-    model.update_mixture_state(weights, means, variances)
-    return rows
+    @classmethod
+    def latent_samples(cls, loop: LoopConfig) -> int:
+        return loop.num_samples
 
+    @classmethod
+    def trains_prompt(cls, loop: LoopConfig) -> bool:
+        return True
 
-@torch.no_grad()
-def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, target: torch.Tensor,
-             first_click: tuple[torch.Tensor, torch.Tensor], rounds: int, strategy: str,
-             args: argparse.Namespace) -> tuple[list[dict[str, torch.Tensor]], ClickState]:  # fmt: skip
-    """Run `rounds` SPA rounds without optimisation: samples -> candidates -> the user's selection -> click.
+    def restart(self) -> None:
+        """The target never moves: nothing to undo (the random streams continue)."""
 
-    Returns per round {'selected' BxSxS, 'centres' BxKxSxS, 'loss' B} and the clicks made.
-    """
-    b, size, dev, source = batch.size, batch.images.shape[-1], batch.images.device, batch.source
-    yx, multimask = args.compat == "reference", args.multimask_output > 1
-    clicks = ClickState(b, size, dev)
-    clicks.add(*first_click)
-    prev_low = em_weights = None
-    out = []
-    for _ in range(rounds):
-        emb = model.image_encoder(batch.images) if embedding is None else embedding
-        sparse, dense, means, variances, weights = prompt_side(model, clicks, prev_low, em_weights, b, yx)
-        eps = normal((b, args.num_samples, model.latent_dim), dev, source)
-        logits, low = decode_samples(model, emb, sparse, dense, weights, means, variances, eps, multimask)
-        cand = find_candidates(torch.sigmoid(logits), target, args.n_clusters, source)
-        out.append({"selected": cand.selected_mean, "centres": cand.centres,
-                    "loss": bce_loss(logits.mean(1), target, per_image=True)})  # fmt: skip
-        clicks.add(*candidate_click(strategy, cand, target, clicks.exclude, source))
-        em_weights = responsibilities(cand.selected_mean, weights.float(), means.float(), variances.float())
-        prev_low = mean_of(low, cand.members)[:, None]  # Bx1x4Gx4G
-    return out, clicks
+    def first_click(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._first_click
+
+    def noise(self, latent_dim: int) -> torch.Tensor:
+        return normal((len(self.rows), self.loop.num_samples, latent_dim), self.batch.images.device, self.source)
+
+    def select(self, decoded: Decoded) -> Candidates:
+        return find_candidates(decoded, self.target, self.loop.n_clusters, self.source)
+
+    def click(self, selection: Candidates, exclude: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return candidate_click(strategy, selection, self.target, exclude, self.source)
+
+    def candidate_set(self, selection: Candidates) -> tuple[torch.Tensor, None]:
+        return selection.centres, None
 
 
-@torch.no_grad()
-def validate_batch(model: AESPAModel, batch: Batch, args: argparse.Namespace,
-                   embedding: torch.Tensor | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:  # fmt: skip
-    """SPEC §4.4 for SPA: preference target and initial click per image, then the rounds of `interact`.
-
-    The SAM embedding is computed once (unless `-no_embedding_reuse`); every draw is keyed per image.
-    Returns per-round dicts of per-image values (the selected candidate's metrics, the K candidates' set
-    metrics) and NoC of the selected candidate against the target with centre clicks.
-    """
-    if embedding is None and not args.no_embedding_reuse:
-        embedding = model.image_encoder(batch.images)
-    target = preference_target(batch.raters, batch.valid, batch.source)
-    first_click = initial_click(batch.raters, batch.valid, target, batch.source)
-    noc_here = args.noc_clicks > 0 and args.val_click_strategy == "center"
-    rounds = max(args.clicks, args.noc_clicks if noc_here else 0)  # round t (0-based) used t + 1 clicks
-    out, _ = interact(model, batch, embedding, target, first_click, rounds, args.val_click_strategy, args)
-    rows = []
-    for r in out[: args.clicks]:
-        row = round_metrics(r["selected"], r["centres"], batch.raters, batch.valid, target)
-        row["loss"] = r["loss"]
-        rows.append(row)
-    if args.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
-        out, _ = interact(model, batch, embedding, target, first_click, args.noc_clicks, "center", args)
-    dice_target = [dice(r["selected"], target) for r in out[: args.noc_clicks]]
-    noc_values = noc(torch.stack(dice_target, 1), budget=args.noc_clicks) if args.noc_clicks else {}
-    return rows, noc_values
-
-
-@torch.no_grad()
-def qualitative(model: AESPAModel, batch: Batch, args: argparse.Namespace) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
-    """For figures: the preference target BxSxS, the selected candidate of every round, the clicks."""
-    target = preference_target(batch.raters, batch.valid, batch.source)
-    first_click = initial_click(batch.raters, batch.valid, target, batch.source)
-    embedding = model.image_encoder(batch.images)
-    out, clicks = interact(model, batch, embedding, target, first_click, args.clicks, args.val_click_strategy, args)
-    return target, [r["selected"] for r in out], clicks
+MODE = Mode(
+    name="SPA",
+    summary="a preference target per image; latent samples clustered into candidates, clicks on the selected one",
+    user=PreferenceUser,
+    first_round_clicks=1,
+)

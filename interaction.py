@@ -1,133 +1,29 @@
-"""The interaction engine shared by the SPA (function.py) and AESPA (function_aespa.py) loops.
+"""The round engine: every mode's training, validation and figures, one click round at a time (SPEC §4).
 
-A batch is interacted with for several click rounds. Per round the model predicts from the clicks so far
-and the previous round's low-resolution logits; a simulated user clicks on the error; the mixture
-weights are updated from the prediction. The two modes differ only in whom the user follows, how the
-target is formed and how many latent samples are decoded; what they share lives here.
+Per round the model predicts from the round state — the clicks so far, the previous round's low-resolution
+logits (the mask prompt) and the mixture weights the weight head makes from the previous prediction's
+responsibilities — then the mode's simulated user (`modes.User`) reads the output and clicks. Training adds the
+optimisation steps of SPEC §4.1/§4.2 around that. The modes differ only in their user.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from augment import augment_batch
-from clicks import append_click
-from dataset import binarize_multiclass
-from models import AESPAModel, responsibilities
-from multirater_metrics import personalised_metrics, set_metrics
-from rng import KeyedRandom, uniform
+from batch import Batch
+from clicks import ClickState
+from distributed import mean_over_ranks
+from models import AESPAModel, Decoded, Prompts, responsibilities
+from modes import Mode, Selection, User
+from multirater_metrics import dice, noc, personalised_metrics, set_metrics
+from optim_step import Stepper, frozen
+from run_config import RunConfig
 
 POS_WEIGHT = 2.0  # BCEWithLogits(pos_weight=2), as the original
 
-
-@dataclass
-class Batch:
-    """One batch on the device: images Bx3xSxS, raters BxRxSxS float {0,1}, valid BxR bool, names, and
-    keys B (dataset indices: validation draws its random numbers per image from them)."""
-
-    images: torch.Tensor
-    raters: torch.Tensor
-    valid: torch.Tensor
-    names: list[str]
-    keys: torch.Tensor
-    source: torch.Generator | KeyedRandom  # where this batch's random draws come from
-
-    @property
-    def size(self) -> int:
-        return self.images.shape[0]
-
-    def take(self, n: int) -> "Batch":
-        """The first n images (keyed streams restart for them)."""
-        source = KeyedRandom(self.source.seed, self.keys[:n]) if isinstance(self.source, KeyedRandom) else self.source
-        return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source)
-
-
-def prepare_batch(data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0,
-                  augment: bool = False) -> Batch | None:  # fmt: skip
-    """Loader dict -> Batch; multi-class masks are reduced to one binary task per image (SPEC §4.3).
-
-    Random draws come from `generator` (training) or, without one, from per-image streams keyed on the
-    samples' dataset indices and `seed` (validation: independent of batching and sharding). `augment`
-    applies a random flip / quarter turn per image (training only).
-
-    Images without any valid rater (possible with `-valid_raters nonempty -keep_empty`) carry no target
-    and are left out; None when none is left."""
-    keep = data["valid_raters"].any(1)
-    if not bool(keep.all()):
-        data = {k: (v[keep] if torch.is_tensor(v) else [x for x, k_ in zip(v, keep.tolist()) if k_]) for k, v in data.items()}
-        if not bool(keep.any()):
-            return None
-    raters = data["multi_rater"].to(device, non_blocking=True)  # BxRxCxSxS
-    valid = data["valid_raters"].to(device, non_blocking=True)
-    keys = data["index"].to(device)
-    source = generator if generator is not None else KeyedRandom(seed, keys)
-    if raters.shape[2] > 1:
-        raters = binarize_multiclass(raters, valid, source)
-    images, raters = data["image"].to(device, non_blocking=True), raters[:, :, 0]
-    if augment:
-        images, raters = augment_batch(images, raters, source)
-    return Batch(images, raters, valid, list(data["name"]), keys, source)
-
-
-class ClickState:
-    """Clicks so far (points BxNx2 as (x, y), labels BxN) and the already-clicked pixels BxSxS."""
-
-    def __init__(self, batch_size: int, size: int, device: torch.device):
-        self.points: torch.Tensor | None = None
-        self.labels: torch.Tensor | None = None
-        self.exclude = torch.zeros(batch_size, size, size, dtype=torch.bool, device=device)
-
-    def add(self, points: torch.Tensor, labels: torch.Tensor) -> None:
-        self.points, self.labels, self.exclude = append_click(self.points, self.labels, self.exclude, points, labels)
-
-    def for_model(self, yx: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Points as the prompt encoder takes them: (x, y), or (y, x) under `-compat reference`."""
-        if self.points is None or not yx:
-            return self.points, self.labels
-        return self.points.flip(-1), self.labels
-
-
-# --- raters ----------------------------------------------------------------------------------------
-
-def draw_among(mask: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Index of a uniformly drawn True entry per row of a BxN bool mask: B long (0 for an all-False row)."""
-    scores = uniform(tuple(mask.shape), mask.device, generator)
-    return torch.where(mask, scores, -1.0).argmax(1)
-
-
-def switch_raters(followed: torch.Tensor, valid: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Keep each image's followed rater with probability 1 - p, else switch uniformly to another valid one."""
-    if p <= 0:
-        return followed
-    others = valid.clone()
-    others[torch.arange(len(followed)), followed] = False
-    switch = (uniform((len(followed),), valid.device, generator) < p) & others.any(1)
-    return torch.where(switch, draw_among(others, generator), followed)
-
-
-def pick(stack: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """stack BxRx... and index B -> Bx... (each image's entry `index[b]`)."""
-    return stack[torch.arange(stack.shape[0], device=stack.device), index]
-
-
-def raters_agreeing(raters: torch.Tensor, valid: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BxR bool: valid raters whose mask at the click pixel (points Bx2 (x, y)) equals the click's label."""
-    b, r, _, w = raters.shape
-    flat = (points[:, 1].long() * w + points[:, 0].long())[:, None, None].expand(b, r, 1)  # BxRx1
-    at_click = raters.flatten(2).gather(2, flat)[..., 0]  # BxR
-    return valid & ((at_click > 0.5).long() == labels[:, None])
-
-
-def mean_of(raters: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Soft mean BxSxS of the chosen raters (BxR bool); an image with none chosen gets zeros."""
-    w = chosen.to(raters.dtype)[..., None, None]
-    return (raters * w).sum(1) / w.sum(1).clamp(min=1)
-
-
-# --- model pieces ------------------------------------------------------------------------------------
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """BCEWithLogits(pos_weight=2) of BxSxS logits against a (soft) target: the mean, or B per-image means."""
@@ -137,60 +33,204 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False
     return loss.flatten(1).mean(1) if per_image else loss
 
 
-def round_weights(model: AESPAModel, em_weights: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-    """Mixture weights of this round: the stored ones before any update, then the weight head's output."""
-    return model.initial_weights(batch_size) if em_weights is None else model.weight_head(em_weights)
+@dataclass
+class RoundState:
+    """What carries from one round to the next, per interaction row: the clicks, the previous round's
+    low-resolution logits Px1x4Gx4G (the mask prompt) and its responsibilities PxK (the weight head's input)."""
+
+    clicks: ClickState
+    prev_low: torch.Tensor | None = None
+    em_weights: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, rows: int, size: int, device: torch.device, first_click=None) -> "RoundState":
+        state = cls(ClickState(rows, size, device))
+        if first_click is not None:
+            state.clicks.add(*first_click)
+        return state
+
+    def prompts(self, model: AESPAModel, weights: torch.Tensor | None = None) -> Prompts:
+        """The model's prompt side for this state (mixture `weights` PxK given: the weight head is skipped)."""
+        c = self.clicks
+        return model.prompt(len(c.exclude), c.points, c.labels, None, self.prev_low, self.em_weights, weights)
+
+    def advance(self, selection: Selection, em_weights: torch.Tensor) -> None:
+        """After the round: its mask prompt and responsibilities become the next round's inputs."""
+        self.prev_low, self.em_weights = selection.mask_prompt, em_weights
 
 
-def prompt_side(model: AESPAModel, clicks: ClickState, prev_low: torch.Tensor | None, em_weights: torch.Tensor | None,
-                batch_size: int, yx: bool) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """Prompt embeddings and mixture of a round: sparse BxNxD, dense BxDxGxG, means, variances, weights BxK."""
-    points, labels = clicks.for_model(yx)
-    sparse, dense = model.encode_prompts(batch_size, points, labels, prev_low)
-    means, variances = model.mixture_params(sparse)
-    return sparse, dense, means, variances, round_weights(model, em_weights, batch_size)
+def mixture_responsibilities(pred: torch.Tensor, prompts: Prompts) -> torch.Tensor:
+    """SPEC §4.1 step 3: responsibilities PxK of a prediction PxSxS under the round's mixture."""
+    p = prompts
+    return responsibilities(pred.float(), p.weights.float(), p.means.float(), p.variances.float())
+
+
+def predict_round(model: AESPAModel, state: RoundState, embedding: torch.Tensor,
+                  eps: torch.Tensor | None = None) -> tuple[Prompts, Decoded]:  # fmt: skip
+    """The one prediction path: the round's prompts and its decoded predictions (M = 1 without `eps`)."""
+    prompts = state.prompts(model)
+    return prompts, model.decode_round(embedding, prompts, eps)
+
+
+# --- training steps ----------------------------------------------------------------------------------
+
+
+def weight_head_step(model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor,
+                     prompts: Prompts) -> torch.Tensor:  # fmt: skip
+    """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
+    target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK."""
+    with torch.no_grad():
+        em_pred = mixture_responsibilities(pred, prompts)
+        em_target = mixture_responsibilities(target, prompts)
+    stepper.step(F.mse_loss(model.weight_head(em_pred), em_target))
+    return em_pred
+
+
+def prompt_step(model: AESPAModel, stepper: Stepper, state: RoundState, embedding: torch.Tensor,
+                weights: torch.Tensor, eps: torch.Tensor | None, target: torch.Tensor) -> None:  # fmt: skip
+    """SPEC §4.2 step 3: recompute the prediction with the new clicks; only the prompt encoder and the
+    mean/variance head learn (fusion, decoder and weight head frozen).
+
+    `state` already holds the new clicks and the new mask prompt — what the next round will see; the mixture
+    weights are this round's (the weight head has not stepped yet), the latent samples `eps` this round's,
+    and `embedding` is this round's SAM embedding, detached (the encoder is frozen here; reusing it saves a
+    ViT pass per round).
+    """
+    with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.weight_head):
+        prompts = state.prompts(model, weights=weights)
+        loss = bce_loss(model.decode_round(embedding, prompts, eps).logits.mean(1), target)
+    stepper.step(loss)
+
+
+def update_mixture(model: AESPAModel, prompts: Prompts) -> None:
+    """Move the stored mixture towards the last round's per-image mixture, averaged over the batch and the
+    ranks (one collective for all three)."""
+    batch = [t.detach().float().mean(0) for t in (prompts.weights, prompts.means, prompts.variances)]  # K each
+    flat = mean_over_ranks(torch.cat(batch))
+    model.update_mixture_state(*flat.split([b.numel() for b in batch]))
+
+
+def round_metrics(batch: Batch, user: User, selection: Selection) -> dict[str, torch.Tensor]:
+    """Every metric of SPEC §6 for one round: personalised ones of the rows' predictions against the followed
+    masks (P values), set ones of each image's candidate set (B values)."""
+    rows = user.rows
+    values = personalised_metrics(selection.pred, batch.raters[rows], batch.valid[rows], user.followed)
+    candidates, candidate_valid = user.candidate_set(selection)
+    values.update(set_metrics(candidates, batch.raters, batch.valid, pred_valid=candidate_valid))
+    return values
+
+
+def train_batch(model: AESPAModel, stepper: Stepper, batch: Batch, cfg: RunConfig,
+                mode: Mode) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
+    the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""
+    user = mode.user(batch, cfg.loop, "train")
+    state = RoundState.start(batch.size, batch.images.shape[-1], batch.images.device, user.first_click())
+    rows = []
+    for _ in range(cfg.loop.clicks):
+        eps = user.noise(model.latent_dim)
+        with torch.no_grad():  # 1. network step: prompt side and heads without gradient
+            prompts = state.prompts(model)
+        with stepper.autocast():
+            embedding = model.image_encoder(batch.images)
+            decoded = model.decode_round(embedding, prompts, eps)
+            loss = bce_loss(decoded.logits.mean(1), user.target)
+        stepper.step(loss)
+
+        selection = user.select(decoded.detach())
+        row = round_metrics(batch, user, selection)
+        row["loss"] = loss.detach().expand(batch.size)
+        rows.append(row)
+        state.clicks.add(*user.click(selection, state.clicks.exclude, cfg.loop.click_strategy))  # 2. next click
+        state.prev_low = selection.mask_prompt
+        if user.trains_prompt(cfg.loop):  # 3. prompt step
+            prompt_step(model, stepper, state, embedding.detach(), prompts.weights.detach(), eps, user.target)
+        state.em_weights = weight_head_step(model, stepper, selection.pred, user.target, prompts)  # 4.
+    update_mixture(model, prompts)
+    return rows
+
+
+# --- validation and figures ----------------------------------------------------------------------------
 
 
 @dataclass
-class Round:
-    """One deterministic prediction (ε = 0): low-res logits Bx1x4Gx4G, probabilities BxSxS, and the mixture
-    responsibilities of the prediction BxK (the weight head's input next round)."""
+class Interaction:
+    """What `interact` recorded: per round the selection, the loss against the target (P), Dice against the
+    followed mask (P); and the clicks made."""
 
-    low: torch.Tensor
-    logits: torch.Tensor
-    probs: torch.Tensor
-    em_weights: torch.Tensor
-
-
-def predict_round(model: AESPAModel, embedding: torch.Tensor, clicks: ClickState, prev_low: torch.Tensor | None,
-                  em_weights: torch.Tensor | None, yx: bool = False, multimask: bool = False) -> Round:  # fmt: skip
-    """The prediction of one validation round from the SAM embedding BxCxGxG (AESPA's protocol, the demo)."""
-    b = embedding.shape[0]
-    sparse, dense, means, variances, weights = prompt_side(model, clicks, prev_low, em_weights, b, yx)
-    z = model.latent(weights, means, variances)
-    low = model.decode(embedding, z, sparse, dense, multimask).float()
-    logits = model.upscale(low)[:, 0]
-    probs = torch.sigmoid(logits)
-    em = responsibilities(probs, weights.float(), means.float(), variances.float())
-    return Round(low, logits, probs, em)
+    selections: list[Selection] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+    dice_follow: list[torch.Tensor] = field(default_factory=list)
+    clicks: ClickState | None = None
 
 
-def weight_head_loss(model: AESPAModel, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
-                     means: torch.Tensor, variances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """SPEC §4.1 steps 3-4: responsibilities of the prediction (the next round's weight-head input) and the
-    MSE between the weight head's map of them and the target's responsibilities. -> (loss, em_weights)."""
-    with torch.no_grad():
-        em_pred = responsibilities(pred.float(), weights.float(), means.float(), variances.float())
-        em_target = responsibilities(target.float(), weights.float(), means.float(), variances.float())
-    return F.mse_loss(model.weight_head(em_pred), em_target), em_pred
+@torch.no_grad()
+def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, user: User, rounds: int,
+             strategy: str) -> Interaction:  # fmt: skip
+    """Run `rounds` rounds without optimisation. `embedding` BxCxGxG is the batch's SAM embedding, reused by
+    every round and row (only the fusion and the decoder rerun); None recomputes it every round."""
+    rows, size = user.rows, batch.images.shape[-1]
+    state = RoundState.start(len(rows), size, batch.images.device, user.first_click())
+    row_embedding = None if embedding is None else embedding[rows]  # PxCxGxG, gathered once
+    out = Interaction()
+    for _ in range(rounds):
+        emb = model.image_encoder(batch.images)[rows] if row_embedding is None else row_embedding
+        prompts, decoded = predict_round(model, state, emb, user.noise(model.latent_dim))
+        selection = user.select(decoded)
+        out.selections.append(selection)
+        out.losses.append(bce_loss(decoded.logits.mean(1), user.target, per_image=True))
+        out.dice_follow.append(dice(selection.pred, user.followed))
+        state.clicks.add(*user.click(selection, state.clicks.exclude, strategy))
+        state.advance(selection, mixture_responsibilities(selection.pred, prompts))
+    out.clicks = state.clicks
+    return out
 
 
-# --- metrics -------------------------------------------------------------------------------------------
+def noc_of(dice_follow: list[torch.Tensor], first_round_clicks: int, budget: int) -> dict[str, torch.Tensor]:
+    """NoC@τ (SPEC §4.4) from per-round Dice against the followed mask; round i (0-based) used
+    first_round_clicks + i clicks, and NoC counts the predictions made with 1..budget clicks."""
+    start = 1 - first_round_clicks
+    return noc(torch.stack(dice_follow[start : start + budget], 1), budget=budget)
 
-def round_metrics(pred: torch.Tensor, candidates: torch.Tensor, raters: torch.Tensor, valid: torch.Tensor,
-                  followed: torch.Tensor, candidate_valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Every per-image metric of SPEC §6 for one round: personalised ones of `pred` (BxSxS) against the
-    `followed` mask, set ones of the candidate set BxMxSxS (`candidate_valid` BxM marks real candidates)."""
-    values = personalised_metrics(pred, raters, valid, followed)
-    values.update(set_metrics(candidates, raters, valid, pred_valid=candidate_valid))
-    return values
+
+def noc_rounds(first_round_clicks: int, budget: int) -> int:
+    """Rounds an interaction needs so that its last prediction used `budget` clicks."""
+    return budget + 1 - first_round_clicks
+
+
+@torch.no_grad()
+def validate_batch(model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode,
+                   embedding: torch.Tensor | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:  # fmt: skip
+    """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction and the set metrics
+    of every image's candidate set, and NoC with centre clicks.
+
+    The SAM embedding is computed once and reused by every round and row (unless `-no_embedding_reuse`).
+    """
+    loop = cfg.loop
+    if embedding is None and not loop.no_embedding_reuse:
+        embedding = model.image_encoder(batch.images)
+    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == "center"
+    rounds = max(loop.clicks, noc_rounds(mode.first_round_clicks, loop.noc_clicks) if noc_here else 0)
+    user = mode.user(batch, loop, "validate")
+    run = interact(model, batch, embedding, user, rounds, loop.val_click_strategy)
+    rows = []
+    for selection, loss in zip(run.selections[: loop.clicks], run.losses):
+        row = round_metrics(batch, user, selection)
+        row["loss"] = loss
+        rows.append(row)
+    dice_follow = run.dice_follow
+    if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
+        user.restart()
+        dice_follow = interact(model, batch, embedding, user, noc_rounds(mode.first_round_clicks, loop.noc_clicks),
+                               "center").dice_follow  # fmt: skip
+    noc_values = noc_of(dice_follow, mode.first_round_clicks, loop.noc_clicks) if loop.noc_clicks else {}
+    return rows, noc_values
+
+
+@torch.no_grad()
+def qualitative(model: AESPAModel, batch: Batch, cfg: RunConfig,
+                mode: Mode) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:  # fmt: skip
+    """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
+    user = mode.user(batch, cfg.loop, "figure")
+    run = interact(model, batch, model.image_encoder(batch.images), user, cfg.loop.clicks, cfg.loop.val_click_strategy)
+    return user.followed, [s.pred for s in run.selections], run.clicks

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from clicks import uniform
+from rng import uniform
 
 
 def _gram(x: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:

@@ -1,13 +1,11 @@
-"""Figures a run leaves in `plots/`: per-round metric curves, curves over epochs, a qualitative grid."""
+"""Figures a run leaves in `plots/`: per-round metric curves, curves over epochs, a qualitative grid.
+Drawing only: the engine (engine.save_epoch_figures) runs the model and passes tensors in."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-
-from runlog import RunFolder, read_metrics
 
 ROUND_METRICS = ("Dice_follow", "Dice", "Gain_over_consensus", "Dice_personal_mean", "GED", "Dice_soft")
 
@@ -87,23 +85,3 @@ def qualitative_grid(images: torch.Tensor, raters: torch.Tensor, valid: torch.Te
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def save_epoch_plots(run: RunFolder, model, loader, args: argparse.Namespace, device: torch.device, epoch: int,
-                     n_images: int = 4) -> None:  # fmt: skip
-    """Round curves of this epoch's test rows, curves over epochs, and a qualitative grid of the first test images."""
-    from engine import clicks_of_round, loop_module
-    from interaction import prepare_batch
-
-    rows = read_metrics(run.metrics_file)
-    test = [r for r in rows if r["split"] == "test" and r["epoch"] == epoch]
-    plot_round_curves({f"epoch {epoch}": test}, run.plot_dir / "round_curves.png", f"{args.exp_name}: test, per round")
-    plot_epoch_curves(rows, run.plot_dir / "epochs.png")
-    batch = prepare_batch(next(iter(loader)), device, seed=args.seed)
-    if batch is None:
-        return
-    batch = batch.take(n_images)
-    model.eval()
-    followed, preds, clicks = loop_module(args).qualitative(model, batch, args)
-    qualitative_grid(batch.images, batch.raters, batch.valid, followed, preds, clicks.points, clicks.labels,
-                     run.plot_dir / f"qualitative_epoch{epoch:03d}.png", clicks_of_round(args.mode, 1))  # fmt: skip

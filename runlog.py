@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from run_config import RunConfig
 from utils import InputError, atomic_write_bytes
 
 # Columns of the per-round table printed after validation (all are in metrics.jsonl).
@@ -57,11 +57,11 @@ class RunFolder:
     Only the main process writes (`enabled=False` on the other ranks makes every method a no-op).
     """
 
-    def __init__(self, args: argparse.Namespace, root: Path | None = None, enabled: bool = True, suffix: str = ""):
+    def __init__(self, cfg: RunConfig, root: Path | None = None, enabled: bool = True, suffix: str = ""):
         self.enabled = enabled
         if root is None:
             stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
-            root = Path(args.log_dir) / f"{args.exp_name}{suffix}_{stamp}"
+            root = Path(cfg.log_dir) / f"{cfg.exp_name}{suffix}_{stamp}"
             root = claim_folder(root) if enabled else root
         self.root = Path(root)
         self.model_dir, self.log_dir, self.plot_dir = self.root / "Model", self.root / "Log", self.root / "plots"
@@ -70,8 +70,7 @@ class RunFolder:
         if enabled:
             for d in (self.model_dir, self.log_dir, self.plot_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            args_json = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-            (self.root / "args.json").write_text(json.dumps(args_json, indent=2, sort_keys=True) + "\n")
+            (self.root / "args.json").write_text(json.dumps(cfg.flags(), indent=2, sort_keys=True) + "\n")
         self.logger = make_logger(f"aespa.{id(self)}", self.log_dir / "log.txt" if enabled else None, enabled)
 
     def log(self, message: str) -> None:

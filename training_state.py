@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 
 from models import CHECKPOINT_FORMAT, read_checkpoint
 from models.checkpoint import CheckpointError
+from run_config import RunConfig
 from utils import atomic_torch_save
 
 # Flags that define the architecture: val.py and -resume take them from the checkpoint.
@@ -48,7 +48,7 @@ def save_checkpoint(
     path: str | Path,
     *,
     epoch: int,
-    args: argparse.Namespace,
+    cfg: RunConfig,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -57,13 +57,15 @@ def save_checkpoint(
     generators: dict[str, torch.Generator] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write `{'format': 'aespa-ckpt/1', 'epoch', 'args', 'model', 'optimizer', 'scheduler', 'rng', 'best_*'}`
-    (plus `extra` entries, e.g. the fp16 gradient scaler's state)."""
+    """Write `{'format': 'aespa-ckpt/1', 'epoch', 'args', 'model_config', 'model', 'optimizer', 'scheduler', 'rng',
+    'best_*'}` (plus `extra` entries, e.g. the fp16 gradient scaler's state). `args` is the run's flags,
+    `model_config` the model's configuration, conventions included (click order, multimask output)."""
     atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+            "args": cfg.flags(),
+            "model_config": dict(getattr(model, "config", {})),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),

@@ -12,41 +12,40 @@ from __future__ import annotations
 
 import torch
 
-from builders import adopt_checkpoint_settings, build_loader, build_model_from_args
-from cfg import given_flags, parse_args
+from builders import adopt_checkpoint_settings, build_loader, build_model_from_config
+from cfg import given_flags, parse_config
 from distributed import cleanup_distributed, is_main_process, setup_distributed
-from engine import evaluate
+from engine import evaluate, save_epoch_figures
 from models import read_checkpoint
-from plots import save_epoch_plots
 from runlog import RunFolder, format_table
 from utils import InputError, run_cli
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = parse_args(argv, prog="val.py")
-    if not args.weights:
+    cfg = parse_config(argv, prog="val.py")
+    if not cfg.model.weights:
         raise InputError("-weights is required: the checkpoint to evaluate (e.g. logs_new/<run>/Model/checkpoint_best.pth)")
     explicit = given_flags(argv)
-    device, _ = setup_distributed(args)
+    device, _ = setup_distributed(cfg.device)
     try:
-        obj = read_checkpoint(args.weights)
-        notes = adopt_checkpoint_settings(args, obj, explicit, evaluating=True)
+        obj = read_checkpoint(cfg.model.weights)
+        cfg, notes = adopt_checkpoint_settings(cfg, obj, explicit, evaluating=True)
         epoch = int(obj.get("epoch", 0) or 0) if isinstance(obj, dict) else 0
-        args.epochs = epoch or args.epochs  # val.py trains nothing: args.json records the evaluated model's epochs
-        model, reports = build_model_from_args(args, preloaded={args.weights: obj})
-        loader = build_loader(args, "test")
-        run = RunFolder(args, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
+        cfg = cfg.with_flags(epochs=epoch or cfg.epochs)  # val.py trains nothing: args.json records the model's epochs
+        model, reports, cfg = build_model_from_config(cfg, preloaded={cfg.model.weights: obj})
+        loader = build_loader(cfg, "test")
+        run = RunFolder(cfg, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
         for line in notes + [report.summary() for report in reports]:
             run.log(line)
         model.to(device).eval()
-        run.log(f"evaluating {args.weights} ({args.mode}, {args.encoder} at {args.image_size} px) on "
-                f"{len(loader.dataset)} test samples of {args.dataset}")  # fmt: skip
+        run.log(f"evaluating {cfg.model.weights} ({cfg.mode}, {cfg.model.encoder} at {cfg.model.image_size} px) on "
+                f"{len(loader.dataset)} test samples of {cfg.data.dataset}")  # fmt: skip
         with torch.no_grad():
-            rows = evaluate(model, loader, args, epoch, device)
+            rows = evaluate(model, loader, cfg, epoch, device)
         run.write_metrics(rows)
         if is_main_process():
-            save_epoch_plots(run, model, loader, args, device, epoch)
-        run.log(f"test split ({args.mode}, follow {args.val_follow}), per round:\n" + format_table(rows))
+            save_epoch_figures(run, model, loader, cfg, device, epoch)
+        run.log(f"test split ({cfg.mode}, follow {cfg.loop.val_follow}), per round:\n" + format_table(rows))
         noc = {k: v for k, v in rows[-1].items() if k.startswith(("NoC", "NoF"))}
         if noc:
             run.log("  ".join(f"{k} {v:.3f}" for k, v in noc.items()))

@@ -17,10 +17,11 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from clicks import next_click
+from clicks import ClickState, next_click
 from dataset import resize_image
-from interaction import ClickState, predict_round
+from interaction import RoundState, mixture_responsibilities, predict_round
 from models import AESPAModel
+from modes import Selection
 from multirater_metrics import dice, iou
 
 
@@ -49,20 +50,18 @@ def click_tensors(clicks: Sequence[Click], device: torch.device) -> tuple[torch.
 
 
 @torch.no_grad()
-def replay(model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click], yx: bool = False,
-           multimask: bool = False) -> torch.Tensor:  # fmt: skip
+def replay(model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click]) -> torch.Tensor:
     """Rounds 0..n of the protocol for one image (embedding 1xCxGxG) -> probabilities (n+1)xSxS, one per round."""
-    size = model.image_size
-    state = ClickState(1, size, embedding.device)
+    state = RoundState.start(1, model.image_size, embedding.device)
     points, labels = click_tensors(clicks, embedding.device)
-    prev_low = em_weights = None
     rounds = []
     for i in range(len(clicks) + 1):
         if i:
-            state.add(points[i - 1 : i], labels[i - 1 : i])  # 1x2, 1
-        out = predict_round(model, embedding, state, prev_low, em_weights, yx, multimask)
-        prev_low, em_weights = out.low, out.em_weights
-        rounds.append(out.probs[0])
+            state.clicks.add(points[i - 1 : i], labels[i - 1 : i])  # 1x2, 1
+        prompts, decoded = predict_round(model, state, embedding)
+        seen = Selection(torch.sigmoid(decoded.logits[:, 0]), decoded.low)
+        state.advance(seen, mixture_responsibilities(seen.pred, prompts))
+        rounds.append(seen.pred[0])
     return torch.stack(rounds)
 
 
@@ -72,10 +71,9 @@ class Predictor:
     Thread-safe: gradio serves sessions from a thread pool, so model calls and the cache share one lock.
     """
 
-    def __init__(self, model: AESPAModel, device: torch.device, yx: bool = False, multimask: bool = False,
-                 cache_size: int = 8):  # fmt: skip
+    def __init__(self, model: AESPAModel, device: torch.device, cache_size: int = 8):
         self.model = model.to(device).eval()
-        self.device, self.yx, self.multimask = device, yx, multimask
+        self.device = device
         self.size = model.image_size
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.cache_size = cache_size
@@ -97,7 +95,7 @@ class Predictor:
     def predict(self, image: torch.Tensor, clicks: Sequence[Click]) -> np.ndarray:
         """Probabilities SxS (float32 numpy) after every click of `clicks`, for the 3xSxS `image`."""
         with self.lock:
-            rounds = replay(self.model, self.embedding(image), clicks, self.yx, self.multimask)
+            rounds = replay(self.model, self.embedding(image), clicks)
         return rounds[-1].cpu().numpy()
 
     def suggest(self, probs: np.ndarray, rater: np.ndarray, clicks: Sequence[Click]) -> Click:

@@ -1,6 +1,6 @@
 """Model code: SAM parts in the official layout, preference heads, builders and checkpoint I/O."""
 
-from .aespa_model import AESPAModel, aespa_config
+from .aespa_model import AESPAModel, Decoded, Prompts, aespa_config
 from .build import (
     CHECKPOINT_FORMAT, ENCODERS, build_model, build_sam, build_sam_from_config, load_model_weights,
     load_sam_checkpoint, sam_config,
@@ -10,7 +10,7 @@ from .preference import FUSION_LAYOUTS, mixture_latent, responsibilities
 from .sam import Sam
 
 __all__ = [
-    "AESPAModel", "aespa_config", "CHECKPOINT_FORMAT", "ENCODERS", "build_model", "build_sam",
+    "AESPAModel", "Decoded", "Prompts", "aespa_config", "CHECKPOINT_FORMAT", "ENCODERS", "build_model", "build_sam",
     "build_sam_from_config", "load_model_weights", "load_sam_checkpoint", "sam_config", "CheckpointError",
     "LoadReport", "load_weights", "read_checkpoint", "unwrap_state_dict", "FUSION_LAYOUTS", "mixture_latent",
     "responsibilities", "Sam",

@@ -7,6 +7,7 @@ which lets validation reuse one embedding across every click round.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,28 @@ from .sam import CONFIG_KEYS, Sam, build_sam_parts
 # Keys a SAM/MedSAM checkpoint does not have: initialised afresh when loading one.
 PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_")
 MIXTURE_BUFFERS = ("mixture_weights", "mixture_means", "mixture_variances")
+
+
+@dataclass
+class Prompts:
+    """The prompt side of a round: sparse BxNxD and dense BxDxGxG embeddings, the mixture BxK each."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    means: torch.Tensor
+    variances: torch.Tensor
+    weights: torch.Tensor
+
+
+@dataclass
+class Decoded:
+    """M predictions per image: low-resolution logits BxMx4Gx4G and SxS logits BxMxSxS (float32)."""
+
+    low: torch.Tensor
+    logits: torch.Tensor
+
+    def detach(self) -> "Decoded":
+        return Decoded(self.low.detach(), self.logits.detach())
 
 
 def init_mixture_state(n_components: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -33,8 +56,9 @@ def init_mixture_state(n_components: int, generator: torch.Generator | None = No
 class AESPAModel(Sam):
     """SAM parts, mean/variance head, weight head, fusion ("Fcomb") and the stored mixture state (buffers).
 
-    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion` and
-    `batch_mixture` (True only for `-compat reference`: mixture averaged over the batch, as the original).
+    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion`, `batch_mixture`
+    (True only for `-compat reference`: mixture averaged over the batch, as the original), `point_order` and
+    `multimask_output` (see `aespa_config`).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -50,14 +74,34 @@ class AESPAModel(Sam):
         for name, value in init_mixture_state(k).items():
             self.register_buffer(name, value)
 
-    # --- the pieces the interaction loops call ------------------------------------------------------
+    # --- conventions that travel with the checkpoint (config), not with the command line ---------------
+
+    @property
+    def point_order(self) -> str:
+        """'xy' (SAM's) or 'yx' (the original project's, for its published checkpoint)."""
+        return self.config.get("point_order", "xy")
+
+    @property
+    def multimask_output(self) -> int:
+        """1: SAM's single-mask token; 3: SAM's three masks, keeping the best-scored one."""
+        return int(self.config.get("multimask_output", 1))
+
+    # --- the prediction path: prompt side, then decoding --------------------------------------------
 
     def encode_prompts(
-        self, batch_size: int, points: torch.Tensor | None, labels: torch.Tensor | None, mask_logits: torch.Tensor | None
+        self,
+        batch_size: int,
+        points: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        mask_logits: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """points BxNx2 (x, y), labels BxN, mask_logits Bx1x4Gx4G (each optional) -> sparse BxNxD, dense BxDxGxG."""
+        """points BxNx2 (x, y), labels BxN, mask_logits Bx1x4Gx4G, boxes Bx4 (x0, y0, x1, y1) (each optional)
+        -> sparse BxNxD, dense BxDxGxG. Points go to SAM in the model's `point_order`."""
+        if points is not None and self.point_order == "yx":
+            points = points.flip(-1)
         pts = (points, labels) if points is not None else None
-        sparse, dense = self.prompt_encoder(points=pts, boxes=None, masks=mask_logits)
+        sparse, dense = self.prompt_encoder(points=pts, boxes=boxes, masks=mask_logits)
         return sparse.expand(batch_size, -1, -1), dense.expand(batch_size, -1, -1, -1)
 
     def mixture_params(self, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,18 +123,12 @@ class AESPAModel(Sam):
             weights, means, variances = (t.mean(0, keepdim=True).expand_as(t) for t in (weights, means, variances))
         return mixture_latent(weights, means, variances, eps, self.latent_dim)
 
-    def decode(
-        self,
-        embedding: torch.Tensor,
-        z: torch.Tensor,
-        sparse: torch.Tensor,
-        dense: torch.Tensor,
-        multimask_output: bool = False,
-    ) -> torch.Tensor:
+    def decode(self, embedding: torch.Tensor, z: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL -> low-res logits Bx1x4Gx4G."""
         fused = self.fcomb(embedding, z)
-        masks, iou = self.mask_decoder(fused, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
-        if multimask_output:  # keep the mask SAM scores best
+        multimask = self.multimask_output > 1
+        masks, iou = self.mask_decoder(fused, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        if multimask:  # keep the mask SAM scores best
             masks = masks.gather(1, iou.argmax(1)[:, None, None, None].expand(-1, 1, *masks.shape[-2:]))
         return masks
 
@@ -98,51 +136,95 @@ class AESPAModel(Sam):
         """Bx1x4Gx4G low-resolution logits -> Bx1xSxS, bilinear."""
         return F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
 
+    def prompt(
+        self,
+        batch_size: int,
+        points: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_logits: torch.Tensor | None = None,
+        em_weights: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> Prompts:
+        """The prompt side of a round: prompt embeddings and the per-image mixture.
+
+        The mixture weights are `weights` when given, else the weight head's map of the previous round's
+        responsibilities `em_weights` BxK, else (first round) the stored weights.
+        """
+        sparse, dense = self.encode_prompts(batch_size, points, labels, mask_logits, boxes)
+        means, variances = self.mixture_params(sparse)
+        if weights is None:
+            weights = self.initial_weights(batch_size) if em_weights is None else self.weight_head(em_weights)
+        return Prompts(sparse, dense, means, variances, weights)
+
+    def decode_round(self, embedding: torch.Tensor, prompts: Prompts, eps: torch.Tensor | None = None) -> Decoded:
+        """Decode one round: the SAM embedding BxCxGxG and the round's prompts -> M predictions per image.
+
+        eps None: the deterministic sample (ε = 0), M = 1; eps BxMxL: M latent samples per image.
+        """
+        p = prompts
+        if eps is None:
+            z = self.latent(p.weights, p.means, p.variances)  # BxL
+            low = self.decode(embedding, z, p.sparse, p.dense)  # Bx1x4Gx4G: M = 1 in the mask-channel slot
+            return Decoded(low.float(), self.upscale(low).float())
+        b, m = eps.shape[:2]
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
+        z = self.latent(rep(p.weights), rep(p.means), rep(p.variances), eps.reshape(b * m, -1))
+        low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense))  # (B*M)x1x4Gx4G
+        logits = self.upscale(low)
+        return Decoded(low.reshape(b, m, *low.shape[-2:]).float(), logits.reshape(b, m, *logits.shape[-2:]).float())
+
     def forward(
         self,
-        images: torch.Tensor,
+        images: torch.Tensor | None = None,
         points: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         mask_logits: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
         eps: torch.Tensor | None = None,
         embedding: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One prediction: images Bx3xSxS (or a precomputed `embedding`), clicks, previous logits, weights BxK.
+        """One prediction: images Bx3xSxS (or a precomputed `embedding`), clicks, previous logits, weights BxK,
+        eps BxL (one latent sample per image; None: ε = 0).
 
-        Returns `low_res` Bx1x4Gx4G and `logits` Bx1xSxS, plus the `means`, `variances`, `weights` and `z` used.
+        Returns `low_res` Bx1x4Gx4G and `logits` Bx1xSxS, plus the `means`, `variances` and `weights` used.
         """
         if embedding is None:
             embedding = self.image_encoder(images)
-        b = embedding.shape[0]
-        sparse, dense = self.encode_prompts(b, points, labels, mask_logits)
-        means, variances = self.mixture_params(sparse)
-        if weights is None:
-            weights = self.initial_weights(b)
-        z = self.latent(weights, means, variances, eps)
-        low_res = self.decode(embedding, z, sparse, dense)
-        return {"low_res": low_res, "logits": self.upscale(low_res), "means": means, "variances": variances,
-                "weights": weights, "z": z}  # fmt: skip
+        prompts = self.prompt(embedding.shape[0], points, labels, boxes, mask_logits, weights=weights)
+        out = self.decode_round(embedding, prompts, None if eps is None else eps[:, None])
+        return {"low_res": out.low, "logits": out.logits, "means": prompts.means, "variances": prompts.variances,
+                "weights": prompts.weights}  # fmt: skip
 
     @torch.no_grad()
     def update_mixture_state(
         self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, momentum: float = 0.1
     ) -> None:
-        """Move the stored mixture towards this batch's mean per-image mixture (a running average, like
-        BatchNorm's statistics): it is the prior used before the first click. Training only; under torchrun
-        the batch means are averaged over ranks so every rank keeps the same state."""
-        from distributed import mean_over_ranks  # the model package does not depend on it otherwise
-
-        batch = [value.detach().float().mean(0) for value in (weights, means, variances)]
-        flat = mean_over_ranks(torch.cat([b.reshape(-1) for b in batch]))  # one collective for all three
-        for name, b, part in zip(MIXTURE_BUFFERS, batch, flat.split([b.numel() for b in batch])):
+        """Move the stored mixture (the prior used before the first click) towards this step's mixture — K each,
+        already averaged over the batch (and over ranks under torchrun) — as a running average, like
+        BatchNorm's statistics. Training only."""
+        for name, value in zip(MIXTURE_BUFFERS, (weights, means, variances)):
             buf = getattr(self, name)
-            buf.lerp_(part.view_as(b).to(buf.dtype), momentum)
+            buf.lerp_(value.view_as(buf).to(buf.dtype), momentum)
         self.mixture_weights.div_(self.mixture_weights.sum())
 
 
-def aespa_config(sam_cfg: dict[str, Any], n_components: int = 16, fusion: str = "residual",
-                 latent_dim: int = 64, batch_mixture: bool = False) -> dict[str, Any]:  # fmt: skip
-    """A full model configuration: the SAM keys plus the preference-head settings."""
-    return {**{k: sam_cfg[k] for k in CONFIG_KEYS}, "n_components": n_components, "latent_dim": latent_dim,
-            "fusion": fusion, "batch_mixture": batch_mixture}  # fmt: skip
+def aespa_config(
+    sam_cfg: dict[str, Any],
+    n_components: int = 16,
+    fusion: str = "residual",
+    latent_dim: int = 64,
+    batch_mixture: bool = False,
+    point_order: str = "xy",
+    multimask_output: int = 1,
+) -> dict[str, Any]:
+    """A full model configuration: the SAM keys, the preference-head settings and the conventions the model's
+    weights were trained with (click order, multimask output), which travel with its checkpoint."""
+    if point_order not in ("xy", "yx"):
+        raise ValueError(f"point_order must be 'xy' or 'yx', got {point_order!r}")
+    if multimask_output not in (1, 3):
+        raise ValueError(f"multimask_output must be 1 or 3, got {multimask_output!r}")
+    extra = {"n_components": n_components, "latent_dim": latent_dim, "fusion": fusion,
+             "batch_mixture": batch_mixture, "point_order": point_order, "multimask_output": multimask_output}
+    return {**{k: sam_cfg[k] for k in CONFIG_KEYS}, **extra}

@@ -73,9 +73,12 @@ def build_model(
     fusion: str = "residual",
     batch_mixture: bool = False,
     checkpoint: str | None = None,
+    point_order: str = "xy",
+    multimask_output: int = 1,
 ) -> tuple[AESPAModel, LoadReport | None]:
     """The full model (SAM parts + preference heads), optionally loading `checkpoint` (see `load_model_weights`)."""
-    config = aespa_config(sam_config(encoder, image_size), n_components, fusion, batch_mixture=batch_mixture)
+    config = aespa_config(sam_config(encoder, image_size), n_components, fusion, batch_mixture=batch_mixture,
+                          point_order=point_order, multimask_output=multimask_output)
     model = AESPAModel(config)
     report = load_model_weights(model, checkpoint) if checkpoint else None
     return model, report

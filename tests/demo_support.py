@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from cfg import parse_args
+from cfg import parse_config
 from dataset import read_image, resize_image
 from models import AESPAModel, build_model, responsibilities
 from training_state import save_checkpoint
@@ -37,10 +37,10 @@ def make_checkpoint(path: Path, encoder: str = "vit_t", size: int = 64, seed: in
         for mlp in model.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(sharpen)
             mlp.layers[-1].bias.mul_(sharpen)
-    args = parse_args(["-encoder", encoder, "-image_size", str(size)])
+    cfg = parse_config(["-encoder", encoder, "-image_size", str(size)])
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
-    save_checkpoint(path, epoch=1, args=args, model=model, optimizer=optimizer, scheduler=scheduler,
+    save_checkpoint(path, epoch=1, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
                     best_metric=None, best_epoch=None)  # fmt: skip
     return path
 

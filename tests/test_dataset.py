@@ -115,7 +115,7 @@ def test_empty_slices_skipped_and_manifest(tmp_path, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(dataset, "_write_json_atomic", refuse)
+    monkeypatch.setattr(dataset, "atomic_write_bytes", refuse)
     assert len(build_dataset("LIDC", root, "train", 16)) == 3
     assert not manifest.exists()
 
@@ -222,7 +222,7 @@ def test_refuge_split_folders(tmp_path):
 
 
 def test_unknown_names_and_options(tmp_path):
-    message = _input_error("LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE, synthetic", "lidc", tmp_path, "train", 16)
+    message = _input_error("synthetic, LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE", "lidc", tmp_path, "train", 16)
     assert "lidc" in message
     root = write_lidc_tree(tmp_path / "LIDC", n_patients=1, slices=1, size=8)
     _input_error("valid", "LIDC", root, "val", 16)

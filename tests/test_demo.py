@@ -6,6 +6,7 @@ Expected masks come from an independent replay of the click protocol with the mo
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -214,9 +215,9 @@ def test_newest_default_run_is_used(checkpoint, tmp_path):
         path.parent.mkdir(parents=True)
         shutil.copy(checkpoint, path)
         os.utime(path, (time.time() - age, time.time() - age))
-    args = aespa_demo.parse_demo_args(["-log_dir", str(tmp_path / "logs")])
-    aespa_demo.load_predictor(args, set())
-    assert args.weights == str(runs[1]) and (args.encoder, args.image_size) == ("vit_t", S)
+    _, cfg = aespa_demo.parse_demo_args(["-log_dir", str(tmp_path / "logs")])
+    _, cfg, _ = aespa_demo.load_predictor(cfg, set())
+    assert cfg.model.weights == str(runs[1]) and (cfg.model.encoder, cfg.model.image_size) == ("vit_t", S)
 
 
 def browser_paths() -> tuple[str, str] | None:
@@ -301,7 +302,7 @@ def test_bad_checkpoint_is_one_line(case, tmp_path):
 
 
 def test_flags_and_no_checkpoint(tmp_path, capsys):
-    args = aespa_demo.parse_demo_args([])
+    args, _ = aespa_demo.parse_demo_args([])
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)  # loopback, no public link
     with pytest.raises(SystemExit):
         aespa_demo.parse_demo_args(["-port", "70000"])
@@ -323,10 +324,13 @@ def test_reference_checkpoint_runs_its_conventions(tmp_path, model, image):
                 "state_dict": {k: torch.full((1,), 0.01).expand(v) for k, v in shapes.items()},  # a few KB on disk
                 "EM_weights": w / w.sum(), "EM_means": rng.uniform(-100, 100, 16), "EM_variances": rng.uniform(0.1, 10, 16)},
                path)  # fmt: skip
-    args = aespa_demo.parse_demo_args(["-weights", str(path)])
-    predictor, _ = aespa_demo.load_predictor(args, set())
-    assert (args.compat, args.fcomb, args.encoder, predictor.yx) == ("reference", "reference", "vit_b", True)
+    _, cfg = aespa_demo.parse_demo_args(["-weights", str(path)])
+    predictor, cfg, _ = aespa_demo.load_predictor(cfg, set())
+    m = cfg.model
+    assert (m.compat, m.fcomb, m.encoder, predictor.model.point_order) == ("reference", "reference", "vit_b", "yx")
 
-    flipped = Predictor(model, torch.device("cpu"), yx=True)
+    yx_model = copy.deepcopy(model)
+    yx_model.config["point_order"] = "yx"  # the convention travels in the model's config
+    flipped = Predictor(yx_model, torch.device("cpu"))
     probs = flipped.predict(image[0], [Click(x, y, label) for x, y, label in CLICKS])
     assert np.allclose(probs, oracle(model, image, [(y, x, label) for x, y, label in CLICKS]), atol=1e-5)

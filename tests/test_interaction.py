@@ -9,7 +9,7 @@ import torch
 from augment import augment_batch, dihedral
 from function import initial_click, preference_target
 from function_aespa import update_consistent
-from interaction import draw_among, mean_of, raters_agreeing, switch_raters
+from raters import draw_among, mean_of, raters_agreeing, switch_raters
 from rng import KeyedRandom
 
 

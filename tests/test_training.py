@@ -67,6 +67,17 @@ def test_the_model_learns_to_follow_the_clicked_rater(tmp_path):
     assert later[-1]["Dice_follow"] > 0.8
 
 
+def test_spa_learns_to_follow_its_preference_target(tmp_path):
+    """SPA on the same two-style raters: its preference target is one rater's style (or their union); after a
+    short training its prediction matches the target better than the raters' consensus does, in every round
+    (measured: Gain_over_consensus 0.15-0.22; after one epoch Dice_follow is 0.61-0.67, below the consensus)."""
+    root = write_two_style_tree(tmp_path / "two")
+    out = train.main(tiny_run_args(root, tmp_path, "-mode", "SPA", "-epochs", "6", "-lr", "1e-3", "-clicks", "4",
+                                   "-noc_clicks", "0", "-val_freq", "6", "-num_samples", "4"))  # fmt: skip
+    assert out["test"][-1]["Dice_follow"] > 0.8, out["test"]
+    assert all(r["Gain_over_consensus"] > 0.1 for r in out["test"]), out["test"]
+
+
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builders import build_loader, build_model_from_args
-from cfg import parse_args
+from builders import build_loader, build_model_from_config
+from cfg import parse_config
 from conftest import tiny_run_args
 from engine import evaluate
 
 
 def evaluate_with(synthetic_root, tmp_path, *extra: str) -> list[dict]:
-    args = parse_args(tiny_run_args(synthetic_root, tmp_path, "-noc_clicks", "4", *extra))
+    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-noc_clicks", "4", *extra))
     torch.manual_seed(0)
-    model, _ = build_model_from_args(args)
+    model, _, cfg = build_model_from_config(cfg)
     torch.nn.init.normal_(model.fcomb.layers[-1].weight, std=0.05)  # let the latent matter
-    return evaluate(model.eval(), build_loader(args, "test"), args, 0, torch.device("cpu"))
+    return evaluate(model.eval(), build_loader(cfg, "test"), cfg, 0, torch.device("cpu"))
 
 
 def assert_rows_equal(a: list[dict], b: list[dict], tol: float) -> None:
@@ -49,12 +49,12 @@ def test_spa_draws_of_an_image_do_not_depend_on_its_batch(synthetic_root, tmp_pa
     """SPA's preference target, first click and latent noise of an image are the same alone or in a batch.
     (Its metrics can still differ in the last digits: batched kernels round differently for other batch
     sizes and k-means may then assign a pixel on a cluster edge differently.)"""
+    from batch import prepare_batch
     from function import initial_click, preference_target
-    from interaction import prepare_batch
     from rng import normal
 
-    args = parse_args(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-b", "3"))
-    data = next(iter(build_loader(args, "test")))
+    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-b", "3"))
+    data = next(iter(build_loader(cfg.with_flags(image_size=64), "test")))
 
     def draws(batch):
         target = preference_target(batch.raters, batch.valid, batch.source)

@@ -1,0 +1,64 @@
+"""From a loader's samples to a batch on the device (the data side of the loops).
+
+Multi-class masks are reduced to one binary task per image (SPEC §4.3) and training images are augmented
+here, so the loops only ever see binary rater masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from augment import augment_batch
+from multiclass import binarize_multiclass
+from rng import KeyedRandom
+
+
+@dataclass
+class Batch:
+    """One batch on the device: images Bx3xSxS, raters BxRxSxS float {0,1}, valid BxR bool, names, and
+    keys B (dataset indices: validation draws its random numbers per image from them)."""
+
+    images: torch.Tensor
+    raters: torch.Tensor
+    valid: torch.Tensor
+    names: list[str]
+    keys: torch.Tensor
+    source: torch.Generator | KeyedRandom  # where this batch's random draws come from
+
+    @property
+    def size(self) -> int:
+        return self.images.shape[0]
+
+    def take(self, n: int) -> "Batch":
+        """The first n images (keyed streams restart for them)."""
+        source = KeyedRandom(self.source.seed, self.keys[:n]) if isinstance(self.source, KeyedRandom) else self.source
+        return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source)
+
+
+def prepare_batch(data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0,
+                  augment: bool = False) -> Batch | None:  # fmt: skip
+    """Loader dict -> Batch; multi-class masks are reduced to one binary task per image (SPEC §4.3).
+
+    Random draws come from `generator` (training) or, without one, from per-image streams keyed on the
+    samples' dataset indices and `seed` (validation: independent of batching and sharding). `augment`
+    applies a random flip / quarter turn per image (training only).
+
+    Images without any valid rater (possible with `-valid_raters nonempty -keep_empty`) carry no target
+    and are left out; None when none is left."""
+    keep = data["valid_raters"].any(1)
+    if not bool(keep.all()):
+        data = {k: (v[keep] if torch.is_tensor(v) else [x for x, k_ in zip(v, keep.tolist()) if k_]) for k, v in data.items()}
+        if not bool(keep.any()):
+            return None
+    raters = data["multi_rater"].to(device, non_blocking=True)  # BxRxCxSxS
+    valid = data["valid_raters"].to(device, non_blocking=True)
+    keys = data["index"].to(device)
+    source = generator if generator is not None else KeyedRandom(seed, keys)
+    if raters.shape[2] > 1:
+        raters = binarize_multiclass(raters, valid, source)
+    images, raters = data["image"].to(device, non_blocking=True), raters[:, :, 0]
+    if augment:
+        images, raters = augment_batch(images, raters, source)
+    return Batch(images, raters, valid, list(data["name"]), keys, source)
