@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,10 @@ from dataset import build_dataset
 from models import CHECKPOINT_FORMAT, AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
 from models.build import ENCODERS, model_state
 from models.checkpoint import CheckpointError
-from models.reference_format import is_reference_checkpoint
+from models.reference_format import build_reference_model, is_reference_checkpoint
 from run_config import RunConfig, default_image_size
 from training_state import ARCHITECTURE_FLAGS
 from utils import InputError
-
-log = logging.getLogger(__name__)
 
 
 def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
@@ -59,6 +56,9 @@ def adopt_checkpoint_settings(
                     notes.append(f"-{flag} {flags[flag]} ignored: the checkpoint was trained with {saved[flag]}")
                 changes[flag] = saved[flag]
     elif is_reference_checkpoint(obj):
+        if "compat" in explicit and cfg.model.compat != "reference":
+            raise InputError(f"-compat {cfg.model.compat}: {cfg.model.weights} is the original project's checkpoint, "
+                             "which runs only under -compat reference (its decoder block and round protocol)")
         if cfg.model.compat != "reference":
             notes.append("the original project's checkpoint: running its conventions (-compat reference)")
         changes.update(compat="reference", fcomb="reference", n_components=len(obj["EM_weights"]))
@@ -74,16 +74,30 @@ def build_model_from_config(
     -> (model, load reports, the config with the architecture resolved).
 
     `-encoder auto` takes the size of the checkpoint to load (-weights, else -sam_ckpt), or vit_t without one;
-    `-image_size` defaults per encoder (conf/); `-compat reference` implies the reference fusion. Each file is
-    read once (`preloaded`: path -> loaded object).
+    `-image_size` defaults per encoder (conf/). The original project's checkpoint brings its own architecture
+    (read from its shapes) and conventions (`-compat reference`). A -weights file that holds every tensor makes
+    -sam_ckpt unnecessary: it is not read. Each file is read once (`preloaded`: path -> loaded object).
     """
     m = cfg.model
     preloaded = preloaded or {}
-    loaded = {}
-    for path in (m.sam_ckpt, m.weights):
-        if path:
-            obj = preloaded[path] if path in preloaded else read_checkpoint(path)
-            loaded[path] = model_state(obj, str(path))
+    read = lambda path: preloaded[path] if path in preloaded else read_checkpoint(path)  # noqa: E731
+    weights = read(m.weights) if m.weights else None
+    if weights is not None and is_reference_checkpoint(weights):
+        model, report = build_reference_model(weights, m.image_size, str(m.weights))
+        c = model.config
+        named = next((k for k, v in ENCODERS.items() if (v["embed_dim"], v["depth"]) == (c["embed_dim"], c["depth"])), m.encoder)
+        cfg = cfg.with_flags(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference",
+                             n_components=c["n_components"])  # fmt: skip
+        return model, [report], cfg
+    loaded, notes = {}, []
+    if weights is not None:
+        loaded[m.weights] = model_state(weights, str(m.weights))
+    if m.sam_ckpt and not (weights is not None and loaded[m.weights][1] == ()):
+        loaded = {m.sam_ckpt: model_state(read(m.sam_ckpt), str(m.sam_ckpt)), **loaded}
+    elif m.sam_ckpt:
+        if not Path(m.sam_ckpt).is_file():
+            raise CheckpointError(f"{m.sam_ckpt}: checkpoint not found")
+        notes.append(f"-sam_ckpt {m.sam_ckpt} not read: -weights {m.weights} holds every tensor")
     changes: dict[str, Any] = {}
     if m.encoder == "auto":
         last = m.weights or m.sam_ckpt
@@ -92,14 +106,18 @@ def build_model_from_config(
         changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
     reference = m.compat == "reference"
     if reference and m.fcomb != "reference":
-        log.info("-compat reference: using the reference Fcomb")
+        notes.append("-compat reference: using the reference Fcomb")
         changes["fcomb"] = "reference"
     cfg = cfg.with_flags(**changes)
     m = cfg.model
-    model, _ = build_model(m.encoder, m.image_size, m.n_components, m.fcomb, batch_mixture=reference,
-                           point_order="yx" if reference else "xy", multimask_output=m.multimask_output)  # fmt: skip
+    model, _ = build_model(m.encoder, m.image_size, m.n_components, m.fcomb, point_order="yx" if reference else "xy",
+                           multimask_output=m.multimask_output, protocol="reference" if reference else "project",
+                           decoder_block="reference" if reference else "official")  # fmt: skip
     reports = [load_weights(model, state, source=str(path), optional_prefixes=optional)
                for path, (state, optional) in loaded.items()]  # fmt: skip
+    if notes:
+        reports = reports or [LoadReport("model")]
+        reports[-1].notes.extend(notes)
     return model, reports, cfg
 
 

@@ -69,7 +69,7 @@ class Candidates(Selection):
 
 def find_candidates(decoded: Decoded, target: torch.Tensor, k: int, source: Source) -> Candidates:
     """Per-image k-means of the BxMxSxS sample probabilities; the user picks the centre nearest to the target."""
-    probs = torch.sigmoid(decoded.logits)
+    probs = decoded.probs
     b, m, s, _ = probs.shape
     labels, centres = batched_kmeans(probs.reshape(b, m, s * s), k, generator=source)
     centres = centres.reshape(b, k, s, s)

@@ -101,7 +101,7 @@ class User:
 
     def select(self, decoded: "Decoded") -> Selection:
         """The prediction the user sees: by default the single deterministic one."""
-        return Selection(torch.sigmoid(decoded.logits[:, 0]), decoded.low)
+        return Selection(decoded.probs[:, 0], decoded.low)
 
     def click(self, selection: Selection, exclude: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The next click (points Px2 (x, y), labels P) on `selection`, never on an `exclude`d pixel PxSxS."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .preference import Fusion, MeanVarianceHead, WeightHead, mixture_latent
-from .sam import CONFIG_KEYS, Sam, build_sam_parts
+from .sam import Sam, build_sam_parts
 
 # Keys a SAM/MedSAM checkpoint does not have: initialised afresh when loading one.
 PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_")
@@ -34,13 +34,24 @@ class Prompts:
 
 @dataclass
 class Decoded:
-    """M predictions per image: low-resolution logits BxMx4Gx4G and SxS logits BxMxSxS (float32)."""
+    """M predictions per image: low-resolution logits BxMx4Gx4G and SxS logits BxMxSxS (float32).
+
+    `raw_in_unit`: the original project's output step (`protocol: reference`): the logits are taken as
+    probabilities as they are when the whole batch lies in [0, 1], through a sigmoid otherwise."""
 
     low: torch.Tensor
     logits: torch.Tensor
+    raw_in_unit: bool = False
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Probabilities BxMxSxS."""
+        if self.raw_in_unit and bool((self.logits.min() >= 0) & (self.logits.max() <= 1)):
+            return self.logits
+        return torch.sigmoid(self.logits)
 
     def detach(self) -> "Decoded":
-        return Decoded(self.low.detach(), self.logits.detach())
+        return Decoded(self.low.detach(), self.logits.detach(), self.raw_in_unit)
 
 
 def init_mixture_state(n_components: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -56,9 +67,9 @@ def init_mixture_state(n_components: int, generator: torch.Generator | None = No
 class AESPAModel(Sam):
     """SAM parts, mean/variance head, weight head, fusion ("Fcomb") and the stored mixture state (buffers).
 
-    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion`, `batch_mixture`
-    (True only for `-compat reference`: mixture averaged over the batch, as the original), `point_order` and
-    `multimask_output` (see `aespa_config`).
+    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion` and the conventions
+    the weights were trained with: `point_order`, `multimask_output`, `decoder_block` and `protocol` (see
+    `aespa_config`).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -67,7 +78,7 @@ class AESPAModel(Sam):
         self.config = dict(config)
         k, dim = config["n_components"], config["prompt_embed_dim"]
         self.latent_dim = config["latent_dim"]
-        self.batch_mixture = bool(config.get("batch_mixture", False))
+        self.reference_protocol = config.get("protocol", "project") == "reference"
         self.fcomb = Fusion(config["out_chans"], self.latent_dim, config["fusion"])
         self.mean_var_head = MeanVarianceHead(dim, k)
         self.weight_head = WeightHead(k)
@@ -97,7 +108,12 @@ class AESPAModel(Sam):
         boxes: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """points BxNx2 (x, y), labels BxN, mask_logits Bx1x4Gx4G, boxes Bx4 (x0, y0, x1, y1) (each optional)
-        -> sparse BxNxD, dense BxDxGxG. Points go to SAM in the model's `point_order`."""
+        -> sparse BxNxD, dense BxDxGxG. Points go to SAM in the model's `point_order`. Under the reference
+        protocol a round without clicks still passes an (empty) point set, so SAM adds its padding token."""
+        if points is None and self.reference_protocol:
+            device = self.prompt_encoder.no_mask_embed.weight.device
+            points = torch.zeros(batch_size, 0, 2, device=device)
+            labels = torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         if points is not None and self.point_order == "yx":
             points = points.flip(-1)
         pts = (points, labels) if points is not None else None
@@ -119,8 +135,6 @@ class AESPAModel(Sam):
         self, weights: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, eps: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Per-image latent BxL (ε = None gives the deterministic sample)."""
-        if self.batch_mixture:  # the original's behaviour, for its published checkpoint only
-            weights, means, variances = (t.mean(0, keepdim=True).expand_as(t) for t in (weights, means, variances))
         return mixture_latent(weights, means, variances, eps, self.latent_dim)
 
     def decode(self, embedding: torch.Tensor, z: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -133,8 +147,11 @@ class AESPAModel(Sam):
         return masks
 
     def upscale(self, low_res: torch.Tensor) -> torch.Tensor:
-        """Bx1x4Gx4G low-resolution logits -> Bx1xSxS, bilinear."""
-        return F.interpolate(low_res, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        """Bx1x4Gx4G low-resolution logits -> Bx1xSxS, bilinear (nearest under the reference protocol)."""
+        size = (self.image_size, self.image_size)
+        if self.reference_protocol:
+            return F.interpolate(low_res, size=size, mode="nearest")
+        return F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
 
     def prompt(
         self,
@@ -150,11 +167,21 @@ class AESPAModel(Sam):
 
         The mixture weights are `weights` when given, else the weight head's map of the previous round's
         responsibilities `em_weights` BxK, else (first round) the stored weights.
+
+        The reference protocol (the original project, for its checkpoints): the first round's weights are the
+        weight head's map of the stored weights, and weights, means and variances are averaged over the batch
+        (the weights renormalised), so every image shares one mixture — and depends on its batch neighbours.
         """
         sparse, dense = self.encode_prompts(batch_size, points, labels, mask_logits, boxes)
         means, variances = self.mixture_params(sparse)
-        if weights is None:
+        if weights is None and self.reference_protocol:
+            weights = self.weight_head(self.initial_weights(batch_size) if em_weights is None else em_weights)
+        elif weights is None:
             weights = self.initial_weights(batch_size) if em_weights is None else self.weight_head(em_weights)
+        if self.reference_protocol:
+            weights = weights.mean(0, keepdim=True)
+            weights = (weights / weights.sum()).expand(batch_size, -1)
+            means, variances = (t.mean(0, keepdim=True).expand(batch_size, -1) for t in (means, variances))
         return Prompts(sparse, dense, means, variances, weights)
 
     def decode_round(self, embedding: torch.Tensor, prompts: Prompts, eps: torch.Tensor | None = None) -> Decoded:
@@ -166,13 +193,14 @@ class AESPAModel(Sam):
         if eps is None:
             z = self.latent(p.weights, p.means, p.variances)  # BxL
             low = self.decode(embedding, z, p.sparse, p.dense)  # Bx1x4Gx4G: M = 1 in the mask-channel slot
-            return Decoded(low.float(), self.upscale(low).float())
+            return Decoded(low.float(), self.upscale(low).float(), self.reference_protocol)
         b, m = eps.shape[:2]
         rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
         z = self.latent(rep(p.weights), rep(p.means), rep(p.variances), eps.reshape(b * m, -1))
         low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense))  # (B*M)x1x4Gx4G
         logits = self.upscale(low)
-        return Decoded(low.reshape(b, m, *low.shape[-2:]).float(), logits.reshape(b, m, *logits.shape[-2:]).float())
+        low, logits = low.reshape(b, m, *low.shape[-2:]).float(), logits.reshape(b, m, *logits.shape[-2:]).float()
+        return Decoded(low, logits, self.reference_protocol)
 
     def forward(
         self,
@@ -210,21 +238,29 @@ class AESPAModel(Sam):
         self.mixture_weights.div_(self.mixture_weights.sum())
 
 
+PROTOCOLS = ("project", "reference")
+
+
 def aespa_config(
     sam_cfg: dict[str, Any],
     n_components: int = 16,
     fusion: str = "residual",
     latent_dim: int = 64,
-    batch_mixture: bool = False,
     point_order: str = "xy",
     multimask_output: int = 1,
+    protocol: str = "project",
 ) -> dict[str, Any]:
     """A full model configuration: the SAM keys, the preference-head settings and the conventions the model's
-    weights were trained with (click order, multimask output), which travel with its checkpoint."""
+    weights were trained with, which travel with its checkpoint: the click order (`point_order` 'xy' as SAM,
+    'yx' as the original project), SAM's mask output (`multimask_output` 1 or 3), and the round `protocol`:
+    'project' (per-image mixture, bilinear upsampling) or 'reference' (the original's: see `AESPAModel.prompt`,
+    `encode_prompts`, `upscale`, `Decoded.probs`). Other keys of `sam_cfg` (e.g. `decoder_block`) are kept."""
     if point_order not in ("xy", "yx"):
         raise ValueError(f"point_order must be 'xy' or 'yx', got {point_order!r}")
     if multimask_output not in (1, 3):
         raise ValueError(f"multimask_output must be 1 or 3, got {multimask_output!r}")
-    extra = {"n_components": n_components, "latent_dim": latent_dim, "fusion": fusion,
-             "batch_mixture": batch_mixture, "point_order": point_order, "multimask_output": multimask_output}
-    return {**{k: sam_cfg[k] for k in CONFIG_KEYS}, **extra}
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    extra = {"n_components": n_components, "latent_dim": latent_dim, "fusion": fusion, "point_order": point_order,
+             "multimask_output": multimask_output, "protocol": protocol}
+    return {**sam_cfg, **extra}

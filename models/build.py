@@ -71,14 +71,18 @@ def build_model(
     image_size: int = 1024,
     n_components: int = 16,
     fusion: str = "residual",
-    batch_mixture: bool = False,
     checkpoint: str | None = None,
     point_order: str = "xy",
     multimask_output: int = 1,
+    protocol: str = "project",
+    decoder_block: str = "official",
 ) -> tuple[AESPAModel, LoadReport | None]:
-    """The full model (SAM parts + preference heads), optionally loading `checkpoint` (see `load_model_weights`)."""
-    config = aespa_config(sam_config(encoder, image_size), n_components, fusion, batch_mixture=batch_mixture,
-                          point_order=point_order, multimask_output=multimask_output)
+    """The full model (SAM parts + preference heads) of a named size, optionally loading `checkpoint` (see
+    `load_model_weights`); the conventions (`point_order`, `multimask_output`, `protocol`, `decoder_block`) as in
+    `aespa_config`."""
+    sam_cfg = {**sam_config(encoder, image_size), "decoder_block": decoder_block}
+    config = aespa_config(sam_cfg, n_components, fusion, point_order=point_order, multimask_output=multimask_output,
+                          protocol=protocol)  # fmt: skip
     model = AESPAModel(config)
     report = load_model_weights(model, checkpoint) if checkpoint else None
     return model, report

@@ -117,9 +117,11 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     resampled: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the loader had to assume
 
     def summary(self) -> str:
         lines = [f"{self.source}: {len(self.loaded) + len(self.resampled)} tensors loaded"]
+        lines += [f"  {note}" for note in self.notes]
         for key, old, new in self.resampled:
             lines.append(f"  resampled {key}: {tuple(old)} -> {tuple(new)}")
         if self.initialised:

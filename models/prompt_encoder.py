@@ -77,9 +77,9 @@ class PromptEncoder(nn.Module):
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         points = points + 0.5  # pixel centres
-        if pad:  # a padding point stands in for the missing box
-            points = torch.cat([points, torch.zeros_like(points[:, :1])], dim=1)
-            labels = torch.cat([labels, -torch.ones_like(labels[:, :1])], dim=1)
+        if pad:  # a padding point stands in for the missing box; built anew so that an empty Bx0x2 set gets one too
+            points = torch.cat([points, points.new_zeros(points.shape[0], 1, 2)], dim=1)
+            labels = torch.cat([labels, labels.new_full((labels.shape[0], 1), -1)], dim=1)
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)  # BxNxD
         labels = labels[..., None]
         emb = torch.where(labels == -1, self.not_a_point_embed.weight, emb)

@@ -54,7 +54,10 @@ class Sam(nn.Module):
 
 
 def build_sam_parts(config: dict[str, Any]) -> Sam:
-    """Build the SAM parts (random weights) from a configuration dict with `CONFIG_KEYS`."""
+    """Build the SAM parts (random weights) from a configuration dict with `CONFIG_KEYS`.
+
+    Optional key `decoder_block`: the two-way attention block, `official` (default) or `reference`.
+    """
     missing = [k for k in CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"SAM config lacks {missing}")
@@ -85,6 +88,7 @@ def build_sam_parts(config: dict[str, Any]) -> Sam:
         embedding_dim=c["prompt_embed_dim"],
         num_heads=c["decoder_num_heads"],
         mlp_dim=c["decoder_mlp_dim"],
+        block=c.get("decoder_block", "official"),  # optional: "reference" for the original project's checkpoints
     )
     decoder = MaskDecoder(
         transformer_dim=c["prompt_embed_dim"],

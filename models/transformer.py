@@ -1,4 +1,12 @@
-"""SAM's two-way transformer: prompt tokens and image tokens attend to each other."""
+"""SAM's two-way transformer: prompt tokens and image tokens attend to each other.
+
+Two token self-attention variants (`block`), with the same parameters:
+* `official` (SAM): the first layer replaces the tokens by their self-attention; later layers add the
+  prompt positional encoding to queries and keys only, with a residual on the plain tokens.
+* `reference` (the original AESPA project, whose published checkpoint was trained with it): the first
+  layer keeps a residual around the self-attention; later layers add the positional encoding to the
+  tokens themselves (it stays in them for the rest of the block) before self-attending with a residual.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLPBlock
+
+BLOCK_KINDS = ("official", "reference")
 
 
 class Attention(nn.Module):
@@ -44,8 +54,12 @@ class TwoWayAttentionBlock(nn.Module):
         mlp_dim: int = 2048,
         attention_downsample_rate: int = 2,
         skip_first_layer_pe: bool = False,
+        block: str = "official",
     ) -> None:
         super().__init__()
+        if block not in BLOCK_KINDS:
+            raise ValueError(f"unknown decoder block '{block}' (choose from {', '.join(BLOCK_KINDS)})")
+        self.block = block
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
         self.cross_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
@@ -59,12 +73,7 @@ class TwoWayAttentionBlock(nn.Module):
     def forward(
         self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:  # the first layer replaces the tokens rather than adding to them
-            queries = self.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q, q, queries)
-        queries = self.norm1(queries)
+        queries = self.norm1(self._self_attend(queries, query_pe))
 
         q, k = queries + query_pe, keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
@@ -74,16 +83,35 @@ class TwoWayAttentionBlock(nn.Module):
         keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
         return queries, keys
 
+    def _self_attend(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """Token self-attention with its residual, before norm1: BxNxC -> BxNxC."""
+        if self.block == "reference":
+            if not self.skip_first_layer_pe:  # the encoding joins the tokens themselves, residual included
+                queries = queries + query_pe
+            return queries + self.self_attn(queries, queries, queries)
+        if self.skip_first_layer_pe:  # the first layer replaces the tokens rather than adding to them
+            return self.self_attn(queries, queries, queries)
+        q = queries + query_pe
+        return queries + self.self_attn(q, q, queries)
+
 
 class TwoWayTransformer(nn.Module):
     """image BxCxGxG, image_pe BxCxGxG, tokens BxNxC -> (tokens BxNxC, image tokens Bx(G*G)xC)."""
 
     def __init__(
-        self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int = 2
+        self,
+        depth: int,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int = 2,
+        block: str = "official",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=i == 0)
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=i == 0, block=block
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)

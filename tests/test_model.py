@@ -16,9 +16,9 @@ from models.preference import MeanVarianceHead, WeightHead
 DATA = Path(__file__).parent / "data"
 
 
-def tiny_model(fusion="residual", batch_mixture=False, seed=0):
+def tiny_model(fusion="residual", protocol="project", seed=0):
     torch.manual_seed(seed)
-    return AESPAModel(aespa_config(sam_config("vit_t", 64), 8, fusion, batch_mixture=batch_mixture)).eval()
+    return AESPAModel(aespa_config(sam_config("vit_t", 64), 8, fusion, protocol=protocol)).eval()
 
 
 def test_responsibilities_hand_computed():
@@ -126,7 +126,7 @@ def test_prediction_does_not_depend_on_batch_neighbours(fusion):
 
 def test_compat_batch_mixture_does_depend_on_neighbours():
     """The original's batch-averaged mixture (`-compat reference`): the check above would catch it."""
-    model = tiny_model("reference", batch_mixture=True)
+    model = tiny_model("reference", protocol="reference")
     batch = inputs(3)
     with torch.no_grad():
         together = model(*batch[:4], weights=batch[4], eps=batch[5])["logits"]
@@ -208,8 +208,8 @@ def test_published_aespa_checkpoint_loads_safely_and_completely(tmp_path, numpy1
     torch.save(ckpt, path)
     if numpy1:
         as_numpy1_pickle(path)
-    model, report = build_model("vit_b", 128, n_components=16, fusion="reference", batch_mixture=True,
-                                checkpoint=str(path))  # fmt: skip
+    model, report = build_model("vit_b", 128, n_components=16, fusion="reference", checkpoint=str(path),
+                                point_order="yx", protocol="reference", decoder_block="reference")  # fmt: skip
     assert report.initialised == []
     assert len(report.loaded) + len(report.resampled) == len(model.state_dict())
     assert [k for k, _, _ in report.resampled] == ["image_encoder.pos_embed"]  # rel tables already at 2*8-1 rows
