@@ -20,15 +20,19 @@ from models import read_checkpoint
 from run_config import RunConfig
 from utils import InputError, choose_device, run_cli
 
-NO_CHECKPOINT = ("no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
-                 "(a few minutes on a CPU; the demo then finds logs_new/<run>/Model/checkpoint_best.pth)")  # fmt: skip
+NO_CHECKPOINT = (
+    "no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
+    "(a few minutes on a CPU; the demo then finds logs_new/<run>/Model/checkpoint_best.pth)"
+)
 
 
 def build_demo_parser(prog: str | None = None) -> OneLineParser:
     """The project's parser plus the demo's server flags."""
     parser = build_parser(prog)
     demo = parser.add_argument_group("demo")
-    demo.add_argument("-host", default="127.0.0.1", help="address to serve on (default loopback only; 0.0.0.0 for every interface)")
+    demo.add_argument(
+        "-host", default="127.0.0.1", help="address to serve on (default loopback only; 0.0.0.0 for every interface)"
+    )
     demo.add_argument("-port", type=int, default=7860, help="port to serve on (default 7860)")
     demo.add_argument("-share", action="store_true", help="also open a public gradio.live link (off by default)")
     return parser
@@ -68,12 +72,24 @@ def main(argv: list[str] | None = None) -> None:
     for line in notes:
         print(line)
     try:
-        _, local_url, share_url = app.launch(server_name=args.host, server_port=args.port, share=args.share,
-                                             ssr_mode=False, inbrowser=False, prevent_thread_lock=True, quiet=True)  # fmt: skip
+        _, local_url, share_url = app.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=args.share,
+            ssr_mode=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            quiet=True,
+        )
     except OSError:  # gradio found the port taken (or the address cannot be bound)
-        raise InputError(f"-port {args.port}: cannot serve on {args.host}:{args.port} (in use? choose another -port)") from None
+        raise InputError(
+            f"-port {args.port}: cannot serve on {args.host}:{args.port} (in use? choose another -port)"
+        ) from None
     compat = ", -compat reference" if cfg.model.compat == "reference" else ""
-    print(f"AESPA demo: {cfg.model.weights} ({cfg.model.encoder} at {cfg.model.image_size} px{compat}) on {predictor.device}")
+    print(
+        f"AESPA demo: {cfg.model.weights} ({cfg.model.encoder} at {cfg.model.image_size} px{compat}) "
+        f"on {predictor.device}"
+    )
     print(f"open {local_url}" + (f" or the public link {share_url}" if share_url else ""), flush=True)
     app.block_thread()  # until Ctrl-C
 

@@ -17,7 +17,9 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return x.flip(-1) if k >= 4 else x
 
 
-def augment_batch(images: torch.Tensor, raters: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_batch(
+    images: torch.Tensor, raters: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """images Bx3xSxS, raters BxRxSxS -> both with one random symmetry per image (8 group ops per batch)."""
     # drawn on the generator's device (the same numbers anywhere): CPU indices cost no GPU->CPU syncs below
     choice = (uniform((images.shape[0],), torch.device("cpu"), generator) * 8).long()  # B

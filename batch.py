@@ -31,14 +31,15 @@ class Batch:
     def size(self) -> int:
         return self.images.shape[0]
 
-    def take(self, n: int) -> "Batch":
+    def take(self, n: int) -> Batch:
         """The first n images (keyed streams restart for them)."""
         source = KeyedRandom(self.source.seed, self.keys[:n]) if isinstance(self.source, KeyedRandom) else self.source
         return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source)
 
 
-def prepare_batch(data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0,
-                  augment: bool = False) -> Batch | None:  # fmt: skip
+def prepare_batch(
+    data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0, augment: bool = False
+) -> Batch | None:
     """Loader dict -> Batch; multi-class masks are reduced to one binary task per image (SPEC §4.3).
 
     Random draws come from `generator` (training) or, without one, from per-image streams keyed on the
@@ -49,7 +50,10 @@ def prepare_batch(data: dict, device: torch.device, generator: torch.Generator |
     and are left out; None when none is left."""
     keep = data["valid_raters"].any(1)
     if not bool(keep.all()):
-        data = {k: (v[keep] if torch.is_tensor(v) else [x for x, k_ in zip(v, keep.tolist()) if k_]) for k, v in data.items()}
+        data = {
+            k: (v[keep] if torch.is_tensor(v) else [x for x, k_ in zip(v, keep.tolist()) if k_])
+            for k, v in data.items()
+        }
         if not bool(keep.any()):
             return None
     raters = data["multi_rater"].to(device, non_blocking=True)  # BxRxCxSxS

@@ -16,8 +16,8 @@ import json
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 
@@ -133,14 +133,24 @@ def main(argv: list[str] | None = None) -> dict:
     train_s, reuse_s, no_reuse_s = (statistics.median(t) for t in (train_times, val_reuse, val_no_reuse))
     batch = len(data["name"])
     result = {
-        "mode": cfg.mode, "encoder": cfg.model.encoder, "image_size": cfg.model.image_size, "batch": batch,
-        "clicks": cfg.loop.clicks, "noc_clicks": cfg.loop.noc_clicks, "num_samples": mode.user.latent_samples(cfg.loop),
-        "device": str(device), "amp": stepper.amp, "threads": torch.get_num_threads(),
-        "train_step_s": round(train_s, 4), "images_per_s": round(batch / train_s, 3),
+        "mode": cfg.mode,
+        "encoder": cfg.model.encoder,
+        "image_size": cfg.model.image_size,
+        "batch": batch,
+        "clicks": cfg.loop.clicks,
+        "noc_clicks": cfg.loop.noc_clicks,
+        "num_samples": mode.user.latent_samples(cfg.loop),
+        "device": str(device),
+        "amp": stepper.amp,
+        "threads": torch.get_num_threads(),
+        "train_step_s": round(train_s, 4),
+        "images_per_s": round(batch / train_s, 3),
         "overhead_share": round(1.0 - network_share, 4),
-        "val_batch_s": round(reuse_s, 4), "val_batch_s_no_reuse": round(no_reuse_s, 4),
-        "reuse_speedup": round(no_reuse_s / reuse_s, 2), "peak_mem_mb": round(peak_memory_mb(device), 1),
-    }  # fmt: skip
+        "val_batch_s": round(reuse_s, 4),
+        "val_batch_s_no_reuse": round(no_reuse_s, 4),
+        "reuse_speedup": round(no_reuse_s / reuse_s, 2),
+        "peak_mem_mb": round(peak_memory_mb(device), 1),
+    }
     print(json.dumps(result))
     return result
 

@@ -29,7 +29,9 @@ def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
     for name, spec in ENCODERS.items():
         if spec["embed_dim"] == width and spec["depth"] == depth:
             return name
-    raise CheckpointError(f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}")
+    raise CheckpointError(
+        f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}"
+    )
 
 
 def adopt_checkpoint_settings(
@@ -50,15 +52,20 @@ def adopt_checkpoint_settings(
         for flag in ARCHITECTURE_FLAGS:
             if flag in saved and flags[flag] != saved[flag]:
                 if flag == "mode" and evaluating and flag in explicit:
-                    notes.append(f"-mode {cfg.mode}: evaluating a model trained with -mode {saved[flag]} under the {cfg.mode} protocol")
+                    notes.append(
+                        f"-mode {cfg.mode}: evaluating a model trained with -mode {saved[flag]} "
+                        f"under the {cfg.mode} protocol"
+                    )
                     continue
                 if flag in explicit:
                     notes.append(f"-{flag} {flags[flag]} ignored: the checkpoint was trained with {saved[flag]}")
                 changes[flag] = saved[flag]
     elif is_reference_checkpoint(obj):
         if "compat" in explicit and cfg.model.compat != "reference":
-            raise InputError(f"-compat {cfg.model.compat}: {cfg.model.weights} is the original project's checkpoint, "
-                             "which runs only under -compat reference (its decoder block and round protocol)")
+            raise InputError(
+                f"-compat {cfg.model.compat}: {cfg.model.weights} is the original project's checkpoint, "
+                "which runs only under -compat reference (its decoder block and round protocol)"
+            )
         if cfg.model.compat != "reference":
             notes.append("the original project's checkpoint: running its conventions (-compat reference)")
         changes.update(compat="reference", fcomb="reference", n_components=len(obj["EM_weights"]))
@@ -85,9 +92,16 @@ def build_model_from_config(
     if weights is not None and is_reference_checkpoint(weights):
         model, report = build_reference_model(weights, m.image_size, str(m.weights))
         c = model.config
-        named = next((k for k, v in ENCODERS.items() if (v["embed_dim"], v["depth"]) == (c["embed_dim"], c["depth"])), m.encoder)
-        cfg = cfg.with_flags(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference",
-                             n_components=c["n_components"])  # fmt: skip
+        named = next(
+            (k for k, v in ENCODERS.items() if (v["embed_dim"], v["depth"]) == (c["embed_dim"], c["depth"])), m.encoder
+        )
+        cfg = cfg.with_flags(
+            encoder=named,
+            image_size=c["img_size"],
+            fcomb="reference",
+            compat="reference",
+            n_components=c["n_components"],
+        )
         return model, [report], cfg
     loaded, notes = {}, []
     if weights is not None:
@@ -110,11 +124,20 @@ def build_model_from_config(
         changes["fcomb"] = "reference"
     cfg = cfg.with_flags(**changes)
     m = cfg.model
-    model, _ = build_model(m.encoder, m.image_size, m.n_components, m.fcomb, point_order="yx" if reference else "xy",
-                           multimask_output=m.multimask_output, protocol="reference" if reference else "project",
-                           decoder_block="reference" if reference else "official")  # fmt: skip
-    reports = [load_weights(model, state, source=str(path), optional_prefixes=optional)
-               for path, (state, optional) in loaded.items()]  # fmt: skip
+    model, _ = build_model(
+        m.encoder,
+        m.image_size,
+        m.n_components,
+        m.fcomb,
+        point_order="yx" if reference else "xy",
+        multimask_output=m.multimask_output,
+        protocol="reference" if reference else "project",
+        decoder_block="reference" if reference else "official",
+    )
+    reports = [
+        load_weights(model, state, source=str(path), optional_prefixes=optional)
+        for path, (state, optional) in loaded.items()
+    ]
     if notes:
         reports = reports or [LoadReport("model")]
         reports[-1].notes.extend(notes)
@@ -160,8 +183,15 @@ class Indexed(Dataset):
 def build_split(cfg: RunConfig, split: str):
     """The dataset of a split, at the resolved image size."""
     d = cfg.data
-    return build_dataset(d.dataset, d.data_path, split, cfg.model.image_size, valid_raters=d.valid_raters,
-                         keep_empty=d.keep_empty, refuge_target=d.refuge_target)  # fmt: skip
+    return build_dataset(
+        d.dataset,
+        d.data_path,
+        split,
+        cfg.model.image_size,
+        valid_raters=d.valid_raters,
+        keep_empty=d.keep_empty,
+        refuge_target=d.refuge_target,
+    )
 
 
 def build_loader(cfg: RunConfig, split: str, generator: torch.Generator | None = None) -> DataLoader:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from conf import global_settings as settings
 from dataset import DATASETS
@@ -35,77 +36,186 @@ def str2bool(text: str) -> bool:
 
 
 def build_parser(prog: str | None = None) -> OneLineParser:
-    p = OneLineParser(prog=prog, description="AESPA / SPA: preference-aware interactive segmentation with several raters.")
+    p = OneLineParser(
+        prog=prog, description="AESPA / SPA: preference-aware interactive segmentation with several raters."
+    )
 
     run = p.add_argument_group("run")
-    run.add_argument("-mode", choices=mode_names(), default="AESPA",
-                     help="interaction mode: AESPA (follow one rater's clicks), SPA, or another registered mode")
-    run.add_argument("-exp_name", default=None, help="run name; the run folder is <log_dir>/<exp_name>_<timestamp> (default: <dataset>_<mode>)")
-    run.add_argument("-epochs", type=int, default=settings.EPOCH, help=f"training epochs (default {settings.EPOCH}, from conf/)")
-    run.add_argument("-seed", type=int, default=0, help="seed of every random choice (data order, raters, clicks, latent samples)")
-    run.add_argument("-resume", default=None, metavar="CKPT", help="continue training from a checkpoint of this project (Model/checkpoint_last.pth)")
+    run.add_argument(
+        "-mode",
+        choices=mode_names(),
+        default="AESPA",
+        help="interaction mode: AESPA (follow one rater's clicks), SPA, or another registered mode",
+    )
+    run.add_argument(
+        "-exp_name",
+        default=None,
+        help="run name; the run folder is <log_dir>/<exp_name>_<timestamp> (default: <dataset>_<mode>)",
+    )
+    run.add_argument(
+        "-epochs", type=int, default=settings.EPOCH, help=f"training epochs (default {settings.EPOCH}, from conf/)"
+    )
+    run.add_argument(
+        "-seed", type=int, default=0, help="seed of every random choice (data order, raters, clicks, latent samples)"
+    )
+    run.add_argument(
+        "-resume",
+        default=None,
+        metavar="CKPT",
+        help="continue training from a checkpoint of this project (Model/checkpoint_last.pth)",
+    )
     run.add_argument("-log_dir", default=settings.LOG_DIR, help="parent folder of run folders")
-    run.add_argument("-val_freq", type=int, default=settings.VAL_FREQ, help=f"validate every N epochs and after the last (default {settings.VAL_FREQ})")
-    run.add_argument("-max_train_batches", type=int, default=0, help="train on the first N batches of each epoch only (0: all; for smoke tests)")
+    run.add_argument(
+        "-val_freq",
+        type=int,
+        default=settings.VAL_FREQ,
+        help=f"validate every N epochs and after the last (default {settings.VAL_FREQ})",
+    )
+    run.add_argument(
+        "-max_train_batches",
+        type=int,
+        default=0,
+        help="train on the first N batches of each epoch only (0: all; for smoke tests)",
+    )
 
     model = p.add_argument_group("model")
-    model.add_argument("-encoder", choices=ENCODER_CHOICES, default="auto",
-                       help="SAM image encoder; auto = the size of -sam_ckpt/-weights, else the small vit_t")
-    model.add_argument("-image_size", type=int, default=None,
-                       help="input size S (multiple of 16); pretrained weights are resampled to it (default: 64 for vit_t, else 128)")
-    model.add_argument("-sam_ckpt", default=None, help="SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth)")
-    model.add_argument("-weights", default=None, help="a trained checkpoint (this project's or the published AESPA one) to evaluate or start from")
+    model.add_argument(
+        "-encoder",
+        choices=ENCODER_CHOICES,
+        default="auto",
+        help="SAM image encoder; auto = the size of -sam_ckpt/-weights, else the small vit_t",
+    )
+    model.add_argument(
+        "-image_size",
+        type=int,
+        default=None,
+        help="input size S (multiple of 16); pretrained weights are resampled to it (default: 64 for vit_t, else 128)",
+    )
+    model.add_argument(
+        "-sam_ckpt", default=None, help="SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth)"
+    )
+    model.add_argument(
+        "-weights",
+        default=None,
+        help="a trained checkpoint (this project's or the published AESPA one) to evaluate or start from",
+    )
     model.add_argument("-n_components", type=int, default=16, help="mixture components K")
-    model.add_argument("-fcomb", choices=("reference", "residual"), default="residual",
-                       help="latent fusion: the original's stack, or a residual one that starts as plain MedSAM")
-    model.add_argument("-multimask_output", type=int, choices=(1, 3), default=1,
-                       help="1: SAM's single mask; 3: SAM's three masks, keeping the best-scored one")
-    model.add_argument("-compat", choices=("none", "reference"), default="none",
-                       help="reference: the original's conventions ((y, x) clicks, batch-averaged mixture, reference Fcomb) for its published checkpoint")
+    model.add_argument(
+        "-fcomb",
+        choices=("reference", "residual"),
+        default="residual",
+        help="latent fusion: the original's stack, or a residual one that starts as plain MedSAM",
+    )
+    model.add_argument(
+        "-multimask_output",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="1: SAM's single mask; 3: SAM's three masks, keeping the best-scored one",
+    )
+    model.add_argument(
+        "-compat",
+        choices=("none", "reference"),
+        default="none",
+        help="reference: the original project's conventions (its decoder block, (y, x) clicks, round protocol) "
+        "for its checkpoints; chosen automatically for them",
+    )
 
     data = p.add_argument_group("data")
-    data.add_argument("-dataset", choices=list(DATASETS), default="synthetic", help="dataset (synthetic is generated on first use)")
-    data.add_argument("-data_path", default=None, help="dataset root (default per dataset: " +
-                      ", ".join(f"{k}: {v.default_path}" for k, v in DATASETS.items()) + ")")  # fmt: skip
-    data.add_argument("-valid_raters", choices=("present", "nonempty"), default="present",
-                      help="a rater counts when its mask file exists (present) or only when it marks something (nonempty, the original)")
+    data.add_argument(
+        "-dataset", choices=list(DATASETS), default="synthetic", help="dataset (synthetic is generated on first use)"
+    )
+    data.add_argument(
+        "-data_path",
+        default=None,
+        help="dataset root (default per dataset: "
+        + ", ".join(f"{k}: {v.default_path}" for k, v in DATASETS.items())
+        + ")",
+    )
+    data.add_argument(
+        "-valid_raters",
+        choices=("present", "nonempty"),
+        default="present",
+        help="a rater counts when its mask file exists (present) or only when it marks something "
+        "(nonempty, the original)",
+    )
     data.add_argument("-keep_empty", action="store_true", help="keep LIDC slices where no rater marks anything")
     data.add_argument("-refuge_target", choices=("cup", "disc"), default="cup", help="REFUGE structure to segment")
-    data.add_argument("-augment", choices=("flip", "none"), default="flip",
-                      help="training images: random flips and quarter turns (the same for every rater's mask), or none")
+    data.add_argument(
+        "-augment",
+        choices=("flip", "none"),
+        default="flip",
+        help="training images: random flips and quarter turns (the same for every rater's mask), or none",
+    )
     data.add_argument("-b", type=int, default=8, help="batch size")
     data.add_argument("-w", type=int, default=2, help="data-loader worker processes")
 
     inter = p.add_argument_group("interaction")
     inter.add_argument("-clicks", type=int, default=6, help="interaction rounds T per image")
-    inter.add_argument("-click_strategy", choices=("topk", "center"), default="center",
-                       help="training clicks: center (RITM, as validation clicks) or topk (the original: one of the 20 largest errors)")
-    inter.add_argument("-val_click_strategy", choices=("topk", "center"), default="center", help="validation clicks (NoC always uses center)")
-    inter.add_argument("-switch_prob", type=float, default=0.2, help="AESPA: chance of switching the followed rater after a click (training)")
-    inter.add_argument("-target_from", choices=("last", "all"), default="last",
-                       help="AESPA target: raters agreeing with the last click (original) or with all clicks")
-    inter.add_argument("-train_prompt", action="store_true", help="AESPA: also train the prompt encoder and mean/variance head (SPA step 3)")
+    inter.add_argument(
+        "-click_strategy",
+        choices=("topk", "center"),
+        default="center",
+        help="training clicks: center (RITM, as validation clicks) or topk (the original: one of the 20 largest "
+        "errors)",
+    )
+    inter.add_argument(
+        "-val_click_strategy",
+        choices=("topk", "center"),
+        default="center",
+        help="validation clicks (NoC always uses center)",
+    )
+    inter.add_argument(
+        "-switch_prob",
+        type=float,
+        default=0.2,
+        help="AESPA: chance of switching the followed rater after a click (training)",
+    )
+    inter.add_argument(
+        "-target_from",
+        choices=("last", "all"),
+        default="last",
+        help="AESPA target: raters agreeing with the last click (original) or with all clicks",
+    )
+    inter.add_argument(
+        "-train_prompt",
+        action="store_true",
+        help="AESPA: also train the prompt encoder and mean/variance head (SPA step 3)",
+    )
     inter.add_argument("-num_samples", type=int, default=48, help="SPA: latent samples per image")
     inter.add_argument("-n_clusters", type=int, default=4, help="SPA: candidate segmentations (k-means clusters)")
 
     val = p.add_argument_group("validation")
-    val.add_argument("-val_follow", choices=("all", "random"), default="all",
-                     help="AESPA validation: follow every valid rater in turn, or one seeded random rater per image")
+    val.add_argument(
+        "-val_follow",
+        choices=("all", "random"),
+        default="all",
+        help="AESPA validation: follow every valid rater in turn, or one seeded random rater per image",
+    )
     val.add_argument("-noc_clicks", type=int, default=20, help="click budget for NoC@0.80/0.85/0.90 (0 turns NoC off)")
-    val.add_argument("-no_embedding_reuse", action="store_true", help="recompute the image embedding at every round (for comparison)")
+    val.add_argument(
+        "-no_embedding_reuse", action="store_true", help="recompute the image embedding at every round (for comparison)"
+    )
     val.add_argument("-max_val_batches", type=int, default=0, help="validate on the first N batches only (0: all)")
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("-lr", type=float, default=1e-4, help="Adam learning rate (StepLR: x0.5 every 10 epochs)")
-    opt.add_argument("-amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision on CUDA (always off on CPU)")
+    opt.add_argument(
+        "-amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision on CUDA (always off on CPU)"
+    )
     opt.add_argument("-compile", action="store_true", help="torch.compile the image encoder and decoder")
 
     system = p.add_argument_group("system")
     system.add_argument("-device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     system.add_argument("-gpu", type=str2bool, default=True, help="original flag: False forces the CPU")
-    system.add_argument("-gpu_device", type=int, default=None, help="original flag: CUDA device index (same as -device cuda:N)")
-    system.add_argument("-distributed", default="none",
-                        help="original flag; multi-GPU runs use torchrun instead: torchrun --nproc_per_node N train.py ...")
+    system.add_argument(
+        "-gpu_device", type=int, default=None, help="original flag: CUDA device index (same as -device cuda:N)"
+    )
+    system.add_argument(
+        "-distributed",
+        default="none",
+        help="original flag; multi-GPU runs use torchrun instead: torchrun --nproc_per_node N train.py ...",
+    )
     return p
 
 
@@ -123,7 +233,9 @@ def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Name
     if not 0.0 <= args.switch_prob <= 1.0:
         parser.error(f"argument -switch_prob: must be in [0, 1], got {args.switch_prob}")
     if args.distributed not in ("none", "", "0", "False", "false"):
-        parser.error(f"argument -distributed {args.distributed}: launch with torchrun --nproc_per_node N train.py ... instead")
+        parser.error(
+            f"argument -distributed {args.distributed}: launch with torchrun --nproc_per_node N train.py ... instead"
+        )
     if args.lr <= 0:
         parser.error(f"argument -lr: must be positive, got {args.lr}")
     return args

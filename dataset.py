@@ -33,9 +33,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT, N_TEST, N_TRAIN, ensure_synthetic
+from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT
+from synthetic_data import N_TEST, N_TRAIN, ensure_synthetic
 from utils import InputError, atomic_write_bytes, natural_key, one_line
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,10 @@ def resize_image(image: np.ndarray, size: int) -> torch.Tensor:
     which costs more than the work on small images."""
     channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
     if image.shape[:2] != (size, size):
-        channels = [np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), Image.BILINEAR))
-                    for c in channels]
+        channels = [
+            np.asarray(Image.fromarray(np.ascontiguousarray(c), mode="F").resize((size, size), Image.BILINEAR))
+            for c in channels
+        ]
     out = np.stack(channels * (3 if len(channels) == 1 else 1))  # 3xSxS, grey replicated
     return torch.from_numpy(np.clip(out, 0.0, 1.0, out=out))
 
@@ -169,8 +172,15 @@ def _shape_error(mask: Path, shape: tuple, image: Path, h: int, w: int, n_classe
 class MultiRaterDataset(Dataset):
     """Samples of `records`, read and resized on access (see the module docstring for the dict)."""
 
-    def __init__(self, records: list[Record], image_size: int, n_raters: int, n_classes: int = 1,
-                 valid_raters: str = "present", dataset_name: str = ""):
+    def __init__(
+        self,
+        records: list[Record],
+        image_size: int,
+        n_raters: int,
+        n_classes: int = 1,
+        valid_raters: str = "present",
+        dataset_name: str = "",
+    ):
         self.records = records
         self.image_size = image_size
         self.n_raters = n_raters
@@ -195,8 +205,12 @@ class MultiRaterDataset(Dataset):
             masks[r] = small.reshape(S, S, C).transpose(2, 0, 1)  # SxSxC -> CxSxS
             foreground = mask if C == 1 else mask[..., 1:]  # channel 0 is background
             valid[r] = self.valid_rule == "present" or bool(foreground.any())
-        return {"image": resize_image(native, S), "multi_rater": torch.from_numpy(masks),
-                "valid_raters": torch.from_numpy(valid), "name": rec.name}
+        return {
+            "image": resize_image(native, S),
+            "multi_rater": torch.from_numpy(masks),
+            "valid_raters": torch.from_numpy(valid),
+            "name": rec.name,
+        }
 
 
 # ----------------------------------------------------------------------------------------- layouts
@@ -219,8 +233,13 @@ def _listing(root: Path) -> dict[str, list[os.DirEntry]]:
     return out
 
 
-def _pair(images: dict[str, list[os.DirEntry]], masks: dict[str, list[os.DirEntry]], gt_root: Path,
-          mask_re: re.Pattern, hint: str) -> list[Record]:
+def _pair(
+    images: dict[str, list[os.DirEntry]],
+    masks: dict[str, list[os.DirEntry]],
+    gt_root: Path,
+    mask_re: re.Pattern,
+    hint: str,
+) -> list[Record]:
     """Join <group>/<stem>.png images with <group>/<stem>_<rater-tag><id>.<ext> masks, sorted."""
     by_slice: dict[tuple[str, str], list[tuple[str, Path]]] = {}
     for group, entries in masks.items():
@@ -246,8 +265,12 @@ def _pair(images: dict[str, list[os.DirEntry]], masks: dict[str, list[os.DirEntr
 
 def _tree_key(*listings: dict[str, list[os.DirEntry]]) -> str:
     """Hash of every file's relative path, size and mtime: changes whenever the tree does."""
-    lines = sorted(f"{i}/{g}/{e.name}\t{e.stat().st_size}\t{e.stat().st_mtime_ns}"
-                   for i, listing in enumerate(listings) for g, entries in listing.items() for e in entries)
+    lines = sorted(
+        f"{i}/{g}/{e.name}\t{e.stat().st_size}\t{e.stat().st_mtime_ns}"
+        for i, listing in enumerate(listings)
+        for g, entries in listing.items()
+        for e in entries
+    )
     return hashlib.sha256("\n".join([MANIFEST_FORMAT, *lines]).encode()).hexdigest()
 
 
@@ -307,8 +330,13 @@ def _mbhseg_records(split_dir: Path, n_classes: int) -> list[Record]:
     images_root = split_dir / "imgs" if (split_dir / "imgs").is_dir() else split_dir / "images"
     _require_dir(images_root, "image folder (imgs/ or images/)")
     gt_root = _require_dir(split_dir / "gt", "gt folder")
-    records = _pair(_listing(images_root), _listing(gt_root), gt_root,
-                    re.compile(r"(?P<slice>.+)_r(?P<rater>[^_]+)\.npy"), "_r<id>.npy")
+    records = _pair(
+        _listing(images_root),
+        _listing(gt_root),
+        gt_root,
+        re.compile(r"(?P<slice>.+)_r(?P<rater>[^_]+)\.npy"),
+        "_r<id>.npy",
+    )
     if not records:
         raise InputError(f"{images_root}: no images (expected <case>/slice_<z>.png)")
     _check_shapes(records, n_classes)
@@ -317,8 +345,9 @@ def _mbhseg_records(split_dir: Path, n_classes: int) -> list[Record]:
 
 def _refuge_records(split_dir: Path, target: str) -> list[Record]:
     with os.scandir(split_dir) as it:
-        folders = sorted((Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")),
-                         key=lambda p: natural_key(p.name))
+        folders = sorted(
+            (Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda p: natural_key(p.name)
+        )
     records = []
     for folder in folders:
         names = set(os.listdir(folder))
@@ -357,9 +386,10 @@ DATASETS: dict[str, Layout] = {
     "LIDC": Layout("data/LIDC", lambda d, o: _lidc_records(d, o["keep_empty"])),
     "MBHSeg-Binary": Layout("data/MBHSeg-Binary", lambda d, o: _mbhseg_records(d, 1)),
     "MBHSeg-Multiclass": Layout("data/MBHSeg-Multi", lambda d, o: _mbhseg_records(d, MBHSEG_CLASSES), MBHSEG_CLASSES),
-    "REFUGE": Layout("data/REFUGE-Multirater", lambda d, o: _refuge_records(d, o["refuge_target"]),
-                     split_folders=REFUGE_FOLDERS),
-}  # fmt: skip
+    "REFUGE": Layout(
+        "data/REFUGE-Multirater", lambda d, o: _refuge_records(d, o["refuge_target"]), split_folders=REFUGE_FOLDERS
+    ),
+}
 
 
 def default_data_path(name: str) -> str:
@@ -367,9 +397,19 @@ def default_data_path(name: str) -> str:
     return DATASETS[name].default_path
 
 
-def build_dataset(name: str, data_path: str | os.PathLike | None, split: str, image_size: int, *,
-                  valid_raters: str = "present", keep_empty: bool = False, refuge_target: str = "cup",
-                  seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> MultiRaterDataset:
+def build_dataset(
+    name: str,
+    data_path: str | os.PathLike | None,
+    split: str,
+    image_size: int,
+    *,
+    valid_raters: str = "present",
+    keep_empty: bool = False,
+    refuge_target: str = "cup",
+    seed: int = 0,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+) -> MultiRaterDataset:
     """The `split` ('train'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
     Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);

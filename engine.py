@@ -25,8 +25,14 @@ from runlog import RunFolder, read_metrics
 def progress(iterable, desc: str):
     """A tqdm bar on the main process; redrawn at most every 30 s when stderr is a file (nohup, batch jobs)."""
     interactive = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=interactive, mininterval=0.1 if interactive else 30.0,
-                disable=not is_main_process())  # fmt: skip
+    return tqdm(
+        iterable,
+        desc=desc,
+        leave=False,
+        dynamic_ncols=interactive,
+        mininterval=0.1 if interactive else 30.0,
+        disable=not is_main_process(),
+    )
 
 
 def entry(mode: Mode, name: str):
@@ -34,20 +40,34 @@ def entry(mode: Mode, name: str):
     return getattr(mode, name) or getattr(interaction, name)
 
 
-def metric_rows(acc: MetricAccumulator, extra: dict[str, float], epoch: int, split: str, mode: Mode) -> list[dict[str, Any]]:
+def metric_rows(
+    acc: MetricAccumulator, extra: dict[str, float], epoch: int, split: str, mode: Mode
+) -> list[dict[str, Any]]:
     """The `metrics.jsonl` rows of one pass: one per round, with the per-pass values (NoC) on every row."""
     rows = []
     for round_, values in acc.compute().items():
-        row: dict[str, Any] = {"epoch": epoch, "split": split, "mode": mode.name, "round": round_,
-                               "clicks": mode.clicks_of_round(round_)}  # fmt: skip
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "split": split,
+            "mode": mode.name,
+            "round": round_,
+            "clicks": mode.clicks_of_round(round_),
+        }
         row.update({k: float(v) for k, v in sorted(values.items())})
         row.update(extra)
         rows.append(row)
     return rows
 
 
-def train_one_epoch(model: AESPAModel, loader, stepper: Stepper, cfg: RunConfig, epoch: int,
-                    generator: torch.Generator, device: torch.device) -> list[dict[str, Any]]:  # fmt: skip
+def train_one_epoch(
+    model: AESPAModel,
+    loader,
+    stepper: Stepper,
+    cfg: RunConfig,
+    epoch: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> list[dict[str, Any]]:
     """One epoch of the mode's training loop; returns the per-round rows (train split)."""
     model.train()
     mode = get_mode(cfg.mode)
@@ -96,13 +116,15 @@ def evaluate(model: AESPAModel, loader, cfg: RunConfig, epoch: int, device: torc
 
 
 @torch.no_grad()
-def save_epoch_figures(run: RunFolder, model: AESPAModel, loader, cfg: RunConfig, device: torch.device, epoch: int,
-                       n_images: int = 4) -> None:  # fmt: skip
+def save_epoch_figures(
+    run: RunFolder, model: AESPAModel, loader, cfg: RunConfig, device: torch.device, epoch: int, n_images: int = 4
+) -> None:
     """Round curves of this epoch's test rows, curves over epochs, and a qualitative grid of the first test images."""
     rows = read_metrics(run.metrics_file)
     test = [r for r in rows if r["split"] == "test" and r["epoch"] == epoch]
-    plots.plot_round_curves({f"epoch {epoch}": test}, run.plot_dir / "round_curves.png",
-                            f"{cfg.exp_name}: test, per round")  # fmt: skip
+    plots.plot_round_curves(
+        {f"epoch {epoch}": test}, run.plot_dir / "round_curves.png", f"{cfg.exp_name}: test, per round"
+    )
     plots.plot_epoch_curves(rows, run.plot_dir / "epochs.png")
     batch = prepare_batch(next(iter(loader)), device, seed=cfg.seed)
     if batch is None:
@@ -111,5 +133,14 @@ def save_epoch_figures(run: RunFolder, model: AESPAModel, loader, cfg: RunConfig
     model.eval()
     mode = get_mode(cfg.mode)
     followed, preds, clicks = entry(mode, "qualitative")(model, batch, cfg, mode)
-    plots.qualitative_grid(batch.images, batch.raters, batch.valid, followed, preds, clicks.points, clicks.labels,
-                           run.plot_dir / f"qualitative_epoch{epoch:03d}.png", mode.first_round_clicks)  # fmt: skip
+    plots.qualitative_grid(
+        batch.images,
+        batch.raters,
+        batch.valid,
+        followed,
+        preds,
+        clicks.points,
+        clicks.labels,
+        run.plot_dir / f"qualitative_epoch{epoch:03d}.png",
+        mode.first_round_clicks,
+    )

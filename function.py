@@ -53,7 +53,9 @@ def initial_click(raters: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
     has_fg, has_bg = all_fg.any(1, keepdim=True), all_bg.any(1, keepdim=True)
     where = torch.where(has_fg, all_fg, torch.where(has_bg, all_bg, torch.ones_like(all_fg)))
     pixel = draw_among(where, source)
-    label = torch.where(has_fg[:, 0], 1, torch.where(has_bg[:, 0], 0, target.flatten(1).gather(1, pixel[:, None])[:, 0].long()))
+    label = torch.where(
+        has_fg[:, 0], 1, torch.where(has_bg[:, 0], 0, target.flatten(1).gather(1, pixel[:, None])[:, 0].long())
+    )
     return torch.stack([pixel % s, pixel // s], 1).float(), label.long()
 
 
@@ -105,7 +107,7 @@ class PreferenceUser(User):
     @classmethod
     def check(cls, loop: LoopConfig) -> str | None:
         if loop.n_clusters > loop.num_samples:
-            return f"argument -n_clusters: {loop.n_clusters} clusters need at least as many -num_samples ({loop.num_samples})"
+            return f"argument -n_clusters: {loop.n_clusters} clusters need as many -num_samples ({loop.num_samples})"
         return None
 
     @classmethod

@@ -28,8 +28,9 @@ POS_WEIGHT = 2.0  # BCEWithLogits(pos_weight=2), as the original
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """BCEWithLogits(pos_weight=2) of BxSxS logits against a (soft) target: the mean, or B per-image means."""
     pos_weight = torch.tensor(POS_WEIGHT, device=logits.device, dtype=logits.dtype)
-    loss = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), pos_weight=pos_weight,
-                                              reduction="none" if per_image else "mean")  # fmt: skip
+    loss = F.binary_cross_entropy_with_logits(
+        logits, target.to(logits.dtype), pos_weight=pos_weight, reduction="none" if per_image else "mean"
+    )
     return loss.flatten(1).mean(1) if per_image else loss
 
 
@@ -43,7 +44,7 @@ class RoundState:
     em_weights: torch.Tensor | None = None
 
     @classmethod
-    def start(cls, rows: int, size: int, device: torch.device, first_click=None) -> "RoundState":
+    def start(cls, rows: int, size: int, device: torch.device, first_click=None) -> RoundState:
         state = cls(ClickState(rows, size, device))
         if first_click is not None:
             state.clicks.add(*first_click)
@@ -65,8 +66,9 @@ def mixture_responsibilities(pred: torch.Tensor, prompts: Prompts) -> torch.Tens
     return responsibilities(pred.float(), p.weights.float(), p.means.float(), p.variances.float())
 
 
-def predict_round(model: AESPAModel, state: RoundState, embedding: torch.Tensor,
-                  eps: torch.Tensor | None = None) -> tuple[Prompts, Decoded]:  # fmt: skip
+def predict_round(
+    model: AESPAModel, state: RoundState, embedding: torch.Tensor, eps: torch.Tensor | None = None
+) -> tuple[Prompts, Decoded]:
     """The one prediction path: the round's prompts and its decoded predictions (M = 1 without `eps`)."""
     prompts = state.prompts(model)
     return prompts, model.decode_round(embedding, prompts, eps)
@@ -75,8 +77,9 @@ def predict_round(model: AESPAModel, state: RoundState, embedding: torch.Tensor,
 # --- training steps ----------------------------------------------------------------------------------
 
 
-def weight_head_step(model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor,
-                     prompts: Prompts) -> torch.Tensor:  # fmt: skip
+def weight_head_step(
+    model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
+) -> torch.Tensor:
     """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
     target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK."""
     with torch.no_grad():
@@ -86,8 +89,15 @@ def weight_head_step(model: AESPAModel, stepper: Stepper, pred: torch.Tensor, ta
     return em_pred
 
 
-def prompt_step(model: AESPAModel, stepper: Stepper, state: RoundState, embedding: torch.Tensor,
-                weights: torch.Tensor, eps: torch.Tensor | None, target: torch.Tensor) -> None:  # fmt: skip
+def prompt_step(
+    model: AESPAModel,
+    stepper: Stepper,
+    state: RoundState,
+    embedding: torch.Tensor,
+    weights: torch.Tensor,
+    eps: torch.Tensor | None,
+    target: torch.Tensor,
+) -> None:
     """SPEC §4.2 step 3: recompute the prediction with the new clicks; only the prompt encoder and the
     mean/variance head learn (fusion, decoder and weight head frozen).
 
@@ -120,8 +130,9 @@ def round_metrics(batch: Batch, user: User, selection: Selection) -> dict[str, t
     return values
 
 
-def train_batch(model: AESPAModel, stepper: Stepper, batch: Batch, cfg: RunConfig,
-                mode: Mode) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+def train_batch(
+    model: AESPAModel, stepper: Stepper, batch: Batch, cfg: RunConfig, mode: Mode
+) -> list[dict[str, torch.Tensor]]:
     """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
     the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""
     user = mode.user(batch, cfg.loop, "train")
@@ -165,8 +176,9 @@ class Interaction:
 
 
 @torch.no_grad()
-def interact(model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, user: User, rounds: int,
-             strategy: str) -> Interaction:  # fmt: skip
+def interact(
+    model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, user: User, rounds: int, strategy: str
+) -> Interaction:
     """Run `rounds` rounds without optimisation. `embedding` BxCxGxG is the batch's SAM embedding, reused by
     every round and row (only the fusion and the decoder rerun); None recomputes it every round."""
     rows, size = user.rows, batch.images.shape[-1]
@@ -199,8 +211,9 @@ def noc_rounds(first_round_clicks: int, budget: int) -> int:
 
 
 @torch.no_grad()
-def validate_batch(model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode,
-                   embedding: torch.Tensor | None = None) -> tuple[list[dict], dict[str, torch.Tensor]]:  # fmt: skip
+def validate_batch(
+    model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode, embedding: torch.Tensor | None = None
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction and the set metrics
     of every image's candidate set, and NoC with centre clicks.
 
@@ -221,15 +234,17 @@ def validate_batch(model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode,
     dice_follow = run.dice_follow
     if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
         user.restart()
-        dice_follow = interact(model, batch, embedding, user, noc_rounds(mode.first_round_clicks, loop.noc_clicks),
-                               "center").dice_follow  # fmt: skip
+        dice_follow = interact(
+            model, batch, embedding, user, noc_rounds(mode.first_round_clicks, loop.noc_clicks), "center"
+        ).dice_follow
     noc_values = noc_of(dice_follow, mode.first_round_clicks, loop.noc_clicks) if loop.noc_clicks else {}
     return rows, noc_values
 
 
 @torch.no_grad()
-def qualitative(model: AESPAModel, batch: Batch, cfg: RunConfig,
-                mode: Mode) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:  # fmt: skip
+def qualitative(
+    model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode
+) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
     """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
     user = mode.user(batch, cfg.loop, "figure")
     run = interact(model, batch, model.image_encoder(batch.images), user, cfg.loop.clicks, cfg.loop.val_click_strategy)

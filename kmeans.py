@@ -91,7 +91,9 @@ def _update(labels: torch.Tensor, weights: torch.Tensor, dist: torch.Tensor) -> 
     return torch.where(movable[:, :, None], reseed, keep)
 
 
-def _lloyd(gram: torch.Tensor, weights: torch.Tensor, n: int, iters: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lloyd(
+    gram: torch.Tensor, weights: torch.Tensor, n: int, iters: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd iterations from centre weights Bxkx(M) -> labels BxN, weights, inertia B."""
     dist = _sq_dists(gram, weights, n)  # BxNxk
     labels = dist.argmin(2)

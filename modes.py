@@ -19,8 +19,9 @@ Adding a mode: one file that defines its `User` subclass and `MODE = Mode(...)`,
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -66,23 +67,23 @@ class User:
     followed: torch.Tensor
     source: object
 
-    def __init__(self, batch: "Batch", loop: "LoopConfig", purpose: str) -> None:
+    def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
         self.batch, self.loop, self.purpose = batch, loop, purpose
 
     @classmethod
-    def check(cls, loop: "LoopConfig") -> str | None:
+    def check(cls, loop: LoopConfig) -> str | None:
         """Why these loop settings cannot run this user (one line naming the flag), or None."""
         return None
 
     @classmethod
-    def latent_samples(cls, loop: "LoopConfig") -> int | None:
+    def latent_samples(cls, loop: LoopConfig) -> int | None:
         """Latent samples decoded per round: None for the single deterministic prediction (ε = 0)."""
         return None
 
     @classmethod
-    def trains_prompt(cls, loop: "LoopConfig") -> bool:
+    def trains_prompt(cls, loop: LoopConfig) -> bool:
         """Whether training takes the prompt step (SPEC §4.2 step 3) after each click."""
         return False
 
@@ -99,7 +100,7 @@ class User:
         """ε PxMxL for the round's latent samples (drawn from `source`), or None for ε = 0."""
         return None
 
-    def select(self, decoded: "Decoded") -> Selection:
+    def select(self, decoded: Decoded) -> Selection:
         """The prediction the user sees: by default the single deterministic one."""
         return Selection(decoded.probs[:, 0], decoded.low)
 

@@ -12,8 +12,9 @@ import torch
 from rng import uniform
 
 
-def binarize_multiclass(multi_rater: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None,
-                        p_disagree: float = 0.8) -> torch.Tensor:
+def binarize_multiclass(
+    multi_rater: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None, p_disagree: float = 0.8
+) -> torch.Tensor:
     """BxRxCxHxW one-hot rater masks (channel 0 background) -> BxRx1xHxW binary masks of one chosen class.
 
     A class is *present* when some valid rater marks it somewhere, *disagreed* when at some pixel some

@@ -20,7 +20,7 @@ pixels per mask, and computed with autocast disabled (bf16 counts would be wrong
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -146,8 +146,13 @@ def _pair_mean(d: torch.Tensor, va: torch.Tensor, vb: torch.Tensor) -> torch.Ten
 
 
 def _ged(
-    iou_pl: torch.Tensor, iou_ll: torch.Tensor, iou_pp: torch.Tensor,
-    pred_fg: torch.Tensor, rater_fg: torch.Tensor, valid: torch.Tensor, pred_valid: torch.Tensor,
+    iou_pl: torch.Tensor,
+    iou_ll: torch.Tensor,
+    iou_pp: torch.Tensor,
+    pred_fg: torch.Tensor,
+    rater_fg: torch.Tensor,
+    valid: torch.Tensor,
+    pred_valid: torch.Tensor,
 ) -> torch.Tensor:
     """GED per image with d = 1 - IoU over ordered pairs (diagonal included) and the challenge's empty rules.
 
@@ -184,7 +189,9 @@ def _levels(x: torch.Tensor, thresholds: Sequence[float]) -> torch.Tensor:
     return level
 
 
-def _dice_soft(preds: torch.Tensor, flat_raters: torch.Tensor, valid: torch.Tensor, pred_valid: torch.Tensor) -> torch.Tensor:
+def _dice_soft(
+    preds: torch.Tensor, flat_raters: torch.Tensor, valid: torch.Tensor, pred_valid: torch.Tensor
+) -> torch.Tensor:
     """Mean over t in SOFT_THRESHOLDS of dice(mean(P) > t, mean(L) > t); mean(P) of the raw values.
 
     preds `BxMxHxW`, flat_raters `BxRx(HW)` float 0/1, valid `BxR`. The thresholds are nested, so all
@@ -205,7 +212,9 @@ def _dice_soft(preds: torch.Tensor, flat_raters: torch.Tensor, valid: torch.Tens
 
 
 def set_metrics(
-    preds: torch.Tensor, raters: torch.Tensor, valid: torch.Tensor | None = None,
+    preds: torch.Tensor,
+    raters: torch.Tensor,
+    valid: torch.Tensor | None = None,
     pred_valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Set metrics of a prediction set against the valid raters, per image (SPEC §6).
@@ -235,8 +244,15 @@ def set_metrics(
     s_p, s_l = i_pp.diagonal(dim1=1, dim2=2), i_ll.diagonal(dim1=1, dim2=2)  # BxM, BxR mask sizes
     dice_pl = _pairs(_dice_from_counts, i_pl, s_p, s_l)  # BxMxR
     pred_fg, rater_fg = ((s_p > 0) & pred_valid).any(1), ((s_l > 0) & valid).any(1)  # B
-    ged = _ged(_pairs(_iou_from_counts, i_pl, s_p, s_l), _pairs(_iou_from_counts, i_ll, s_l, s_l),
-               _pairs(_iou_from_counts, i_pp, s_p, s_p), pred_fg, rater_fg, valid, pred_valid)
+    ged = _ged(
+        _pairs(_iou_from_counts, i_pl, s_p, s_l),
+        _pairs(_iou_from_counts, i_ll, s_l, s_l),
+        _pairs(_iou_from_counts, i_pp, s_p, s_p),
+        pred_fg,
+        rater_fg,
+        valid,
+        pred_valid,
+    )
     v, vp = valid.float(), pred_valid.float()
     best_rater = dice_pl.masked_fill(~valid[:, None, :], -1.0).amax(2)  # BxM, invalid raters never win
     best_pred = dice_pl.masked_fill(~pred_valid[:, :, None], -1.0).amax(1)  # BxR, likewise predictions
@@ -384,15 +400,15 @@ class MetricAccumulator:
         for i, s in enumerate(stats):
             acc[i] += s
 
-    def merge(self, other: "MetricAccumulator") -> "MetricAccumulator":
+    def merge(self, other: MetricAccumulator) -> MetricAccumulator:
         """Add another accumulator's sums and counts into this one; returns self."""
         for slot, stats in other._state.items():
             self._add(slot, stats)
         return self
 
     def all_reduce(
-        self, device: torch.device | None = None, group: "dist.ProcessGroup | None" = None
-    ) -> "MetricAccumulator":
+        self, device: torch.device | None = None, group: dist.ProcessGroup | None = None
+    ) -> MetricAccumulator:
         """Sums and counts over all ranks of `group` (a copy when torch.distributed is not initialised).
 
         `device`: where the reduction's buffer lives, the rank's own device (NCCL reduces CUDA tensors only).
@@ -406,7 +422,9 @@ class MetricAccumulator:
         if not slots:
             return out
         rows = [self._state.get(s, [0.0, 0.0, 0.0]) for s in slots]
-        packed = torch.tensor(rows, dtype=torch.float64, device=device or torch.device("cpu"))  # Sx3: sum, count, nan_count
+        packed = torch.tensor(
+            rows, dtype=torch.float64, device=device or torch.device("cpu")
+        )  # Sx3: sum, count, nan_count
         dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
         out._state = {s: row for s, row in zip(slots, packed.cpu().tolist())}
         return out

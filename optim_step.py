@@ -9,7 +9,7 @@ received a gradient from its loss (Adam skips parameters whose `.grad` is None).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,9 @@ def build_optimizer(model: AESPAModel, lr: float) -> torch.optim.Adam:
         {"name": name, "params": [p for m in modules for p in getattr(model, m).parameters()]}
         for name, modules in PARAM_GROUPS.items()
     ]
-    return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), fused=True)  # fused: one kernel per tensor, 3-4x faster on CPU
+    return torch.optim.Adam(
+        groups, lr=lr, betas=(0.9, 0.999), fused=True
+    )  # fused: one kernel per tensor, 3-4x faster on CPU
 
 
 @contextlib.contextmanager

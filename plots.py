@@ -59,9 +59,17 @@ def plot_epoch_curves(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def qualitative_grid(images: torch.Tensor, raters: torch.Tensor, valid: torch.Tensor, followed: torch.Tensor,
-                     preds: list[torch.Tensor], points: torch.Tensor, labels: torch.Tensor, path: Path,
-                     clicks_before_first: int = 0) -> None:  # fmt: skip
+def qualitative_grid(
+    images: torch.Tensor,
+    raters: torch.Tensor,
+    valid: torch.Tensor,
+    followed: torch.Tensor,
+    preds: list[torch.Tensor],
+    points: torch.Tensor,
+    labels: torch.Tensor,
+    path: Path,
+    clicks_before_first: int = 0,
+) -> None:
     """Rows = images; columns = image, each valid rater, the followed mask, the prediction of every round
     (probabilities) with the clicks it used (green: positive, red: negative)."""
     plt = pyplot()

@@ -137,8 +137,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def case_outputs(image: Path, raters: list[tuple[str, Path]], level: float, width: float,
-                 keep_empty: bool) -> dict[str, dict[str, bytes]]:
+def case_outputs(
+    image: Path, raters: list[tuple[str, Path]], level: float, width: float, keep_empty: bool
+) -> dict[str, dict[str, bytes]]:
     """{'binary'|'multi': {relative file name: bytes}} of one case (names relative to imgs|gt/<case>/)."""
     hu, affine = load_canonical(image, labels=False)  # XxYxZ
     labels = []
@@ -195,9 +196,11 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
             for folder in ("imgs", "gt"):
                 keep = {n.split("/")[1] for n in files if n.startswith(folder + "/")}
                 counts["removed"] += _remove_stale(base / folder / case.name, keep)
-    print(f"{len(cases)} cases, {counts['slices']} slices kept -> {dst / OUTPUTS['binary']}, "
-          f"{dst / OUTPUTS['multi']}: {counts['written']} files written, {counts['unchanged']} unchanged, "
-          f"{counts['removed']} stale removed")
+    print(
+        f"{len(cases)} cases, {counts['slices']} slices kept -> {dst / OUTPUTS['binary']}, "
+        f"{dst / OUTPUTS['multi']}: {counts['written']} files written, {counts['unchanged']} unchanged, "
+        f"{counts['removed']} stale removed"
+    )
     return counts
 
 

@@ -28,7 +28,9 @@ def pick(stack: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return stack[torch.arange(stack.shape[0], device=stack.device), index]
 
 
-def raters_agreeing(raters: torch.Tensor, valid: torch.Tensor, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def raters_agreeing(
+    raters: torch.Tensor, valid: torch.Tensor, points: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """BxR bool: valid raters whose mask at the click pixel (points Bx2 (x, y)) equals the click's label."""
     b, r, _, w = raters.shape
     flat = (points[:, 1].long() * w + points[:, 0].long())[:, None, None].expand(b, r, 1)  # BxRx1

@@ -43,7 +43,7 @@ class KeyedRandom:
         self.seed = int(seed)
         self.calls = 0
 
-    def subset(self, rows: torch.Tensor, salt: torch.Tensor | None = None) -> "KeyedRandom":
+    def subset(self, rows: torch.Tensor, salt: torch.Tensor | None = None) -> KeyedRandom:
         """Streams for a selection of rows (`rows` P), optionally split further by `salt` P (e.g. a rater index);
         the draw counter carries over, so the subset continues in step with its parent."""
         keys = self.keys.to(rows.device)[rows]
@@ -67,7 +67,9 @@ class KeyedRandom:
         return (_shr(bits, 11).double() / float(1 << 53)).reshape(shape)
 
 
-def uniform(shape: tuple[int, ...], device: torch.device, source: torch.Generator | KeyedRandom | None = None) -> torch.Tensor:
+def uniform(
+    shape: tuple[int, ...], device: torch.device, source: torch.Generator | KeyedRandom | None = None
+) -> torch.Tensor:
     """U[0, 1) float64 numbers on `device`: from keyed per-image streams, or from a generator (drawn on the
     generator's own device, so one CPU generator gives the same numbers on every device)."""
     if isinstance(source, KeyedRandom):
@@ -77,7 +79,9 @@ def uniform(shape: tuple[int, ...], device: torch.device, source: torch.Generato
     return torch.rand(shape, generator=source, device=source.device, dtype=torch.float64).to(device)
 
 
-def normal(shape: tuple[int, ...], device: torch.device, source: torch.Generator | KeyedRandom | None = None) -> torch.Tensor:
+def normal(
+    shape: tuple[int, ...], device: torch.device, source: torch.Generator | KeyedRandom | None = None
+) -> torch.Tensor:
     """N(0, 1) float32 numbers (Box-Muller on two uniform draws)."""
     u1, u2 = uniform(shape, device, source), uniform(shape, device, source)
     return (torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2 * math.pi * u2)).float()

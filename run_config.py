@@ -8,8 +8,9 @@ writes to args.json and into its checkpoints; `cfg.config_from_flags` reads such
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from conf import global_settings as settings
 from dataset import default_data_path
@@ -87,7 +88,7 @@ class RunConfig:
     # --- from and to the command line's flags ---------------------------------------------------------
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "RunConfig":
+    def from_args(cls, args: argparse.Namespace) -> RunConfig:
         """The config of checked command-line arguments (cfg.parse_args), with the defaults that depend on other
         flags filled in: the data path per dataset, the run name, the device of -gpu / -gpu_device."""
         flags = dict(vars(args))
@@ -102,7 +103,7 @@ class RunConfig:
         return cls._build(flags)
 
     @classmethod
-    def _build(cls, flags: Mapping[str, Any]) -> "RunConfig":
+    def _build(cls, flags: Mapping[str, Any]) -> RunConfig:
         def group(kind: type) -> Any:
             return kind(**{f.name: flags[FLAG_NAMES.get(f.name, f.name)] for f in fields(kind)})
 
@@ -116,7 +117,7 @@ class RunConfig:
             out.update({FLAG_NAMES.get(f.name, f.name): getattr(part, f.name) for f in fields(part)})
         return out
 
-    def with_flags(self, **changes: Any) -> "RunConfig":
+    def with_flags(self, **changes: Any) -> RunConfig:
         """A copy with some flags (by their command-line names) changed."""
         unknown = set(changes) - set(self.flags())
         if unknown:

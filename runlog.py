@@ -1,7 +1,7 @@
 """The run folder (SPEC §7.1): args.json, a human-readable log, tensorboard events, metrics.jsonl, plots.
 
-    <log_dir>/<exp_name>_<YYYY_MM_DD_HH_MM_SS>/
-        args.json   Log/log.txt   Log/events.*   Model/checkpoint_{best,last}.pth   metrics.jsonl   plots/
+<log_dir>/<exp_name>_<YYYY_MM_DD_HH_MM_SS>/
+    args.json   Log/log.txt   Log/events.*   Model/checkpoint_{best,last}.pth   metrics.jsonl   plots/
 """
 
 from __future__ import annotations
@@ -11,15 +11,26 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from run_config import RunConfig
 from utils import InputError, atomic_write_bytes
 
 # Columns of the per-round table printed after validation (all are in metrics.jsonl).
-TABLE_COLUMNS = ("round", "clicks", "Dice", "IoU", "Dice_follow", "Gain_over_consensus", "Dice_personal_mean",
-                 "GED", "Dice_match", "Dice_soft")  # fmt: skip
+TABLE_COLUMNS = (
+    "round",
+    "clicks",
+    "Dice",
+    "IoU",
+    "Dice_follow",
+    "Gain_over_consensus",
+    "Dice_personal_mean",
+    "GED",
+    "Dice_match",
+    "Dice_soft",
+)
 
 
 def make_logger(name: str, log_file: Path | None, enabled: bool = True) -> logging.Logger:
@@ -141,8 +152,12 @@ def _parse_metrics_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
         row = json.loads(line)
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise InputError(f"{path} line {n}: not valid JSON ({getattr(err, 'msg', err)})") from None
-    if not (isinstance(row, dict) and isinstance(row.get("split"), str) and _is_count(row.get("epoch"))
-            and _is_count(row.get("round"))):  # fmt: skip
+    if not (
+        isinstance(row, dict)
+        and isinstance(row.get("split"), str)
+        and _is_count(row.get("epoch"))
+        and _is_count(row.get("round"))
+    ):
         raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
     return row
 

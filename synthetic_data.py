@@ -74,8 +74,10 @@ def _smooth_noise(rng: np.random.Generator, sigma: float, shape: tuple[int, int]
 def _box(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
     """Bounding box of a non-empty mask grown by `pad` pixels, clipped to the image."""
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return (slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, mask.shape[0])),
-            slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, mask.shape[1])))
+    return (
+        slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, mask.shape[0])),
+        slice(max(cols[0] - pad, 0), min(cols[-1] + pad + 1, mask.shape[1])),
+    )
 
 
 def _distance_map(mask: np.ndarray | None) -> tuple[tuple[slice, slice], np.ndarray] | None:
@@ -160,7 +162,9 @@ def make_case(rng: np.random.Generator, size: int = SIZE) -> SyntheticCase:
         "tight": truth_distance,
         "generous": truth_distance,
         "convex": _distance_map(np.logical_or.reduce([_convex_hull(m) for m in lesions])),
-        "misses_faint": truth_distance if len(seen) == len(lesions) else _distance_map(np.logical_or.reduce(seen) if seen else None),
+        "misses_faint": truth_distance
+        if len(seen) == len(lesions)
+        else _distance_map(np.logical_or.reduce(seen) if seen else None),
     }
     raters = np.stack([_styled(rng, shape, bases[style], STYLE_OFFSETS[style]) for style in RATER_STYLES])  # RxHxW
     return SyntheticCase(image8, lesions, contrasts, raters)
@@ -172,8 +176,14 @@ def case_stream(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _parameters(seed: int, n_train: int, n_test: int) -> dict:
-    return {"generator": GENERATOR, "seed": seed, "n_train": n_train, "n_test": n_test, "size": SIZE,
-            "raters": list(RATER_STYLES)}
+    return {
+        "generator": GENERATOR,
+        "seed": seed,
+        "n_train": n_train,
+        "n_test": n_test,
+        "size": SIZE,
+        "raters": list(RATER_STYLES),
+    }
 
 
 def generate(root: str | os.PathLike, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> None:
@@ -200,8 +210,9 @@ def _read_parameters(root: Path) -> dict | None:
         return None
 
 
-def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = N_TRAIN,
-                     n_test: int = N_TEST) -> Path:
+def ensure_synthetic(
+    root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST
+) -> Path:
     """`root`, generated first when absent or empty; reused when its synthetic.json matches the
     parameters; otherwise InputError (one line). Generation happens in a temporary sibling folder that
     is renamed into place, so concurrent processes (DDP ranks) never see a half-written tree."""
@@ -217,8 +228,9 @@ def ensure_synthetic(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_tr
             if found is None:
                 raise InputError(f"{root}: folder exists and is not synthetic data (no valid synthetic.json)")
             differ = ", ".join(f"{k}={found.get(k)} (asked {v})" for k, v in wanted.items() if found.get(k) != v)
-            raise InputError(f"{root}: synthetic data generated with other parameters: {differ}; "
-                             f"use another data path or delete it")
+            raise InputError(
+                f"{root}: synthetic data generated with other parameters: {differ}; use another data path or delete it"
+            )
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:

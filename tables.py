@@ -17,15 +17,15 @@ A run folder that cannot be read is an error; with -skip_bad it is listed on std
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,16 +39,26 @@ DEFAULT_ROUNDS = "1,3,last"
 DEFAULT_OUT = "tables_out"
 PER_RUN_PREFIXES = ("NoC@", "NoF@")  # one value per evaluation, repeated on every round's row
 # Flags that say where or how fast a run ran, not what was trained and measured: never split configurations.
-IGNORED_FLAGS = frozenset({
-    "seed",  # what a configuration averages over
-    "log_dir", "resume",  # where the run folder is, whether it was restarted
-    "device", "gpu", "gpu_device", "distributed", "w",  # hardware and data-loader workers
-    "max_train_batches", "max_val_batches",  # smoke-test caps
-    "val_freq",  # how often validation ran; the last epoch's rows do not depend on it
-    "compile", "no_embedding_reuse",  # same results, other speed
-})  # fmt: skip
+IGNORED_FLAGS = frozenset(
+    {
+        "seed",  # what a configuration averages over
+        "log_dir",
+        "resume",  # where the run folder is, whether it was restarted
+        "device",
+        "gpu",
+        "gpu_device",
+        "distributed",
+        "w",  # hardware and data-loader workers
+        "max_train_batches",
+        "max_val_batches",  # smoke-test caps
+        "val_freq",  # how often validation ran; the last epoch's rows do not depend on it
+        "compile",
+        "no_embedding_reuse",  # same results, other speed
+    }
+)
 LABEL_FIRST = ("dataset", "mode")  # named first in configuration labels
-# A run-folder timestamp (`_YYYY_MM_DD_HH_MM_SS`, maybe `_2`) and a `_seed<N>` suffix, at the end of a name or a path part.
+# A run-folder timestamp (`_YYYY_MM_DD_HH_MM_SS`, maybe `_2`) and a `_seed<N>` suffix, at the end of a name or of a
+# path part.
 TIMESTAMP = re.compile(r"_\d{4}(?:_\d{2}){5}(?:_\d+)?(?=$|[/\\])")
 SEED_SUFFIX = re.compile(r"[_-]seed[_-]?\d+(?=$|[/\\])", re.IGNORECASE)
 
@@ -73,7 +83,7 @@ class Run:
 
 @dataclass
 class Config:
-    """Runs that differ only in ignored flags (seeds); `flags` holds the values of the flags that differ across configs."""
+    """Runs that differ only in ignored flags (seeds); `flags`: the values of the flags that differ across configs."""
 
     exp_name: str
     flags: dict[str, Any]
@@ -197,8 +207,10 @@ def group_configs(runs: list[Run]) -> tuple[list[Config], list[str], list[str]]:
     all_flags = [config_flags(group[0]) for group in keyed.values()]
     names = sorted({k for f in all_flags for k in f} - {"exp_name"})
     differing = [k for k in names if len({json.dumps(f.get(k), default=str) for f in all_flags}) > 1]
-    configs = [Config(str(f.get("exp_name", group[0].path.name)), {k: f.get(k) for k in differing}, group)
-               for f, group in zip(all_flags, keyed.values())]  # fmt: skip
+    configs = [
+        Config(str(f.get("exp_name", group[0].path.name)), {k: f.get(k) for k in differing}, group)
+        for f, group in zip(all_flags, keyed.values())
+    ]
     shown = label_flags(configs, differing)
     for c in configs:
         named = ", ".join(f"{k}={c.flags[k]}" for k in shown)
@@ -234,7 +246,9 @@ def resolve_rounds(text: str, runs: list[Run], explicit: bool) -> list[int]:
     for r in rounds if explicit else ():
         short = next((run for run in runs if r not in run.rows), None)
         if short is not None:
-            raise InputError(f"-rounds {r}: beyond {short.path}, whose epoch {short.epoch} has rounds 1..{short.n_rounds}")
+            raise InputError(
+                f"-rounds {r}: beyond {short.path}, whose epoch {short.epoch} has rounds 1..{short.n_rounds}"
+            )
     return sorted({r for r in rounds if r <= last})
 
 
@@ -244,7 +258,9 @@ def check_metrics(metrics: list[str], runs: list[Run], explicit: bool) -> list[s
     for m in metrics:
         lacking = [run for run in runs if m not in run.rows[run.n_rounds]]
         if lacking and explicit:
-            known = sorted(k for k in lacking[0].rows[lacking[0].n_rounds] if k not in ("epoch", "split", "mode", "round"))
+            known = sorted(
+                k for k in lacking[0].rows[lacking[0].n_rounds] if k not in ("epoch", "split", "mode", "round")
+            )
             raise InputError(f"-metrics {m}: not in {lacking[0].path / 'metrics.jsonl'} (it has: {', '.join(known)})")
         if len(lacking) == len(runs):
             note(f"no run has {m}; left out")
@@ -298,16 +314,31 @@ def to_markdown(table: Table, digits: int) -> str:
 
 
 def latex_escape(text: str) -> str:
-    specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+    specials = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(specials.get(ch, ch) for ch in text)
 
 
 def to_latex(table: Table, digits: int) -> str:
     left = 1 + len(table.shown)
     header = ["configuration", *map(latex_escape, table.shown), "$n$"] + [latex_escape(h) for h, _, _ in table.columns]
-    lines = ["% tables.py: mean $\\pm$ sample std over seeds; needs \\usepackage{booktabs}",
-             "\\begin{tabular}{" + "l" * left + "r" * (len(header) - left) + "}", "\\toprule", " & ".join(header) + " \\\\", "\\midrule"]  # fmt: skip
+    lines = [
+        "% tables.py: mean $\\pm$ sample std over seeds; needs \\usepackage{booktabs}",
+        "\\begin{tabular}{" + "l" * left + "r" * (len(header) - left) + "}",
+        "\\toprule",
+        " & ".join(header) + " \\\\",
+        "\\midrule",
+    ]
     for i, c in enumerate(table.configs):
         cells = [latex_escape(str(v)) for v in (c.exp_name, *(c.flags[k] for k in table.shown))] + [str(len(c.runs))]
         cells += [cell(m, s, digits, pm=" $\\pm$ ") for m, s in zip(table.mean[i], table.std[i])]
@@ -323,8 +354,14 @@ def write_csv(table: Table, path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(header)
         for i, c in enumerate(table.configs):
-            row = [c.label, c.exp_name, *(c.flags[k] for k in table.flags), len(c.runs),
-                   ";".join(str(r.args.get("seed")) for r in c.runs), ";".join(str(r.epoch) for r in c.runs)]  # fmt: skip
+            row = [
+                c.label,
+                c.exp_name,
+                *(c.flags[k] for k in table.flags),
+                len(c.runs),
+                ";".join(str(r.args.get("seed")) for r in c.runs),
+                ";".join(str(r.epoch) for r in c.runs),
+            ]
             for m, s in zip(table.mean[i], table.std[i]):
                 row += [repr(float(m)) if math.isfinite(m) else "", repr(float(s)) if math.isfinite(s) else ""]
             writer.writerow(row)
@@ -356,7 +393,7 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
         ax.set_xlabel("clicks")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     ncol = 1 if max(map(len, labels)) > 60 else min(2, len(labels))  # long labels (paths) get a line each
@@ -372,17 +409,47 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
 
 
 def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="tables.py", description="Tables (Markdown, CSV, LaTeX) and round curves from run folders: "
-                      "the last epoch's test rows, mean ± std over runs that differ only in -seed.")  # fmt: skip
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (holding args.json), or folders holding run folders (e.g. logs_new/)")
-    p.add_argument("-metrics", default=None, help=f"comma-separated metric names of metrics.jsonl (default: {','.join(DEFAULT_METRICS)}); "
-                   "NoC@/NoF@ values are one per run")  # fmt: skip
-    p.add_argument("-rounds", default=None, help=f"comma-separated 1-based rounds, 'last' = the last round of every run (default: {DEFAULT_ROUNDS})")
-    p.add_argument("-split", choices=("test", "train"), default="test", help="rows to read: the last epoch that has rows of this split")
-    p.add_argument("-out", default=DEFAULT_OUT, help=f"folder for table.md, table.csv, table.tex, round_curves.png (default {DEFAULT_OUT}/)")
-    p.add_argument("-digits", type=int, default=3, help="decimals in the Markdown and LaTeX tables (the CSV keeps full precision)")
-    p.add_argument("-skip_bad", action="store_true", help="leave out run folders that cannot be read (listed on stderr) "
-                   "instead of stopping at the first")  # fmt: skip
+    p = OneLineParser(
+        prog="tables.py",
+        description="Tables (Markdown, CSV, LaTeX) and round curves from run folders: "
+        "the last epoch's test rows, mean ± std over runs that differ only in -seed.",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders (holding args.json), or folders holding run folders (e.g. logs_new/)",
+    )
+    p.add_argument(
+        "-metrics",
+        default=None,
+        help=f"comma-separated metric names of metrics.jsonl (default: {','.join(DEFAULT_METRICS)}); "
+        "NoC@/NoF@ values are one per run",
+    )
+    p.add_argument(
+        "-rounds",
+        default=None,
+        help=f"comma-separated 1-based rounds, 'last' = the last round of every run (default: {DEFAULT_ROUNDS})",
+    )
+    p.add_argument(
+        "-split",
+        choices=("test", "train"),
+        default="test",
+        help="rows to read: the last epoch that has rows of this split",
+    )
+    p.add_argument(
+        "-out",
+        default=DEFAULT_OUT,
+        help=f"folder for table.md, table.csv, table.tex, round_curves.png (default {DEFAULT_OUT}/)",
+    )
+    p.add_argument(
+        "-digits", type=int, default=3, help="decimals in the Markdown and LaTeX tables (the CSV keeps full precision)"
+    )
+    p.add_argument(
+        "-skip_bad",
+        action="store_true",
+        help="leave out run folders that cannot be read (listed on stderr) instead of stopping at the first",
+    )
     return p
 
 
@@ -407,8 +474,11 @@ def main(argv: list[str] | None = None) -> Table:
     write_csv(table, out / "table.csv")
     plot_curves(table, metrics, out / "round_curves.png", args.split)
     print(markdown)
-    print(f"{len(runs)} runs, {len(table.configs)} configurations -> {out}/table.md, table.csv, table.tex, round_curves.png",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(runs)} runs, {len(table.configs)} configurations -> "
+        f"{out}/table.md, table.csv, table.tex, round_curves.png",
+        file=sys.stderr,
+    )
     return table
 
 

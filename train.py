@@ -78,9 +78,13 @@ def train(cfg: RunConfig, device: torch.device, rank: int, argv: list[str] | Non
         start_epoch, best_metric, best_epoch = resume["epoch"] + 1, resume["best_metric"], resume["best_epoch"]
     broadcast_state(model)
     n_params = sum(p.numel() for p in model.parameters())
-    run.log(f"model {cfg.model.encoder} at {cfg.model.image_size} px, {n_params / 1e6:.2f} M parameters, mode {cfg.mode}")
-    run.log(f"data {cfg.data.dataset} at {cfg.data.data_path}: {len(train_loader.dataset)} train, "
-            f"{len(test_loader.dataset)} test samples")  # fmt: skip
+    run.log(
+        f"model {cfg.model.encoder} at {cfg.model.image_size} px, {n_params / 1e6:.2f} M parameters, mode {cfg.mode}"
+    )
+    run.log(
+        f"data {cfg.data.dataset} at {cfg.data.data_path}: {len(train_loader.dataset)} train, "
+        f"{len(test_loader.dataset)} test samples"
+    )
     test_rows: list[dict] = []
     for epoch in range(start_epoch, cfg.epochs + 1):
         loader_generator.manual_seed(cfg.seed * 100_003 + epoch)  # the data order of an epoch depends on it alone
@@ -91,32 +95,57 @@ def train(cfg: RunConfig, device: torch.device, rank: int, argv: list[str] | Non
         scheduler.step()
         check_in_sync(model)
         run.write_metrics(train_rows)
-        run.log(f"epoch {epoch}/{cfg.epochs} train loss {last_round(train_rows, 'loss'):.4f} "
-                f"Dice_follow {last_round(train_rows, 'Dice_follow'):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
-                f"({time.time() - start:.0f} s)")  # fmt: skip
+        run.log(
+            f"epoch {epoch}/{cfg.epochs} train loss {last_round(train_rows, 'loss'):.4f} "
+            f"Dice_follow {last_round(train_rows, 'Dice_follow'):.4f} lr {scheduler.get_last_lr()[0]:.2e} "
+            f"({time.time() - start:.0f} s)"
+        )
         if epoch % cfg.val_freq == 0 or epoch == cfg.epochs:
             start = time.time()
             test_rows = evaluate(model, test_loader, cfg, epoch, device)
             run.write_metrics(test_rows)
             score = last_round(test_rows, BEST_METRIC)
-            run.log(f"epoch {epoch} test {BEST_METRIC} {score:.4f} Gain_over_consensus "
-                    f"{last_round(test_rows, 'Gain_over_consensus'):.4f} ({time.time() - start:.0f} s)")  # fmt: skip
+            run.log(
+                f"epoch {epoch} test {BEST_METRIC} {score:.4f} Gain_over_consensus "
+                f"{last_round(test_rows, 'Gain_over_consensus'):.4f} ({time.time() - start:.0f} s)"
+            )
             if is_main_process():
                 save_epoch_figures(run, model, test_loader, cfg, device, epoch)
             if best_metric is None or score > best_metric:
                 best_metric, best_epoch = score, epoch
                 if is_main_process():
-                    save_checkpoint(run.model_dir / "checkpoint_best.pth", epoch=epoch, cfg=cfg, model=model,
-                                    optimizer=optimizer, scheduler=scheduler, best_metric=best_metric,
-                                    best_epoch=best_epoch, generators={"train": generator}, extra={"amp": stepper.state_dict()})  # fmt: skip
+                    save_checkpoint(
+                        run.model_dir / "checkpoint_best.pth",
+                        epoch=epoch,
+                        cfg=cfg,
+                        model=model,
+                        optimizer=optimizer,
+                        scheduler=scheduler,
+                        best_metric=best_metric,
+                        best_epoch=best_epoch,
+                        generators={"train": generator},
+                        extra={"amp": stepper.state_dict()},
+                    )
         if is_main_process():
-            save_checkpoint(run.model_dir / "checkpoint_last.pth", epoch=epoch, cfg=cfg, model=model,
-                            optimizer=optimizer, scheduler=scheduler, best_metric=best_metric, best_epoch=best_epoch,
-                            generators={"train": generator}, extra={"amp": stepper.state_dict()})  # fmt: skip
+            save_checkpoint(
+                run.model_dir / "checkpoint_last.pth",
+                epoch=epoch,
+                cfg=cfg,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                best_metric=best_metric,
+                best_epoch=best_epoch,
+                generators={"train": generator},
+                extra={"amp": stepper.state_dict()},
+            )
     if test_rows:
         run.log(f"test split, epoch {test_rows[-1]['epoch']} ({cfg.mode}), per round:\n" + format_table(test_rows))
-    run.log(f"best {BEST_METRIC} {best_metric:.4f} at epoch {best_epoch}; run folder {run.root}" if best_metric is not None
-            else f"run folder {run.root}")  # fmt: skip
+    run.log(
+        f"best {BEST_METRIC} {best_metric:.4f} at epoch {best_epoch}; run folder {run.root}"
+        if best_metric is not None
+        else f"run folder {run.root}"
+    )
     run.close()
     return {"run_dir": str(run.root), "test": test_rows, "best_metric": best_metric, "best_epoch": best_epoch}
 

@@ -10,8 +10,9 @@ import random
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -123,8 +124,9 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    stale = sorted(p for p in folder.iterdir()
-                   if TEMPORARY_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())  # fmt: skip
+    stale = sorted(
+        p for p in folder.iterdir() if TEMPORARY_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()
+    )
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

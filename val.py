@@ -24,7 +24,9 @@ from utils import InputError, run_cli
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(argv, prog="val.py")
     if not cfg.model.weights:
-        raise InputError("-weights is required: the checkpoint to evaluate (e.g. logs_new/<run>/Model/checkpoint_best.pth)")
+        raise InputError(
+            "-weights is required: the checkpoint to evaluate (e.g. logs_new/<run>/Model/checkpoint_best.pth)"
+        )
     explicit = given_flags(argv)
     device, _ = setup_distributed(cfg.device)
     try:
@@ -38,8 +40,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for line in notes + [report.summary() for report in reports]:
             run.log(line)
         model.to(device).eval()
-        run.log(f"evaluating {cfg.model.weights} ({cfg.mode}, {cfg.model.encoder} at {cfg.model.image_size} px) on "
-                f"{len(loader.dataset)} test samples of {cfg.data.dataset}")  # fmt: skip
+        run.log(
+            f"evaluating {cfg.model.weights} ({cfg.mode}, {cfg.model.encoder} at {cfg.model.image_size} px) on "
+            f"{len(loader.dataset)} test samples of {cfg.data.dataset}"
+        )
         with torch.no_grad():
             rows = evaluate(model, loader, cfg, epoch, device)
         run.write_metrics(rows)

@@ -13,7 +13,7 @@ refusal is a line in the page and leaves the session as it was.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import gradio as gr
 
@@ -67,13 +67,25 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         gr.Markdown(HELP)
         with gr.Row():
             with gr.Column(scale=3):
-                view = gr.Image(first.view, label="Scan: click to add a point", type="numpy", format="png",
-                                interactive=False, elem_id="aespa-view", buttons=["download", "fullscreen"])  # fmt: skip
+                view = gr.Image(
+                    first.view,
+                    label="Scan: click to add a point",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="aespa-view",
+                    buttons=["download", "fullscreen"],
+                )
                 with gr.Row():
                     label = gr.Radio(list(sess.LABELS), value="positive", label="Next click")
                     undo_btn, redo_btn, clear_btn = gr.Button("Undo"), gr.Button("Redo"), gr.Button("Clear")
-                clicks_box = gr.Textbox(first.clicks_text, label=f"Clicks: (x, y) in pixels of the {size}x{size} model input",
-                                        lines=3, interactive=False, elem_id="aespa-clicks")  # fmt: skip
+                clicks_box = gr.Textbox(
+                    first.clicks_text,
+                    label=f"Clicks: (x, y) in pixels of the {size}x{size} model input",
+                    lines=3,
+                    interactive=False,
+                    elem_id="aespa-clicks",
+                )
                 with gr.Accordion("Click by coordinates", open=False):
                     with gr.Row():
                         x_in = gr.Number(0, label="x (column)", precision=0, minimum=0, maximum=size - 1)
@@ -81,20 +93,35 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                         add_btn = gr.Button("Add click")
             with gr.Column(scale=2):
                 caption = gr.Markdown(first.caption)
-                gallery = gr.Gallery(first.gallery, label="Each rater against the prediction", columns=2,
-                                     format="png", allow_preview=False)  # fmt: skip
+                gallery = gr.Gallery(
+                    first.gallery,
+                    label="Each rater against the prediction",
+                    columns=2,
+                    format="png",
+                    allow_preview=False,
+                )
                 with gr.Row():
-                    target = gr.Dropdown([(name, k) for k, name in enumerate(start.rater_names)], value=0,
-                                         label="Suggest a click toward")  # fmt: skip
+                    target = gr.Dropdown(
+                        [(name, k) for k, name in enumerate(start.rater_names)], value=0, label="Suggest a click toward"
+                    )
                     suggest_btn = gr.Button("Suggest next click")
                 with gr.Accordion("Your own image, raw prediction", open=False):
-                    upload = gr.File(label=f"Upload a scan (resized to the model input; at most "
-                                           f"{sess.MAX_UPLOAD_SIDE}x{sess.MAX_UPLOAD_SIDE} pixels, "
-                                           f"{sess.MAX_UPLOAD_BYTES // 1_000_000} MB)", type="filepath")  # fmt: skip
+                    upload = gr.File(
+                        label=f"Upload a scan (resized to the model input; at most "
+                        f"{sess.MAX_UPLOAD_SIDE}x{sess.MAX_UPLOAD_SIDE} pixels, "
+                        f"{sess.MAX_UPLOAD_BYTES // 1_000_000} MB)",
+                        type="filepath",
+                    )
                     upload_note = gr.Markdown("", elem_id="aespa-upload-note")
                     sample_btn = gr.Button("Back to the bundled sample")
-                    mask = gr.Image(first.mask, label=f"Predicted mask ({size}x{size})", type="numpy",
-                                    format="png", image_mode="L", interactive=False)  # fmt: skip
+                    mask = gr.Image(
+                        first.mask,
+                        label=f"Predicted mask ({size}x{size})",
+                        type="numpy",
+                        format="png",
+                        image_mode="L",
+                        interactive=False,
+                    )
 
         outputs = [state, view, caption, gallery, clicks_box, mask]
         # One queue for every action; a click made while the previous one runs is ignored (gradio's "once":

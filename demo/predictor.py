@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -103,8 +104,9 @@ class Predictor:
         state = ClickState(1, self.size, torch.device("cpu"))
         for c in clicks:
             state.add(*click_tensors([c], torch.device("cpu")))
-        points, labels = next_click("center", torch.from_numpy(probs)[None], torch.from_numpy(rater)[None],
-                                    exclude=state.exclude)  # fmt: skip
+        points, labels = next_click(
+            "center", torch.from_numpy(probs)[None], torch.from_numpy(rater)[None], exclude=state.exclude
+        )
         return Click(int(points[0, 0]), int(points[0, 1]), int(labels[0]))
 
 

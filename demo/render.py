@@ -14,7 +14,7 @@ exactly one model pixel: x_model = floor(x_display · S / D)).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw

@@ -60,8 +60,11 @@ def write_sample(folder: Path = SAMPLE_DIR, seed: int = SEED) -> Path:
     Image.fromarray(case.image).save(folder / "image.png", optimize=True)
     for k, mask in enumerate(case.raters):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"rater_{k}.png", optimize=True)
-    meta = {"source": f"synthetic_data seed {seed}, {SPLIT} case {index}",
-            "mean_pairwise_dice": round(mean_pairwise_dice(case.raters), 4), "raters": list(RATER_STYLES)}  # fmt: skip
+    meta = {
+        "source": f"synthetic_data seed {seed}, {SPLIT} case {index}",
+        "mean_pairwise_dice": round(mean_pairwise_dice(case.raters), 4),
+        "raters": list(RATER_STYLES),
+    }
     (folder / "sample.json").write_text(json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -72,8 +75,10 @@ def load_sample(folder: Path = SAMPLE_DIR) -> Sample:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as err:
-        raise InputError(f"{meta_path}: missing or unreadable demo sample ({err.__class__.__name__}); "
-                         f"regenerate it with python -m demo.sample") from None  # fmt: skip
+        raise InputError(
+            f"{meta_path}: missing or unreadable demo sample ({err.__class__.__name__}); "
+            f"regenerate it with python -m demo.sample"
+        ) from None
     names = list(meta["raters"])
     image = read_image(folder / "image.png")
     raters = np.stack([read_mask(folder / f"rater_{k}.png") for k in range(len(names))])  # RxHxW

@@ -20,8 +20,15 @@ from utils import InputError, one_line
 
 from .predictor import Click, Predictor, rater_scores, to_model_input
 from .render import (
-    THUMB_MIN, VIEW_MIN, base_view, comparison_view, display_size, mask_png, prediction_view, to_model_xy,
-)  # fmt: skip
+    THUMB_MIN,
+    VIEW_MIN,
+    base_view,
+    comparison_view,
+    display_size,
+    mask_png,
+    prediction_view,
+    to_model_xy,
+)
 from .sample import Sample
 
 LABELS = {"positive": 1, "negative": 0}
@@ -87,16 +94,19 @@ def read_upload(path: str | os.PathLike) -> np.ndarray:
     name = path.name
     size = path.stat().st_size
     if size > MAX_UPLOAD_BYTES:
-        raise InputError(f"Upload refused: {name} is {size / 1e6:.1f} MB, over the limit of "
-                         f"{MAX_UPLOAD_BYTES / 1e6:g} MB per file")  # fmt: skip
+        raise InputError(
+            f"Upload refused: {name} is {size / 1e6:.1f} MB, over the limit of {MAX_UPLOAD_BYTES / 1e6:g} MB per file"
+        )
     try:
         with Image.open(path) as img:  # reads the header only
             width, height = img.size
     except (OSError, ValueError, SyntaxError):  # UnidentifiedImageError is an OSError; broken headers raise others
         raise InputError(f"Upload refused: {name} is not an image file (PNG, JPEG, TIFF, BMP, ...)") from None
     if width * height > MAX_UPLOAD_PIXELS:
-        raise InputError(f"Upload refused: {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
-                         f"{MAX_UPLOAD_SIDE}x{MAX_UPLOAD_SIDE} = {MAX_UPLOAD_PIXELS:,} pixels")  # fmt: skip
+        raise InputError(
+            f"Upload refused: {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{MAX_UPLOAD_SIDE}x{MAX_UPLOAD_SIDE} = {MAX_UPLOAD_PIXELS:,} pixels"
+        )
     try:
         return read_image(path)
     except InputError as err:  # a header that promises more than the file holds (truncated, corrupt)
@@ -158,12 +168,19 @@ def render(predictor: Predictor, s: Session) -> Rendered:
     n = len(s.clicks)
     summary = f"{n} click{'s' if n != 1 else ''}; {int((probs > 0.5).sum())} of {s.size}x{s.size} pixels predicted"
     if s.raters is None:
-        return Rendered(view, mask_png(probs), f"**{s.title}**: no raters to compare with. {summary}.", [],
-                        describe_clicks(s.clicks))  # fmt: skip
+        return Rendered(
+            view,
+            mask_png(probs),
+            f"**{s.title}**: no raters to compare with. {summary}.",
+            [],
+            describe_clicks(s.clicks),
+        )
     dices, ious = rater_scores(probs, s.raters)
     best = int(np.argmax(dices))  # the closest rater by Dice; the first of equals
-    table = "\n".join(f"| {name}{' ⟵' if k == best else ''} | {d:.3f} | {j:.3f} |"
-                      for k, (name, d, j) in enumerate(zip(s.rater_names, dices, ious)))  # fmt: skip
+    table = "\n".join(
+        f"| {name}{' ⟵' if k == best else ''} | {d:.3f} | {j:.3f} |"
+        for k, (name, d, j) in enumerate(zip(s.rater_names, dices, ious))
+    )
     caption = f"**Following: {s.rater_names[best]}**. {summary}.\n\n| rater | Dice | IoU |\n|---|---|---|\n{table}"
     tiles = [(comparison_view(s.thumb, probs, r), name) for r, name in zip(s.raters, s.rater_names)]
     return Rendered(view, mask_png(probs), caption, tiles, describe_clicks(s.clicks))

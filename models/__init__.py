@@ -2,16 +2,39 @@
 
 from .aespa_model import AESPAModel, Decoded, Prompts, aespa_config
 from .build import (
-    CHECKPOINT_FORMAT, ENCODERS, build_model, build_sam, build_sam_from_config, load_model_weights,
-    load_sam_checkpoint, sam_config,
-)  # fmt: skip
+    CHECKPOINT_FORMAT,
+    ENCODERS,
+    build_model,
+    build_sam,
+    build_sam_from_config,
+    load_model_weights,
+    load_sam_checkpoint,
+    sam_config,
+)
 from .checkpoint import CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
 from .preference import FUSION_LAYOUTS, mixture_latent, responsibilities
 from .sam import Sam
 
 __all__ = [
-    "AESPAModel", "Decoded", "Prompts", "aespa_config", "CHECKPOINT_FORMAT", "ENCODERS", "build_model", "build_sam",
-    "build_sam_from_config", "load_model_weights", "load_sam_checkpoint", "sam_config", "CheckpointError",
-    "LoadReport", "load_weights", "read_checkpoint", "unwrap_state_dict", "FUSION_LAYOUTS", "mixture_latent",
-    "responsibilities", "Sam",
-]  # fmt: skip
+    "AESPAModel",
+    "Decoded",
+    "Prompts",
+    "aespa_config",
+    "CHECKPOINT_FORMAT",
+    "ENCODERS",
+    "build_model",
+    "build_sam",
+    "build_sam_from_config",
+    "load_model_weights",
+    "load_sam_checkpoint",
+    "sam_config",
+    "CheckpointError",
+    "LoadReport",
+    "load_weights",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "FUSION_LAYOUTS",
+    "mixture_latent",
+    "responsibilities",
+    "Sam",
+]

@@ -50,7 +50,7 @@ class Decoded:
             return self.logits
         return torch.sigmoid(self.logits)
 
-    def detach(self) -> "Decoded":
+    def detach(self) -> Decoded:
         return Decoded(self.low.detach(), self.logits.detach(), self.raw_in_unit)
 
 
@@ -137,7 +137,9 @@ class AESPAModel(Sam):
         """Per-image latent BxL (ε = None gives the deterministic sample)."""
         return mixture_latent(weights, means, variances, eps, self.latent_dim)
 
-    def decode(self, embedding: torch.Tensor, z: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    def decode(
+        self, embedding: torch.Tensor, z: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+    ) -> torch.Tensor:
         """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL -> low-res logits Bx1x4Gx4G."""
         fused = self.fcomb(embedding, z)
         multimask = self.multimask_output > 1
@@ -222,8 +224,13 @@ class AESPAModel(Sam):
             embedding = self.image_encoder(images)
         prompts = self.prompt(embedding.shape[0], points, labels, boxes, mask_logits, weights=weights)
         out = self.decode_round(embedding, prompts, None if eps is None else eps[:, None])
-        return {"low_res": out.low, "logits": out.logits, "means": prompts.means, "variances": prompts.variances,
-                "weights": prompts.weights}  # fmt: skip
+        return {
+            "low_res": out.low,
+            "logits": out.logits,
+            "means": prompts.means,
+            "variances": prompts.variances,
+            "weights": prompts.weights,
+        }
 
     @torch.no_grad()
     def update_mixture_state(
@@ -261,6 +268,12 @@ def aespa_config(
         raise ValueError(f"multimask_output must be 1 or 3, got {multimask_output!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    extra = {"n_components": n_components, "latent_dim": latent_dim, "fusion": fusion, "point_order": point_order,
-             "multimask_output": multimask_output, "protocol": protocol}
+    extra = {
+        "n_components": n_components,
+        "latent_dim": latent_dim,
+        "fusion": fusion,
+        "point_order": point_order,
+        "multimask_output": multimask_output,
+        "protocol": protocol,
+    }
     return {**sam_cfg, **extra}

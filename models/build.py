@@ -14,10 +14,20 @@ CHECKPOINT_FORMAT = "aespa-ckpt/1"
 
 # Shared by every size: the official SAM values.
 _COMMON: dict[str, Any] = dict(
-    patch_size=16, mlp_ratio=4.0, window_size=14, out_chans=256, use_rel_pos=True, prompt_embed_dim=256,
-    mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8, num_multimask_outputs=3,
-    iou_head_depth=3, iou_head_hidden_dim=256,
-)  # fmt: skip
+    patch_size=16,
+    mlp_ratio=4.0,
+    window_size=14,
+    out_chans=256,
+    use_rel_pos=True,
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
 
 ENCODERS: dict[str, dict[str, Any]] = {
     "vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11]),
@@ -26,8 +36,18 @@ ENCODERS: dict[str, dict[str, Any]] = {
     # Small model for CPU runs and tests, trained from scratch (no pretrained weights exist for it):
     # 8-px patches (the 64-px default input is an 8x8 grid, decoded at 32x32), a window matching that grid
     # (window 14 would pad it to 14x14), and a prompt encoder / decoder 128 wide instead of 256.
-    "vit_t": dict(embed_dim=96, depth=4, num_heads=3, global_attn_indexes=[1, 3], patch_size=8, window_size=8,
-                  out_chans=128, prompt_embed_dim=128, decoder_mlp_dim=1024, iou_head_hidden_dim=128),
+    "vit_t": dict(
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        global_attn_indexes=[1, 3],
+        patch_size=8,
+        window_size=8,
+        out_chans=128,
+        prompt_embed_dim=128,
+        decoder_mlp_dim=1024,
+        iou_head_hidden_dim=128,
+    ),
 }
 
 
@@ -37,7 +57,9 @@ def sam_config(encoder: str = "vit_b", image_size: int = 1024, **overrides: Any)
         raise ValueError(f"unknown encoder '{encoder}' (choose from {', '.join(ENCODERS)})")
     config = {**_COMMON, **ENCODERS[encoder], "img_size": image_size, **overrides}
     if image_size <= 0 or image_size % config["patch_size"]:
-        raise ValueError(f"image size {image_size} must be a positive multiple of the patch size {config['patch_size']}")
+        raise ValueError(
+            f"image size {image_size} must be a positive multiple of the patch size {config['patch_size']}"
+        )
     unknown = set(config) - set(CONFIG_KEYS)
     if unknown:
         raise ValueError(f"unknown SAM config keys {sorted(unknown)}")
@@ -81,8 +103,9 @@ def build_model(
     `load_model_weights`); the conventions (`point_order`, `multimask_output`, `protocol`, `decoder_block`) as in
     `aespa_config`."""
     sam_cfg = {**sam_config(encoder, image_size), "decoder_block": decoder_block}
-    config = aespa_config(sam_cfg, n_components, fusion, point_order=point_order, multimask_output=multimask_output,
-                          protocol=protocol)  # fmt: skip
+    config = aespa_config(
+        sam_cfg, n_components, fusion, point_order=point_order, multimask_output=multimask_output, protocol=protocol
+    )
     model = AESPAModel(config)
     report = load_model_weights(model, checkpoint) if checkpoint else None
     return model, report

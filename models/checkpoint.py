@@ -13,9 +13,10 @@ One loader for every source (MedSAM/SAM, the project's own checkpoints, the publ
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,8 +54,14 @@ def _numpy_safe_globals() -> list[Any]:
 
 # Sentences of torch's advice on a refused safe load; none of it may reach our message (it suggests
 # bypassing the check with weights_only=False).
-_TORCH_ADVICE = ("weights_only", "Weights only load failed", "safe_globals", "trusted", "file an issue",
-                 "documentation")
+_TORCH_ADVICE = (
+    "weights_only",
+    "Weights only load failed",
+    "safe_globals",
+    "trusted",
+    "file an issue",
+    "documentation",
+)
 
 
 def _explain(err: Exception) -> str:

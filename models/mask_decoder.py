@@ -64,7 +64,9 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings BxCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG
         -> masks Bx(1 or 3)x4Gx4G logits, iou Bx(1 or 3)."""
-        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings)
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
 
@@ -73,7 +75,9 @@ class MaskDecoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = image_embeddings.shape[0]
         if sparse.shape[0] != b or dense.shape[0] != b:
-            raise ValueError(f"decoder is batched: {b} images but {sparse.shape[0]} sparse / {dense.shape[0]} dense prompts")
+            raise ValueError(
+                f"decoder is batched: {b} images but {sparse.shape[0]} sparse / {dense.shape[0]} dense prompts"
+            )
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)  # (1+T)xC
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # Bx(1+T+N)xC
         src = image_embeddings + dense

@@ -62,7 +62,7 @@ class WeightHead(nn.Module):
 
 
 class Fusion(nn.Module):
-    """"Fcomb": the latent z (BxL) tiled over the grid and combined with the image embedding BxCxGxG.
+    """ "Fcomb": the latent z (BxL) tiled over the grid and combined with the image embedding BxCxGxG.
 
     `reference`: ReLU(conv(ReLU(conv(ReLU(conv([emb, z])))))) as in the original.
     `residual`: emb + the same stack without the final ReLU and with its last convolution zero-initialised,
@@ -75,10 +75,12 @@ class Fusion(nn.Module):
             raise ValueError(f"unknown fusion layout '{layout}' (choose from {', '.join(FUSION_LAYOUTS)})")
         self.layout = layout
         layers: list[nn.Module] = [
-            nn.Conv2d(embed_dim + latent_dim, embed_dim, kernel_size=1), nn.ReLU(),
-            nn.Conv2d(embed_dim, embed_dim, kernel_size=1), nn.ReLU(),
+            nn.Conv2d(embed_dim + latent_dim, embed_dim, kernel_size=1),
+            nn.ReLU(),
             nn.Conv2d(embed_dim, embed_dim, kernel_size=1),
-        ]  # fmt: skip
+            nn.ReLU(),
+            nn.Conv2d(embed_dim, embed_dim, kernel_size=1),
+        ]
         if layout == "reference":
             layers.append(nn.ReLU())
         else:

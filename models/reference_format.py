@@ -14,8 +14,9 @@ decoder block, (y, x) clicks, and its round protocol (`protocol: reference`, see
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,9 @@ def convert_reference_checkpoint(obj: Mapping[str, Any], source: str) -> dict[st
     for entry, buffer in _MIXTURE_ENTRIES.items():
         value = obj[entry]
         if not isinstance(value, (np.ndarray, torch.Tensor)) or np.ndim(value) != 1:
-            raise CheckpointError(f"{source}: '{entry}' should be a 1-D array of mixture values, got {type(value).__name__}")
+            raise CheckpointError(
+                f"{source}: '{entry}' should be a 1-D array of mixture values, got {type(value).__name__}"
+            )
         state[buffer] = torch.as_tensor(np.asarray(value), dtype=torch.float32)
     return state
 
@@ -106,18 +109,28 @@ def _encoder_attention(state: Mapping[str, torch.Tensor], depth: int, embed_dim:
         lengths.append(state[key].shape[0])
         widths.add(state[key].shape[1])
     if len(widths) != 1 or embed_dim % next(iter(widths)):
-        raise CheckpointError(f"{source}: relative-position tables of head widths {sorted(widths)} do not divide "
-                              f"the encoder width {embed_dim}")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: relative-position tables of head widths {sorted(widths)} do not divide "
+            f"the encoder width {embed_dim}"
+        )
     global_blocks = [i for i, n in enumerate(lengths) if n == lengths[-1]]
     windowed = {n for n in lengths if n != lengths[-1]}
     if not windowed:
-        raise CheckpointError(f"{source}: every encoder block has {lengths[-1]}-row position tables; "
-                              "windowed and global blocks cannot be told apart")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: every encoder block has {lengths[-1]}-row position tables; "
+            "windowed and global blocks cannot be told apart"
+        )
     if len(windowed) != 1 or next(iter(windowed)) % 2 == 0:
-        raise CheckpointError(f"{source}: windowed blocks' position tables have {sorted(windowed)} rows "
-                              "(expected one odd count, 2*window-1)")  # fmt: skip
-    return {"num_heads": embed_dim // next(iter(widths)), "window_size": (next(iter(windowed)) + 1) // 2,
-            "global_attn_indexes": global_blocks, "trained_grid": (lengths[-1] + 1) // 2}  # fmt: skip
+        raise CheckpointError(
+            f"{source}: windowed blocks' position tables have {sorted(windowed)} rows "
+            "(expected one odd count, 2*window-1)"
+        )
+    return {
+        "num_heads": embed_dim // next(iter(widths)),
+        "window_size": (next(iter(windowed)) + 1) // 2,
+        "global_attn_indexes": global_blocks,
+        "trained_grid": (lengths[-1] + 1) // 2,
+    }
 
 
 def reference_model_config(
@@ -145,8 +158,10 @@ def reference_model_config(
         raise CheckpointError(f"{source}: the patch embedding takes {in_chans} channels, expected 3")
     depth = len(_indices(state, "image_encoder.blocks"))
     if depth == 0 or not _indices(state, "mask_decoder.transformer.layers"):
-        raise CheckpointError(f"{source}: no encoder blocks or no decoder layers (keys image_encoder.blocks.N.*, "
-                              "mask_decoder.transformer.layers.N.*)")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: no encoder blocks or no decoder layers (keys image_encoder.blocks.N.*, "
+            "mask_decoder.transformer.layers.N.*)"
+        )
     attention = _encoder_attention(state, depth, embed_dim, source)
     trained_size = attention.pop("trained_grid") * patch
     image_size = trained_size if image_size is None else image_size
@@ -157,8 +172,10 @@ def reference_model_config(
     width = shape("prompt_encoder.not_a_point_embed.weight")[1]
     inner = shape("mask_decoder.transformer.layers.0.cross_attn_token_to_image.q_proj.weight")[0]
     if inner * 2 != width:
-        raise CheckpointError(f"{source}: decoder cross-attention {inner} wide in a {width}-wide decoder "
-                              "(this model downsamples by 2, as SAM)")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: decoder cross-attention {inner} wide in a {width}-wide decoder "
+            "(this model downsamples by 2, as SAM)"
+        )
     out_chans = shape("image_encoder.neck.0.weight")[0]
     k = int(np.size(obj["EM_weights"]))
     if shape("weight_head.fc1.weight")[1] != k or shape("mean_var_head.fc3.weight")[0] != 2 * k:
@@ -193,8 +210,9 @@ def reference_model_config(
 # --- the model of an original-format checkpoint, and its rounds --------------------------------------------
 
 
-def build_reference_model(obj: Mapping[str, Any], image_size: int | None = None,
-                          source: str = "checkpoint") -> tuple[AESPAModel, LoadReport]:  # fmt: skip
+def build_reference_model(
+    obj: Mapping[str, Any], image_size: int | None = None, source: str = "checkpoint"
+) -> tuple[AESPAModel, LoadReport]:
     """The model of an original-format container with all its weights loaded (architecture read from it, run at
     `image_size`, None: its training size), and the load report. `val.py -weights` loads such files here."""
     model = AESPAModel(reference_model_config(obj, image_size, source))
@@ -239,10 +257,20 @@ def predict_rounds(
             decoded = model.decode_round(embedding, prompts)
             probs = decoded.probs  # Bx1xSxS
             em = responsibilities(probs, prompts.weights.float(), prompts.means.float(), prompts.variances.float())
-            out.append({"sparse": prompts.sparse, "dense": prompts.dense, "means": prompts.means,
-                        "variances": prompts.variances, "weights": prompts.weights, "latent": recorded["latent"],
-                        "fused_embedding": recorded["fused"], "low_res_logits": decoded.low, "probs": probs,
-                        "em": em})  # fmt: skip
+            out.append(
+                {
+                    "sparse": prompts.sparse,
+                    "dense": prompts.dense,
+                    "means": prompts.means,
+                    "variances": prompts.variances,
+                    "weights": prompts.weights,
+                    "latent": recorded["latent"],
+                    "fused_embedding": recorded["fused"],
+                    "low_res_logits": decoded.low,
+                    "probs": probs,
+                    "em": em,
+                }
+            )
             prev_low, prev_em = decoded.low, em
     finally:
         hook.remove()

@@ -14,10 +14,25 @@ from .transformer import TwoWayTransformer
 
 # The keys of a SAM configuration (those of the parity fixture's `config`).
 CONFIG_KEYS = (
-    "img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "global_attn_indexes",
-    "window_size", "out_chans", "use_rel_pos", "prompt_embed_dim", "mask_in_chans", "decoder_depth",
-    "decoder_mlp_dim", "decoder_num_heads", "num_multimask_outputs", "iou_head_depth", "iou_head_hidden_dim",
-)  # fmt: skip
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "global_attn_indexes",
+    "window_size",
+    "out_chans",
+    "use_rel_pos",
+    "prompt_embed_dim",
+    "mask_in_chans",
+    "decoder_depth",
+    "decoder_mlp_dim",
+    "decoder_num_heads",
+    "num_multimask_outputs",
+    "iou_head_depth",
+    "iou_head_hidden_dim",
+)
 
 
 class Sam(nn.Module):

@@ -38,7 +38,11 @@ class Attention(nn.Module):
         return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)  # BxHeadsxNxc
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split_heads(self.q_proj(q)), self._split_heads(self.k_proj(k)), self._split_heads(self.v_proj(v))
+        q, k, v = (
+            self._split_heads(self.q_proj(q)),
+            self._split_heads(self.k_proj(k)),
+            self._split_heads(self.v_proj(v)),
+        )
         out = F.scaled_dot_product_attention(q, k, v)  # BxHeadsxNqxc
         b, h, n, c = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, h * c))

@@ -18,7 +18,27 @@ def synthetic_root(tmp_path_factory) -> Path:
 def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
     """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t at 64 px, 3 rounds."""
     return [
-        "-dataset", "LIDC", "-data_path", str(data_root), "-image_size", "64", "-b", "4", "-w", "0",
-        "-clicks", "3", "-noc_clicks", "3", "-epochs", "1", "-log_dir", str(log_dir),
-        "-num_samples", "6", "-n_clusters", "2", *extra,
-    ]  # fmt: skip
+        "-dataset",
+        "LIDC",
+        "-data_path",
+        str(data_root),
+        "-image_size",
+        "64",
+        "-b",
+        "4",
+        "-w",
+        "0",
+        "-clicks",
+        "3",
+        "-noc_clicks",
+        "3",
+        "-epochs",
+        "1",
+        "-log_dir",
+        str(log_dir),
+        "-num_samples",
+        "6",
+        "-n_clusters",
+        "2",
+        *extra,
+    ]

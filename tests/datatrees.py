@@ -8,9 +8,9 @@ slice's masks are never empty unless asked for. Indices in `empty_*` / `missing_
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -46,10 +46,18 @@ def write_npy(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def write_lidc_tree(root: str | Path, splits: Sequence[str] = SPLITS, n_patients: int = 2, slices: int = 2,
-                    raters: int = 4, size: int = 32, empty_slices: Iterable[tuple[int, int]] = (),
-                    empty_masks: Iterable[tuple[int, int, int]] = (),
-                    missing_masks: Iterable[tuple[int, int, int]] = (), seed: int = 0) -> Path:
+def write_lidc_tree(
+    root: str | Path,
+    splits: Sequence[str] = SPLITS,
+    n_patients: int = 2,
+    slices: int = 2,
+    raters: int = 4,
+    size: int = 32,
+    empty_slices: Iterable[tuple[int, int]] = (),
+    empty_masks: Iterable[tuple[int, int, int]] = (),
+    missing_masks: Iterable[tuple[int, int, int]] = (),
+    seed: int = 0,
+) -> Path:
     """LIDC layout: root/<split>/images/LIDC-<p>/z-<s>.0_c0.png, root/<split>/gt/LIDC-<p>/z-<s>.0_c0_l<k>.png.
 
     empty_slices (p, s): all raters' masks empty; empty_masks (p, s, k): that mask empty;
@@ -71,9 +79,18 @@ def write_lidc_tree(root: str | Path, splits: Sequence[str] = SPLITS, n_patients
     return root
 
 
-def write_mbhseg_tree(root: str | Path, multiclass: bool = False, splits: Sequence[str] = SPLITS,
-                      n_cases: int = 2, slices: int = 2, raters: int = 3, size: int = 32, image_dir: str = "imgs",
-                      missing_masks: Iterable[tuple[int, int, int]] = (), seed: int = 0) -> Path:
+def write_mbhseg_tree(
+    root: str | Path,
+    multiclass: bool = False,
+    splits: Sequence[str] = SPLITS,
+    n_cases: int = 2,
+    slices: int = 2,
+    raters: int = 3,
+    size: int = 32,
+    image_dir: str = "imgs",
+    missing_masks: Iterable[tuple[int, int, int]] = (),
+    seed: int = 0,
+) -> Path:
     """MBHSeg layout: root/<split>/<image_dir>/case_<c>/slice_<z>.png, root/<split>/gt/case_<c>/slice_<z>_r<k+1>.npy.
 
     Binary masks: uint8 HxW 0/255. Multiclass: uint8 HxWx6 0/255 one-hot, rater k's disk labelled
@@ -99,8 +116,14 @@ def write_mbhseg_tree(root: str | Path, multiclass: bool = False, splits: Sequen
     return root
 
 
-def write_refuge_tree(root: str | Path, splits: Sequence[str] = SPLITS, n_images: int = 2, raters: int = 7,
-                      size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+def write_refuge_tree(
+    root: str | Path,
+    splits: Sequence[str] = SPLITS,
+    n_images: int = 2,
+    raters: int = 7,
+    size: tuple[int, int] = (40, 48),
+    seed: int = 0,
+) -> Path:
     """REFUGE layout: root/{Training-400,Test-400}/n<i>/n<i>.jpg (RGB) with n<i>_seg_{cup,disc}_<k>.png, k = 1..raters.
 
     Rater k's cup is a disk of radius h/8 + k/2, its disc one of radius h/4 + k/2 (disc contains cup).
@@ -139,9 +162,15 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     return path
 
 
-def write_mbhseg_raw(root: str | Path, split: str = "train", n_cases: int = 2, raters: int = 3,
-                     shape: tuple[int, int, int] = (12, 10, 5), fg_slices: Sequence[int] = (1, 3),
-                     lps_cases: Iterable[int] = (1,)) -> RawMBHSeg:
+def write_mbhseg_raw(
+    root: str | Path,
+    split: str = "train",
+    n_cases: int = 2,
+    raters: int = 3,
+    shape: tuple[int, int, int] = (12, 10, 5),
+    fg_slices: Sequence[int] = (1, 3),
+    lps_cases: Iterable[int] = (1,),
+) -> RawMBHSeg:
     """Raw MBH-Seg: root/<split>/case_<c>/image.nii.gz and label_annot_<k+1>.nii.gz (k = 0..raters-1).
 
     Every case holds the same anatomy; cases in `lps_cases` are stored in LPS orientation (data flipped

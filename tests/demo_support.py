@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARPEN = 40.0  # a random decoder's logits are ~0.05: scaled up, the mask is crisp and far from 0.5
 
 
-def make_checkpoint(path: Path, encoder: str = "vit_t", size: int = 64, seed: int = 0, sharpen: float = SHARPEN) -> Path:
+def make_checkpoint(
+    path: Path, encoder: str = "vit_t", size: int = 64, seed: int = 0, sharpen: float = SHARPEN
+) -> Path:
     """Random weights in this project's checkpoint format; the mask hypernetworks' last layers are scaled
     by `sharpen`, which scales every mask logit by it (the logits are linear in the hypernetwork output)."""
     torch.manual_seed(seed)
@@ -40,8 +42,9 @@ def make_checkpoint(path: Path, encoder: str = "vit_t", size: int = 64, seed: in
     cfg = parse_config(["-encoder", encoder, "-image_size", str(size)])
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
-    save_checkpoint(path, epoch=1, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                    best_metric=None, best_epoch=None)  # fmt: skip
+    save_checkpoint(
+        path, epoch=1, cfg=cfg, model=model, optimizer=optimizer, scheduler=scheduler, best_metric=None, best_epoch=None
+    )
     return path
 
 
@@ -83,8 +86,9 @@ def free_port() -> int:
 
 def run_demo(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run aespa_demo.py to completion (for inputs it must refuse)."""
-    return subprocess.run([sys.executable, "aespa_demo.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "aespa_demo.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
@@ -93,8 +97,13 @@ def demo_server(*args: str, log: Path, timeout: float = 120) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "aespa_demo.py", *args, "-port", str(port)], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "aespa_demo.py", *args, "-port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_run_args
 
 import bench
-from conftest import tiny_run_args
 
 
 def test_bench_prints_the_timings(synthetic_root, tmp_path, capsys):

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_run_args
+
 from models import CheckpointError, build_sam_from_config, sam_config
 from models.checkpoint import _explain, read_checkpoint
 
@@ -20,6 +20,7 @@ DATA = Path(__file__).parent / "data"
 
 
 # --- independent resampling oracles (NumPy, written from the definitions) ---------------------------
+
 
 def linear_resample_rows(table: np.ndarray, rows: int) -> np.ndarray:
     """Half-pixel-centred linear interpolation along axis 0 (what `mode='linear'` means in PyTorch)."""
@@ -36,6 +37,7 @@ def linear_resample_rows(table: np.ndarray, rows: int) -> np.ndarray:
 
 def cubic_weights(t: float, a: float = -0.75) -> list[float]:
     """Keys cubic-convolution weights for the 4 taps at offsets -1, 0, 1, 2 from floor(x)."""
+
     def k(d):
         d = abs(d)
         if d <= 1:
@@ -43,11 +45,13 @@ def cubic_weights(t: float, a: float = -0.75) -> list[float]:
         if d < 2:
             return a * d**3 - 5 * a * d**2 + 8 * a * d - 4 * a
         return 0.0
+
     return [k(t + 1), k(t), k(1 - t), k(2 - t)]
 
 
 def bicubic_resample_grid(grid: np.ndarray, size: int) -> np.ndarray:
     """HxWxC -> size x size x C; half-pixel centres, taps clamped at the border (PyTorch's bicubic)."""
+
     def axis_matrix(n):
         m = np.zeros((size, n))
         for i in range(size):
@@ -56,6 +60,7 @@ def bicubic_resample_grid(grid: np.ndarray, size: int) -> np.ndarray:
             for tap, w in zip(range(f - 1, f + 3), cubic_weights(x - f)):
                 m[i, min(max(tap, 0), n - 1)] += w
         return m
+
     my, mx = axis_matrix(grid.shape[0]), axis_matrix(grid.shape[1])
     return np.einsum("ih,jw,hwc->ijc", my, mx, grid.astype(np.float64))
 
@@ -121,6 +126,7 @@ def test_same_size_load_gives_the_official_outputs(tmp_path):
 
 # --- refusals: one line naming the problem ----------------------------------------------------------
 
+
 def one_line(err: Exception) -> str:
     msg = str(err)
     assert "\n" not in msg and msg
@@ -169,7 +175,10 @@ def long_windowed_table(state):  # block 0 is windowed: its table (27 rows) does
     [
         (drop_iou_token, "missing key 'mask_decoder.iou_token.weight'"),
         (add_extra_key, "unexpected key 'mask_decoder.extra.weight' with shape (3,)"),
-        (long_windowed_table, "key 'image_encoder.blocks.0.attn.rel_pos_h' has shape (31, 16) but the model expects (27, 16)"),
+        (
+            long_windowed_table,
+            "key 'image_encoder.blocks.0.attn.rel_pos_h' has shape (31, 16) but the model expects (27, 16)",
+        ),
     ],
 )
 def test_state_dicts_that_do_not_fit_are_refused(tmp_path, parity, edit, expected):
@@ -234,15 +243,21 @@ def test_a_shell_call_is_refused_naming_the_global_without_torch_advice(tmp_path
 @pytest.mark.parametrize(
     "torch_text, name",
     [  # torch >= 2.13 for a blocked module; torch 2.4-2.12 (and 2.13 for others) for a global not allow-listed
-        ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
-         "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
-         "likely succeed, but it can result in arbitrary code execution. Do it only if you got the file from a "
-         "trusted source.\n\n\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\n"
-         "Check the documentation of torch.load to learn more.", "posix.system"),
-        ("Weights only load failed. This file can still be loaded, to do so you have two options, do those steps "
-         "only if you trust the source of the checkpoint. \n\t(1) Re-running `torch.load` with `weights_only` set "
-         "to `False` will likely succeed\n\tWeightsUnpickler error: Unsupported global: GLOBAL os.system was not "
-         "an allowed global by default. Please use `torch.serialization.add_safe_globals([os.system])`", "os.system"),
+        (
+            "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument "
+            "in `torch.load` from `False` to `True`. Re-running `torch.load` with `weights_only` set to `False` will "
+            "likely succeed, but it can result in arbitrary code execution. Do it only if you got the file from a "
+            "trusted source.\n\n\nTrying to load unsupported GLOBAL posix.system whose module posix is blocked.\n\n"
+            "Check the documentation of torch.load to learn more.",
+            "posix.system",
+        ),
+        (
+            "Weights only load failed. This file can still be loaded, to do so you have two options, do those steps "
+            "only if you trust the source of the checkpoint. \n\t(1) Re-running `torch.load` with `weights_only` set "
+            "to `False` will likely succeed\n\tWeightsUnpickler error: Unsupported global: GLOBAL os.system was not "
+            "an allowed global by default. Please use `torch.serialization.add_safe_globals([os.system])`",
+            "os.system",
+        ),
     ],
 )
 def test_both_torch_wordings_of_a_refused_global_name_it_and_nothing_else(torch_text, name):
@@ -252,10 +267,12 @@ def test_both_torch_wordings_of_a_refused_global_name_it_and_nothing_else(torch_
 
 
 def test_an_unsupported_opcode_gives_no_torch_advice():
-    text = ("Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument. "
-            "Re-running `torch.load` with `weights_only` set to `False` will likely succeed.\nPlease file an issue "
-            "with the following so that we can make `weights_only=True` compatible with your use case: "
-            "WeightsUnpickler error: \n\nUnsupported operand 149\n\nCheck the documentation of torch.load")
+    text = (
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the `weights_only` argument. "
+        "Re-running `torch.load` with `weights_only` set to `False` will likely succeed.\nPlease file an issue "
+        "with the following so that we can make `weights_only=True` compatible with your use case: "
+        "WeightsUnpickler error: \n\nUnsupported operand 149\n\nCheck the documentation of torch.load"
+    )
     msg = _explain(RuntimeError(text))
     assert "Unsupported operand 149" in msg and "weights_only" not in msg, msg
 
@@ -266,8 +283,14 @@ def test_train_cli_refuses_a_shell_call_checkpoint_in_one_line(tmp_path, synthet
     torch.save({"extra": ShellCall(tmp_path / "pwned")}, path)
     root = Path(__file__).resolve().parents[1]
     argv = tiny_run_args(synthetic_root, tmp_path / "logs", "-sam_ckpt", str(path))
-    proc = subprocess.run([sys.executable, str(root / "train.py"), *argv], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(root / "train.py"), *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert SYSTEM_GLOBAL.search(lines[0]) and "weights_only" not in lines[0], lines[0]

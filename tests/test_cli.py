@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datatrees import write_lidc_tree, write_mbhseg_tree
 
 import train
 import val
-from datatrees import write_lidc_tree, write_mbhseg_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -28,7 +28,20 @@ COMMANDS = [
     "python val.py -sam_ckpt './checkpoint/medsam_vit_b.pth' -weights './checkpoint/checkpoint_aespa_lidc.pth' -image_size 128 -b 1 -dataset LIDC -data_path './data/LIDC' -mode AESPA",
 ]
 # Appended by the test so that each command only starts: one batch of one epoch, two rounds, short NoC.
-SMOKE = ["-epochs", "1", "-max_train_batches", "1", "-max_val_batches", "1", "-clicks", "2", "-noc_clicks", "2", "-w", "0"]
+SMOKE = [
+    "-epochs",
+    "1",
+    "-max_train_batches",
+    "1",
+    "-max_val_batches",
+    "1",
+    "-clicks",
+    "2",
+    "-noc_clicks",
+    "2",
+    "-w",
+    "0",
+]
 
 
 def constant_state(shapes: dict[str, list[int]], value: float = 0.01) -> dict[str, torch.Tensor]:
@@ -43,11 +56,15 @@ def reference_checkpoint(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     w = rng.random(16)
     return {
-        "epoch": 100, "model": "sam", "path_helper": {"prefix": "logs/LIDC_AESPA"},
+        "epoch": 100,
+        "model": "sam",
+        "path_helper": {"prefix": "logs/LIDC_AESPA"},
         "state_dict": {k: torch.randn(v, generator=g) * 0.02 for k, v in shapes.items()},
         "optimizer": {"state": {}, "param_groups": []},
-        "EM_weights": w / w.sum(), "EM_means": rng.uniform(-100, 100, 16), "EM_variances": rng.uniform(0.1, 10, 16),
-    }  # fmt: skip
+        "EM_weights": w / w.sum(),
+        "EM_means": rng.uniform(-100, 100, 16),
+        "EM_variances": rng.uniform(0.1, 10, 16),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +88,9 @@ def argv_of(command: str) -> tuple[str, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", COMMANDS, ids=["LIDC_SPA", "LIDC_AESPA", "LIDC_SPA_ablation", "MBHSeg_AESPA", "val_published"])
+@pytest.mark.parametrize(
+    "command", COMMANDS, ids=["LIDC_SPA", "LIDC_AESPA", "LIDC_SPA_ablation", "MBHSeg_AESPA", "val_published"]
+)
 def test_spec_commands_parse_and_start(workdir, monkeypatch, command):
     monkeypatch.chdir(workdir)
     script, argv = argv_of(command)
@@ -86,10 +105,12 @@ def test_spec_commands_parse_and_start(workdir, monkeypatch, command):
 
 # --- bad input: one line naming it, a non-zero exit, no traceback -----------------------------------------
 
+
 def run_cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -119,7 +140,16 @@ def test_bad_input_is_one_line(tmp_path, args, fragments):
 def test_empty_dataset_is_one_line(tmp_path):
     (tmp_path / "LIDC" / "train" / "images").mkdir(parents=True)
     (tmp_path / "LIDC" / "train" / "gt").mkdir(parents=True)
-    proc = run_cli("train.py", "-dataset", "LIDC", "-data_path", str(tmp_path / "LIDC"), "-log_dir", str(tmp_path / "logs"), cwd=tmp_path)
+    proc = run_cli(
+        "train.py",
+        "-dataset",
+        "LIDC",
+        "-data_path",
+        str(tmp_path / "LIDC"),
+        "-log_dir",
+        str(tmp_path / "logs"),
+        cwd=tmp_path,
+    )
     assert_one_line_error(proc, str(tmp_path / "LIDC"))
 
 

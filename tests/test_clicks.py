@@ -247,7 +247,9 @@ def test_append_click_accumulates():
     excl = torch.zeros(2, 5, 7, dtype=torch.bool)
     points, labels, excl = append_click(None, None, excl, torch.tensor([[6.0, 0.0], [1.0, 4.0]]), torch.tensor([1, 0]))
     assert points.shape == (2, 1, 2) and labels.tolist() == [[1], [0]]
-    points, labels, excl2 = append_click(points, labels, excl, torch.tensor([[2.0, 3.0], [0.0, 0.0]]), torch.tensor([0, 1]))
+    points, labels, excl2 = append_click(
+        points, labels, excl, torch.tensor([[2.0, 3.0], [0.0, 0.0]]), torch.tensor([0, 1])
+    )
     assert points.tolist() == [[[6, 0], [2, 3]], [[1, 4], [0, 0]]] and labels.tolist() == [[1, 0], [0, 1]]
     assert excl.sum() == 2 and excl2.sum() == 4  # not modified in place
     assert excl2[0, 0, 6] and excl2[0, 3, 2] and excl2[1, 4, 1] and excl2[1, 0, 0]  # [b, y, x]

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from datatrees import disk, write_lidc_tree, write_mbhseg_tree, write_npy, write_png, write_refuge_tree
 
 import dataset
 from dataset import build_dataset, natural_key
-from datatrees import disk, write_lidc_tree, write_mbhseg_tree, write_npy, write_png, write_refuge_tree
 from multiclass import binarize_multiclass
 from utils import InputError
 
@@ -93,14 +93,12 @@ def test_valid_raters_present_vs_nonempty(tmp_path):
 
 
 def test_empty_slices_skipped_and_manifest(tmp_path, monkeypatch):
-    root = write_lidc_tree(tmp_path / "LIDC", splits=("train",), n_patients=1, slices=3, size=16,
-                           empty_slices=[(0, 1)])
+    root = write_lidc_tree(tmp_path / "LIDC", splits=("train",), n_patients=1, slices=3, size=16, empty_slices=[(0, 1)])
     assert _names(build_dataset("LIDC", root, "train", 16)) == ["LIDC-0000/z-0.0_c0", "LIDC-0000/z-2.0_c0"]
     assert len(build_dataset("LIDC", root, "train", 16, keep_empty=True)) == 3
     manifest = root / "train" / dataset.MANIFEST
     cached = json.loads(manifest.read_text())
-    assert cached["foreground"] == {"LIDC-0000/z-0.0_c0": True, "LIDC-0000/z-1.0_c0": False,
-                                    "LIDC-0000/z-2.0_c0": True}
+    assert cached["foreground"] == {"LIDC-0000/z-0.0_c0": True, "LIDC-0000/z-1.0_c0": False, "LIDC-0000/z-2.0_c0": True}
     # the cache is what decides while the files are unchanged ...
     cached["foreground"]["LIDC-0000/z-2.0_c0"] = False
     manifest.write_text(json.dumps(cached))
@@ -121,19 +119,13 @@ def test_empty_slices_skipped_and_manifest(tmp_path, monkeypatch):
 
 
 def test_resized_mask_exact_pixels(tmp_path):
-    mask = np.array([[1, 0, 0, 1, 1],
-                     [0, 1, 0, 0, 1],
-                     [1, 1, 0, 1, 0],
-                     [0, 0, 1, 1, 1],
-                     [1, 0, 1, 0, 0]], np.uint8)
+    mask = np.array([[1, 0, 0, 1, 1], [0, 1, 0, 0, 1], [1, 1, 0, 1, 0], [0, 0, 1, 1, 1], [1, 0, 1, 0, 0]], np.uint8)
     root = tmp_path / "LIDC"
     write_png(root / "train" / "images" / "p" / "s.png", np.full((5, 5), 128, np.uint8))
     write_png(root / "train" / "gt" / "p" / "s_l0.png", mask * 255)
     # 5 -> 3: output pixel i reads input floor((i + 0.5) * 5 / 3) = 0, 2, 4 (rows and columns)
     small = build_dataset("LIDC", root, "train", 3)[0]["multi_rater"][0, 0]
-    assert small.tolist() == [[1, 0, 1],
-                              [1, 0, 0],
-                              [1, 1, 0]]
+    assert small.tolist() == [[1, 0, 1], [1, 0, 0], [1, 1, 0]]
     # 5 -> 8: floor((i + 0.5) * 5 / 8) = 0, 0, 1, 2, 2, 3, 4, 4
     big = build_dataset("LIDC", root, "train", 8)[0]["multi_rater"][0, 0]
     assert big[:, 0].tolist() == [1, 1, 0, 1, 1, 0, 1, 1]  # column 0 of the input, rows repeated as above
@@ -163,8 +155,15 @@ def test_dataloader_with_workers(tmp_path):
 
 @pytest.mark.parametrize("image_dir", ["imgs", "images"])
 def test_mbhseg_binary(tmp_path, image_dir):
-    root = write_mbhseg_tree(tmp_path / "MBHSeg-Binary", n_cases=2, slices=2, raters=3, size=32,
-                             image_dir=image_dir, missing_masks=[(1, 0, 2)])
+    root = write_mbhseg_tree(
+        tmp_path / "MBHSeg-Binary",
+        n_cases=2,
+        slices=2,
+        raters=3,
+        size=32,
+        image_dir=image_dir,
+        missing_masks=[(1, 0, 2)],
+    )
     ds = build_dataset("MBHSeg-Binary", root, "train", 16)
     assert _names(ds) == ["case_0/slice_0", "case_0/slice_1", "case_1/slice_0", "case_1/slice_1"]
     for i in range(len(ds)):
@@ -174,8 +173,9 @@ def test_mbhseg_binary(tmp_path, image_dir):
 
 
 def test_mbhseg_multiclass(tmp_path):
-    root = write_mbhseg_tree(tmp_path / "MBHSeg-Multi", multiclass=True, n_cases=1, slices=2, raters=3, size=32,
-                             missing_masks=[(0, 1, 0)])
+    root = write_mbhseg_tree(
+        tmp_path / "MBHSeg-Multi", multiclass=True, n_cases=1, slices=2, raters=3, size=32, missing_masks=[(0, 1, 0)]
+    )
     ds = build_dataset("MBHSeg-Multiclass", root, "train", 16)
     assert ds.n_classes == 6
     sample = ds[0]

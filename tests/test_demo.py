@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from demo_support import ROOT, demo_server, load_model, make_checkpoint, model_input, oracle, run_demo
 from PIL import Image
 
 import aespa_demo
@@ -25,7 +26,6 @@ from dataset import read_mask, resize_mask
 from demo import session as sess
 from demo.predictor import Click, Predictor
 from demo.render import to_model_xy
-from demo_support import ROOT, demo_server, load_model, make_checkpoint, model_input, oracle, run_demo
 from synthetic_data import case_stream, make_case
 from utils import InputError, run_cli
 
@@ -128,8 +128,12 @@ def test_api_clicks_follow_the_model(server, model, image, tmp_path):
     exclude = torch.zeros(1, S, S, dtype=torch.bool)
     for x, y, _ in CLICKS:
         exclude[0, y, x] = True
-    point, label = next_click("center", torch.from_numpy(oracle(model, image, CLICKS))[None],
-                              torch.from_numpy(rater_masks()[1])[None], exclude=exclude)  # fmt: skip
+    point, label = next_click(
+        "center",
+        torch.from_numpy(oracle(model, image, CLICKS))[None],
+        torch.from_numpy(rater_masks()[1])[None],
+        exclude=exclude,
+    )
     suggested = (int(point[0, 0]), int(point[0, 1]), int(label[0]))
     check(client.predict(1, api_name="/suggest"), CLICKS + [suggested])
     assert np.array_equal(check(client.predict(api_name="/clear"), []), masks[0])
@@ -166,7 +170,7 @@ def test_api_uploads_over_a_limit_or_not_images_are_refused_in_the_page(server, 
     fake.write_text("a text file named like an image\n")
     expected = {
         big: "Upload refused: big.png is 4100x4100 = 16,810,000 pixels, over the limit of 4096x4096 = 16,777,216 "
-             "pixels",
+        "pixels",
         heavy: "Upload refused: heavy.png is 52.0 MB, over the limit of 50 MB per file",
         text: "Upload refused: notes.txt is not an image file",
         fake: "Upload refused: scan.png is not an image file",
@@ -221,7 +225,10 @@ def test_newest_default_run_is_used(checkpoint, tmp_path):
 
 
 def browser_paths() -> tuple[str, str] | None:
-    chromium, driver = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    chromium, driver = (
+        shutil.which("chromium") or "/usr/bin/chromium",
+        shutil.which("chromedriver") or "/usr/bin/chromedriver",
+    )
     if Path(chromium).exists() and Path(driver).exists():
         return chromium, driver
     reason = "chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
@@ -252,31 +259,52 @@ def test_browser_click_shows_overlay(server, model, image, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}", "--window-size=1400,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     view_js = "const i = document.querySelector('#aespa-view img'); "
     try:
         driver.get(server)
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(view_js + "return i && i.complete && i.naturalWidth > 0"))
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script(view_js + "return i && i.complete && i.naturalWidth > 0")
+        )
         img = driver.find_element(By.CSS_SELECTOR, "#aespa-view img")
         old_src = img.get_attribute("src")
         left, top, width, height, natural = driver.execute_script(
-            view_js + "const r = i.getBoundingClientRect(); return [r.left, r.top, r.width, r.height, i.naturalWidth]")
+            view_js + "const r = i.getBoundingClientRect(); return [r.left, r.top, r.width, r.height, i.naturalWidth]"
+        )
         scale = min(width, height) / natural  # the view is square; drawn centred (object-fit: contain)
         off_x, off_y = (width - natural * scale) / 2, (height - natural * scale) / 2
         x, y, _ = CLICKS[0]
         to_centre = lambda v, extent, off: off + (v + 0.5) * K * scale - extent / 2  # noqa: E731
         ActionChains(driver).move_to_element_with_offset(
-            img, round(to_centre(x, width, off_x)), round(to_centre(y, height, off_y))).click().perform()
-        WebDriverWait(driver, 60).until(lambda d: f"1. ({x}, {y}) positive"
-                                        in d.find_element(By.CSS_SELECTOR, "#aespa-clicks textarea").get_attribute("value"))  # fmt: skip
-        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
-            view_js + "return i.complete && i.naturalWidth > 0 && i.src !== arguments[0]", old_src))
+            img, round(to_centre(x, width, off_x)), round(to_centre(y, height, off_y))
+        ).click().perform()
+        WebDriverWait(driver, 60).until(
+            lambda d: (
+                f"1. ({x}, {y}) positive"
+                in d.find_element(By.CSS_SELECTOR, "#aespa-clicks textarea").get_attribute("value")
+            )
+        )
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script(
+                view_js + "return i.complete && i.naturalWidth > 0 && i.src !== arguments[0]", old_src
+            )
+        )
         left, top, width, height = driver.execute_script(
-            view_js + "const r = i.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]")
+            view_js + "const r = i.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]"
+        )
         ratio = driver.execute_script("return window.devicePixelRatio")
         shot = tmp_path / "demo_click.png"
         screen = settled_screenshot(driver, shot)
@@ -320,10 +348,19 @@ def test_reference_checkpoint_runs_its_conventions(tmp_path, model, image):
     rng = np.random.default_rng(0)
     w = rng.random(16)
     path = tmp_path / "checkpoint_aespa_lidc.pth"
-    torch.save({"epoch": 100, "model": "sam", "path_helper": {}, "optimizer": {},
-                "state_dict": {k: torch.full((1,), 0.01).expand(v) for k, v in shapes.items()},  # a few KB on disk
-                "EM_weights": w / w.sum(), "EM_means": rng.uniform(-100, 100, 16), "EM_variances": rng.uniform(0.1, 10, 16)},
-               path)  # fmt: skip
+    torch.save(
+        {
+            "epoch": 100,
+            "model": "sam",
+            "path_helper": {},
+            "optimizer": {},
+            "state_dict": {k: torch.full((1,), 0.01).expand(v) for k, v in shapes.items()},  # a few KB on disk
+            "EM_weights": w / w.sum(),
+            "EM_means": rng.uniform(-100, 100, 16),
+            "EM_variances": rng.uniform(0.1, 10, 16),
+        },
+        path,
+    )
     _, cfg = aespa_demo.parse_demo_args(["-weights", str(path)])
     predictor, cfg, _ = aespa_demo.load_predictor(cfg, set())
     m = cfg.model

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_args
 
 import val
-from conftest import tiny_run_args
 from runlog import read_metrics
 from utils import InputError, choose_device
 
@@ -21,7 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def torchrun(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # two processes on two cores
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / script),
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -30,7 +39,9 @@ def torchrun(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_torchrun_training_and_validation_match_a_single_process(synthetic_root, tmp_path):
     # a short distributed training: one run folder, written by rank 0 only, with finite rows
-    torchrun("train.py", *tiny_run_args(synthetic_root, tmp_path / "ddp", "-epochs", "1", "-noc_clicks", "2"), cwd=tmp_path)
+    torchrun(
+        "train.py", *tiny_run_args(synthetic_root, tmp_path / "ddp", "-epochs", "1", "-noc_clicks", "2"), cwd=tmp_path
+    )
     runs = list((tmp_path / "ddp").iterdir())
     assert len(runs) == 1
     rows = read_metrics(runs[0] / "metrics.jsonl")
@@ -39,7 +50,11 @@ def test_torchrun_training_and_validation_match_a_single_process(synthetic_root,
     # the same checkpoint validated by one process and by two: the same metrics
     ckpt = runs[0] / "Model" / "checkpoint_last.pth"
     single = val.main(tiny_run_args(synthetic_root, tmp_path / "single", "-weights", str(ckpt), "-noc_clicks", "2"))
-    torchrun("val.py", *tiny_run_args(synthetic_root, tmp_path / "two", "-weights", str(ckpt), "-noc_clicks", "2"), cwd=tmp_path)
+    torchrun(
+        "val.py",
+        *tiny_run_args(synthetic_root, tmp_path / "two", "-weights", str(ckpt), "-noc_clicks", "2"),
+        cwd=tmp_path,
+    )
     (two_dir,) = list((tmp_path / "two").iterdir())
     two = read_metrics(two_dir / "metrics.jsonl")
     assert len(two) == len(single) == 3
@@ -49,12 +64,15 @@ def test_torchrun_training_and_validation_match_a_single_process(synthetic_root,
                 assert b[key] == pytest.approx(value, abs=1e-5), key
 
 
-@pytest.mark.parametrize("name, local_rank, want", [
-    ("cpu", None, "cpu"),
-    ("cpu", 1, "cpu"),  # gloo ranks share the CPU
-    ("auto", 1, "cuda:1" if torch.cuda.is_available() else "cpu"),  # one GPU per torchrun process
-    ("cuda:0", 1, "cuda:1" if torch.cuda.is_available() else None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, local_rank, want",
+    [
+        ("cpu", None, "cpu"),
+        ("cpu", 1, "cpu"),  # gloo ranks share the CPU
+        ("auto", 1, "cuda:1" if torch.cuda.is_available() else "cpu"),  # one GPU per torchrun process
+        ("cuda:0", 1, "cuda:1" if torch.cuda.is_available() else None),
+    ],
+)
 def test_choose_device_gives_each_rank_its_own_gpu(name, local_rank, want):
     if want is None:  # asking for CUDA where there is none is an input error, not a silent CPU run
         with pytest.raises(InputError, match="CUDA is not available"):

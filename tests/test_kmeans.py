@@ -59,7 +59,9 @@ def blobs(b: int, n: int, k: int, d: int, seed: int, spread: float = 0.05):
     g = gen(seed)
     centres = torch.randn(b, k, d, generator=g, dtype=torch.float64) * 10
     truth = torch.stack([torch.randperm(n, generator=g) % k for _ in range(b)])  # BxN, every cluster used
-    x = centres.gather(1, truth[:, :, None].expand(-1, -1, d)) + spread * torch.randn(b, n, d, generator=g, dtype=torch.float64)
+    x = centres.gather(1, truth[:, :, None].expand(-1, -1, d)) + spread * torch.randn(
+        b, n, d, generator=g, dtype=torch.float64
+    )
     return x, truth
 
 

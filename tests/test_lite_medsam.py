@@ -25,8 +25,12 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, load_weights, read_checkpoint
 from models.lite_medsam import (
-    LITE_MEDSAM_PACKAGE, build_lite_medsam_parts, bundled_checkpoint, is_lite_medsam_state, lite_medsam_config,
-)  # fmt: skip
+    LITE_MEDSAM_PACKAGE,
+    build_lite_medsam_parts,
+    bundled_checkpoint,
+    is_lite_medsam_state,
+    lite_medsam_config,
+)
 from models.sam import build_sam_parts
 
 DATA = Path(__file__).parent / "data"
@@ -168,9 +172,15 @@ def pair(request, oracle_modeling, state) -> types.SimpleNamespace:
             logits = expected_logits = None
             embedding, expected = ours.image_encoder(images), oracle_encode(theirs.image_encoder, images)
     return types.SimpleNamespace(
-        size=size, ours=ours, theirs=theirs, batch=images.shape[0], embedding=embedding, expected=expected,
-        logits=logits, expected_logits=expected_logits,
-    )  # fmt: skip
+        size=size,
+        ours=ours,
+        theirs=theirs,
+        batch=images.shape[0],
+        embedding=embedding,
+        expected=expected,
+        logits=logits,
+        expected_logits=expected_logits,
+    )
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = TOL) -> None:

@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from scipy.optimize import linear_sum_assignment
 
 from multirater_metrics import (
@@ -34,7 +33,6 @@ from multirater_metrics import (
     personalised_metrics,
     set_metrics,
 )
-
 from utils import choose_device
 
 TOL = 1e-6
@@ -171,8 +169,8 @@ def random_masks(seed: int, b: int, k: int, size: int = 8) -> torch.Tensor:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_set_metric_symmetries(seed):
-    p, l = random_masks(seed, 5, 3), random_masks(100 + seed, 5, 4)
-    pl, lp = set_metrics(p, l), set_metrics(l, p)
+    p, rl = random_masks(seed, 5, 3), random_masks(100 + seed, 5, 4)
+    pl, lp = set_metrics(p, rl), set_metrics(rl, p)
     torch.testing.assert_close(pl["GED"], lp["GED"], atol=TOL, rtol=0)
     torch.testing.assert_close(pl["Dice_max"], lp["Dice_max_reverse"], atol=TOL, rtol=0)
     torch.testing.assert_close(pl["Dice_soft"], lp["Dice_soft"], atol=TOL, rtol=0)
@@ -182,24 +180,24 @@ def test_set_metric_symmetries(seed):
 def test_set_metrics_range_and_order_invariance(seed):
     g = torch.Generator().manual_seed(seed)
     probs = torch.rand(4, 3, 8, 8, generator=g)  # probabilities, not only binary
-    l = random_masks(seed, 4, 5)
+    rl = random_masks(seed, 4, 5)
     valid = torch.rand(4, 5, generator=g) < 0.7
     valid[:, 0] = True
-    out = set_metrics(probs, l, valid)
+    out = set_metrics(probs, rl, valid)
     for key in SET_KEYS[1:]:
         assert bool(((out[key] >= 0) & (out[key] <= 1)).all()), key
     perm_p, perm_l = torch.randperm(3, generator=g), torch.randperm(5, generator=g)
-    shuffled = set_metrics(probs[:, perm_p], l[:, perm_l], valid[:, perm_l])
+    shuffled = set_metrics(probs[:, perm_p], rl[:, perm_l], valid[:, perm_l])
     for key in SET_KEYS:
         torch.testing.assert_close(shuffled[key], out[key], atol=TOL, rtol=0)
 
 
 def test_set_metrics_batched_equals_one_image_at_a_time():
-    p, l = random_masks(7, 3, 2), random_masks(8, 3, 4)
+    p, rl = random_masks(7, 3, 2), random_masks(8, 3, 4)
     valid = torch.tensor([[True, False, True, True], [True, False, False, False], [True, True, True, True]])
-    out = set_metrics(p, l, valid)
+    out = set_metrics(p, rl, valid)
     for b in range(3):
-        alone = set_metrics(p[b : b + 1], l[b : b + 1, valid[b]])  # invalid raters dropped
+        alone = set_metrics(p[b : b + 1], rl[b : b + 1, valid[b]])  # invalid raters dropped
         for key in SET_KEYS:
             assert out[key][b].item() == pytest.approx(alone[key].item(), abs=TOL), key
 
@@ -214,18 +212,18 @@ def _ref_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def reference_set_metrics(preds: np.ndarray, raters: np.ndarray) -> dict[str, float]:
     """Independent, loop-by-loop reading of SPEC §6 for one image: preds MxHxW, valid raters RxHxW."""
-    p, l = preds > 0.5, raters > 0.5
-    if not p.any() and not l.any():
+    p, rl = preds > 0.5, raters > 0.5
+    if not p.any() and not rl.any():
         ged = 0.0
-    elif not p.any() or not l.any():
+    elif not p.any() or not rl.any():
         ged = 1.0
     else:
         mean_d = lambda xs, ys: np.mean([1 - _ref_iou(x, y) for x in xs for y in ys])  # noqa: E731
-        ged = 2 * mean_d(p, l) - mean_d(l, l) - mean_d(p, p)
-    d = np.array([[_ref_dice(r, q) for q in p] for r in l])  # R x M
+        ged = 2 * mean_d(p, rl) - mean_d(rl, rl) - mean_d(p, p)
+    d = np.array([[_ref_dice(r, q) for q in p] for r in rl])  # R x M
     rows, cols = linear_sum_assignment(1 - d)
     assigned = dict(zip(rows, cols))
-    match = np.mean([d[r, assigned[r]] if r in assigned else d[r].max() for r in range(len(l))])
+    match = np.mean([d[r, assigned[r]] if r in assigned else d[r].max() for r in range(len(rl))])
     soft = np.mean([_ref_dice(preds.mean(0) > t, raters.mean(0) > t) for t in (0.1, 0.3, 0.5, 0.7, 0.9)])
     return dict(zip(SET_KEYS, (ged, d.max(0).mean(), d.max(1).mean(), match, soft)))
 
@@ -234,12 +232,12 @@ def reference_set_metrics(preds: np.ndarray, raters: np.ndarray) -> dict[str, fl
 def test_set_metrics_match_a_loop_reference(seed):
     g = torch.Generator().manual_seed(seed)
     probs = torch.randint(0, 9, (6, 3, 8, 8), generator=g) / 8.0  # multiples of 1/8: exact means in any precision
-    l = random_masks(seed, 6, 5)
+    rl = random_masks(seed, 6, 5)
     valid = torch.rand(6, 5, generator=g) < 0.6
     valid[:, 0] = True
-    out = set_metrics(probs, l, valid)
+    out = set_metrics(probs, rl, valid)
     for b in range(6):
-        want = reference_set_metrics(probs[b].numpy(), l[b, valid[b]].numpy())
+        want = reference_set_metrics(probs[b].numpy(), rl[b, valid[b]].numpy())
         for key in SET_KEYS:
             assert out[key][b].item() == pytest.approx(want[key], abs=TOL), (b, key)
 
@@ -261,11 +259,15 @@ def test_dice_and_iou_agree_with_monai_on_nonempty_masks():
     torch.testing.assert_close(iou(a, b), want_iou, atol=TOL, rtol=0)
     # pairwise versions: every (m, r) pair against MONAI on the broadcast pair
     pm, pr = a.view(2, 3, 16, 16), b.view(2, 3, 16, 16)
-    want = compute_dice(pm[:, :, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
-                        pr[:, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16)).view(2, 3, 3)
+    want = compute_dice(
+        pm[:, :, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
+        pr[:, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
+    ).view(2, 3, 3)
     torch.testing.assert_close(pairwise_dice(pm, pr), want, atol=TOL, rtol=0)
-    want = compute_iou(pm[:, :, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
-                       pr[:, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16)).view(2, 3, 3)
+    want = compute_iou(
+        pm[:, :, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
+        pr[:, None].expand(2, 3, 3, 16, 16).reshape(18, 1, 16, 16),
+    ).view(2, 3, 3)
     torch.testing.assert_close(pairwise_iou(pm, pr), want, atol=TOL, rtol=0)
 
 
@@ -327,9 +329,13 @@ def test_personalised_metrics_by_hand():
 
 
 def test_noc_by_hand():
-    scores = torch.tensor([[0.50, 0.82, 0.86, 0.95],  # 0.80 at click 2, 0.85 at 3, 0.90 at 4
-                           [0.90, 0.90, 0.90, 0.90],  # reached at click 1 (>=)
-                           [0.10, 0.20, 0.30, 0.84]])  # 0.80 at click 4 (a success); 0.85, 0.90 never
+    scores = torch.tensor(
+        [
+            [0.50, 0.82, 0.86, 0.95],  # 0.80 at click 2, 0.85 at 3, 0.90 at 4
+            [0.90, 0.90, 0.90, 0.90],  # reached at click 1 (>=)
+            [0.10, 0.20, 0.30, 0.84],
+        ]
+    )  # 0.80 at click 4 (a success); 0.85, 0.90 never
     out = noc(scores)
     assert list(out) == ["NoC@0.80", "NoF@0.80", "NoC@0.85", "NoF@0.85", "NoC@0.90", "NoF@0.90"]
     assert out["NoC@0.80"].tolist() == [2, 1, 4] and out["NoF@0.80"].tolist() == [0, 0, 0]
@@ -390,8 +396,10 @@ def _all_reduce_worker(rank: int, init_file: str, out_dir: str) -> None:
             acc.update({"Dice": torch.tensor([0.5])}, round=1)
             acc.update({"NoF@0.90": torch.tensor([1.0])}, round=2)
         reduced = acc.all_reduce()
-        torch.save({"mean": reduced.compute(), "count": reduced.compute("count"), "local": acc.compute("count")},
-                   Path(out_dir) / f"rank{rank}.pt")
+        torch.save(
+            {"mean": reduced.compute(), "count": reduced.compute("count"), "local": acc.compute("count")},
+            Path(out_dir) / f"rank{rank}.pt",
+        )
     finally:
         dist.destroy_process_group()
 
@@ -411,13 +419,13 @@ def test_accumulator_all_reduce_two_gloo_ranks(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_metrics_run_on_the_inputs_device():
     gpu_device = choose_device("cuda")
-    p, l = random_masks(11, 3, 2), random_masks(12, 3, 4)
+    p, rl = random_masks(11, 3, 2), random_masks(12, 3, 4)
     valid = torch.tensor([[True, True, False, True]] * 3)
-    cpu, gpu = set_metrics(p, l, valid), set_metrics(p.to(gpu_device), l.to(gpu_device), valid.to(gpu_device))
+    cpu, gpu = set_metrics(p, rl, valid), set_metrics(p.to(gpu_device), rl.to(gpu_device), valid.to(gpu_device))
     for key in SET_KEYS:
         assert gpu[key].device.type == gpu_device.type
         torch.testing.assert_close(gpu[key].cpu(), cpu[key], atol=TOL, rtol=0)
-    out = personalised_metrics(p[:, 0].to(gpu_device), l.to(gpu_device), valid.to(gpu_device), l[:, 0].to(gpu_device))
+    out = personalised_metrics(p[:, 0].to(gpu_device), rl.to(gpu_device), valid.to(gpu_device), rl[:, 0].to(gpu_device))
     assert all(v.device.type == gpu_device.type for v in out.values())
     assert noc(torch.rand(3, 5, device=gpu_device))["NoC@0.80"].device.type == gpu_device.type
 

@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from models import AESPAModel, aespa_config, build_model, build_sam_from_config, mixture_latent, responsibilities, sam_config
+from models import (
+    AESPAModel,
+    aespa_config,
+    build_model,
+    build_sam_from_config,
+    mixture_latent,
+    responsibilities,
+    sam_config,
+)
 from models.preference import MeanVarianceHead, WeightHead
 
 DATA = Path(__file__).parent / "data"
@@ -27,8 +35,9 @@ def test_responsibilities_hand_computed():
     # p=1.0: N(1;0,1) ∝ e^-0.5, N(1;1,1) ∝ 1 -> r = (e^-0.5, 1) / (1 + e^-0.5).
     e = math.exp(-0.5)
     expected = torch.tensor([[(0.5 + e / (1 + e)) / 2, (0.5 + 1 / (1 + e)) / 2]])
-    got = responsibilities(torch.tensor([[0.5, 1.0]]), torch.tensor([[0.5, 0.5]]),
-                           torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]]))  # fmt: skip
+    got = responsibilities(
+        torch.tensor([[0.5, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 1.0]])
+    )
     torch.testing.assert_close(got, expected)
 
 
@@ -50,15 +59,21 @@ def test_responsibilities_match_a_float64_reference(scale):
     w = rng.random(6)
     w /= w.sum()
     mu, var = (rng.random(6) * 2 - 1) * scale, rng.random(6) * 9.9 + 0.1
-    got = responsibilities(torch.tensor(p[None], dtype=torch.float32), *(torch.tensor(a[None], dtype=torch.float32) for a in (w, mu, var)))
+    got = responsibilities(
+        torch.tensor(p[None], dtype=torch.float32), *(torch.tensor(a[None], dtype=torch.float32) for a in (w, mu, var))
+    )
     np.testing.assert_allclose(got[0].numpy(), reference_responsibilities(p, w, mu, var), atol=2e-5)
 
 
 def test_responsibilities_far_pixel_goes_to_nearest_component_and_zero_weights_give_zero():
     # Far from both components (densities underflow in float32): the nearer mean (+100 is nearer to p=0.5
     # than -200 at equal variance) takes the pixel.
-    got = responsibilities(torch.full((1, 10), 0.5), torch.tensor([[0.5, 0.5]]),
-                           torch.tensor([[100.0, -200.0]]), torch.tensor([[1e-3, 1e-3]]))  # fmt: skip
+    got = responsibilities(
+        torch.full((1, 10), 0.5),
+        torch.tensor([[0.5, 0.5]]),
+        torch.tensor([[100.0, -200.0]]),
+        torch.tensor([[1e-3, 1e-3]]),
+    )
     torch.testing.assert_close(got, torch.tensor([[1.0, 0.0]]))
     zero = responsibilities(torch.rand(1, 10), torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), torch.ones(1, 2))
     assert torch.equal(zero, torch.zeros(1, 2))
@@ -73,7 +88,9 @@ def test_responsibilities_vectorised_over_batch_and_chunks():
     chunked = responsibilities(probs, w, mu, var, chunk=4 * 3 * 7)  # 7 pixels a chunk
     torch.testing.assert_close(whole, chunked)
     for b in range(3):
-        torch.testing.assert_close(whole[b : b + 1], responsibilities(probs[b : b + 1], w[b : b + 1], mu[b : b + 1], var[b : b + 1]))
+        torch.testing.assert_close(
+            whole[b : b + 1], responsibilities(probs[b : b + 1], w[b : b + 1], mu[b : b + 1], var[b : b + 1])
+        )
     torch.testing.assert_close(whole.sum(1), torch.ones(3))
 
 
@@ -137,8 +154,13 @@ def test_compat_batch_mixture_does_depend_on_neighbours():
 def test_residual_fusion_at_init_is_plain_sam():
     model = tiny_model("residual")
     sam = build_sam_from_config(sam_config("vit_t", 64)).eval()
-    sam.load_state_dict({k: v for k, v in model.state_dict().items() if k.split(".")[0] in
-                         ("image_encoder", "prompt_encoder", "mask_decoder")})  # fmt: skip
+    sam.load_state_dict(
+        {
+            k: v
+            for k, v in model.state_dict().items()
+            if k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder")
+        }
+    )
     images, points, labels, mask, weights, eps = inputs(2)
     with torch.no_grad():
         ours = model(images, points, labels, mask, weights, eps)["low_res"]
@@ -167,12 +189,19 @@ def test_medsam_layout_checkpoint_into_full_model_reports_fresh_heads(tmp_path):
     torch.save(sam.state_dict(), tmp_path / "sam.pth")
     model, report = build_model("vit_t", 64, n_components=8, checkpoint=str(tmp_path / "sam.pth"))
     assert len(report.loaded) + len(report.resampled) == len(sam.state_dict())
-    assert {k.split(".")[0] for k in report.initialised} == {"fcomb", "mean_var_head", "weight_head",
-                                                             "mixture_weights", "mixture_means", "mixture_variances"}  # fmt: skip
+    assert {k.split(".")[0] for k in report.initialised} == {
+        "fcomb",
+        "mean_var_head",
+        "weight_head",
+        "mixture_weights",
+        "mixture_means",
+        "mixture_variances",
+    }
     assert "image_encoder.pos_embed" in {k for k, _, _ in report.resampled}
 
 
 # --- the published AESPA checkpoint (SPEC §7.3) ------------------------------------------------------
+
 
 def reference_checkpoint(seed=0):
     shapes = json.loads((DATA / "aespa_reference_state_dict_shapes.json").read_text())
@@ -181,10 +210,15 @@ def reference_checkpoint(seed=0):
     rng = np.random.default_rng(seed)
     w = rng.random(16)
     return {
-        "epoch": 100, "model": "sam", "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
-        "path_helper": {"prefix": "logs/LIDC_AESPA"}, "EM_weights": w / w.sum(),
-        "EM_means": rng.uniform(-100, 100, 16), "EM_variances": rng.uniform(0.1, 10, 16),
-    }  # fmt: skip
+        "epoch": 100,
+        "model": "sam",
+        "state_dict": state,
+        "optimizer": {"state": {}, "param_groups": []},
+        "path_helper": {"prefix": "logs/LIDC_AESPA"},
+        "EM_weights": w / w.sum(),
+        "EM_means": rng.uniform(-100, 100, 16),
+        "EM_variances": rng.uniform(0.1, 10, 16),
+    }
 
 
 def as_numpy1_pickle(path: Path) -> None:
@@ -208,15 +242,25 @@ def test_published_aespa_checkpoint_loads_safely_and_completely(tmp_path, numpy1
     torch.save(ckpt, path)
     if numpy1:
         as_numpy1_pickle(path)
-    model, report = build_model("vit_b", 128, n_components=16, fusion="reference", checkpoint=str(path),
-                                point_order="yx", protocol="reference", decoder_block="reference")  # fmt: skip
+    model, report = build_model(
+        "vit_b",
+        128,
+        n_components=16,
+        fusion="reference",
+        checkpoint=str(path),
+        point_order="yx",
+        protocol="reference",
+        decoder_block="reference",
+    )
     assert report.initialised == []
     assert len(report.loaded) + len(report.resampled) == len(model.state_dict())
     assert [k for k, _, _ in report.resampled] == ["image_encoder.pos_embed"]  # rel tables already at 2*8-1 rows
     state = ckpt["state_dict"]
     assert torch.equal(model.image_encoder.blocks[2].attn.rel_pos_h, state["image_encoder.blocks.2.attn.rel_h"])
-    assert torch.equal(model.mask_decoder.transformer.layers[1].mlp.lin2.weight,
-                       state["mask_decoder.transformer.layers.1.mlp.fc.weight"])  # fmt: skip
+    assert torch.equal(
+        model.mask_decoder.transformer.layers[1].mlp.lin2.weight,
+        state["mask_decoder.transformer.layers.1.mlp.fc.weight"],
+    )
     assert torch.equal(model.fcomb.layers[4].weight, state["image_encoder.fcomb.layers.4.weight"])
     assert torch.equal(model.weight_head.fc6.bias, state["EM_weights.fc6.bias"])
     assert torch.equal(model.mean_var_head.conv1d_2.weight, state["EM_mean_variance.conv1d_2.weight"])

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_args
 
 import interaction
 import train
@@ -14,7 +15,6 @@ import val
 from batch import prepare_batch
 from builders import build_loader, build_model_from_config
 from cfg import parse_config
-from conftest import tiny_run_args
 from function_aespa import FollowedRaterUser
 from modes import Mode, get_mode, mode_names, register_mode
 from multirater_metrics import neutral_mask
@@ -39,8 +39,14 @@ class ConsensusTargetUser(FollowedRaterUser):
         return points, labels
 
 
-TOY = register_mode(Mode(name="toy_consensus", summary="a test's mode: consensus target, followed rater's clicks",
-                         user=ConsensusTargetUser, first_round_clicks=0))  # fmt: skip
+TOY = register_mode(
+    Mode(
+        name="toy_consensus",
+        summary="a test's mode: consensus target, followed rater's clicks",
+        user=ConsensusTargetUser,
+        first_round_clicks=0,
+    )
+)
 
 
 def test_a_mode_defined_in_a_test_runs_through_train_and_val(synthetic_root, tmp_path):
@@ -52,7 +58,9 @@ def test_a_mode_defined_in_a_test_runs_through_train_and_val(synthetic_root, tmp
     assert {r["mode"] for r in rows} == {"toy_consensus"}
     assert [r["clicks"] for r in rows if r["split"] == "test"] == [0, 1, 2]  # first_round_clicks = 0
     best = Path(out["run_dir"]) / "Model" / "checkpoint_best.pth"
-    evaluated = val.main(tiny_run_args(synthetic_root, tmp_path / "val", "-weights", str(best)))  # mode from the checkpoint
+    evaluated = val.main(
+        tiny_run_args(synthetic_root, tmp_path / "val", "-weights", str(best))
+    )  # mode from the checkpoint
     assert {r["mode"] for r in evaluated} == {"toy_consensus"} and len(evaluated) == 3
     assert ConsensusTargetUser.calls["click"] > trained_clicks
 
@@ -68,15 +76,21 @@ class RecordingStepper(Stepper):
         before = {n: p.detach().clone() for n, p in self.model.named_parameters()}
         super().step(loss)
         parts = {n.split(".")[0] for n, p in self.model.named_parameters() if not torch.equal(before[n], p)}
-        self.changed.append({group for group, modules in PARAM_GROUPS.items() if parts & set(modules)} | (
-            {"other"} if parts - {m for ms in PARAM_GROUPS.values() for m in ms} else set()))
+        self.changed.append(
+            {group for group, modules in PARAM_GROUPS.items() if parts & set(modules)}
+            | ({"other"} if parts - {m for ms in PARAM_GROUPS.values() for m in ms} else set())
+        )
 
 
-@pytest.mark.parametrize("mode, extra, per_round", [
-    ("AESPA", (), [{"network"}, {"weight"}]),
-    ("AESPA", ("-train_prompt",), [{"network"}, {"prompt"}, {"weight"}]),
-    ("SPA", (), [{"network"}, {"prompt"}, {"weight"}]),
-], ids=["AESPA", "AESPA-train_prompt", "SPA"])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode, extra, per_round",
+    [
+        ("AESPA", (), [{"network"}, {"weight"}]),
+        ("AESPA", ("-train_prompt",), [{"network"}, {"prompt"}, {"weight"}]),
+        ("SPA", (), [{"network"}, {"prompt"}, {"weight"}]),
+    ],
+    ids=["AESPA", "AESPA-train_prompt", "SPA"],
+)
 def test_each_step_updates_only_its_parameter_group(synthetic_root, tmp_path, mode, extra, per_round):
     """SPEC §4.1/§4.2: the network step moves the image encoder, fusion and decoder; the prompt step the prompt
     encoder and the mean/variance head; the weight-head step the weight head only."""

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datatrees import write_mbhseg_raw, write_nifti
 from PIL import Image
 
 import process_mbhseg
-from datatrees import write_mbhseg_raw, write_nifti
 from utils import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,8 +58,9 @@ def test_window_values_and_orientation(processed):
 
 def test_window_flags(tmp_path):
     raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
-    process_mbhseg.main(["--src", str(raw.root), "--dst", str(tmp_path / "out"), "--window_level", "100",
-                         "--window_width", "200"])
+    process_mbhseg.main(
+        ["--src", str(raw.root), "--dst", str(tmp_path / "out"), "--window_level", "100", "--window_width", "200"]
+    )
     png = _png(tmp_path / "out" / "MBHSeg-Binary" / "train" / "imgs" / "case_0" / "slice_3.png")
     # window [0, 200]: hu = 10x + 3 -> round(255 * hu / 200): x=0: 3.825->4, x=5: 67.575->68, x=11: 144.075->144
     assert png[-1, 11] == 4 and png[-1, 6] == 68 and png[-1, 0] == 144
@@ -123,7 +124,11 @@ def test_loaders_read_the_output(processed):
     binary = build_dataset("MBHSeg-Binary", out / "MBHSeg-Binary", "train", 16)
     multi = build_dataset("MBHSeg-Multiclass", out / "MBHSeg-Multi", "train", 16)
     assert [binary.records[i].name for i in range(len(binary))] == [
-        "case_0/slice_1", "case_0/slice_3", "case_1/slice_1", "case_1/slice_3"]
+        "case_0/slice_1",
+        "case_0/slice_3",
+        "case_1/slice_1",
+        "case_1/slice_3",
+    ]
     assert binary[0]["multi_rater"].shape == (3, 1, 16, 16)
     assert multi[0]["multi_rater"].shape == (3, 6, 16, 16)
 
@@ -164,8 +169,13 @@ def test_broken_inputs(tmp_path):
 
 def test_cli_error_is_one_line_without_traceback(tmp_path):
     missing = tmp_path / "nowhere"
-    proc = subprocess.run([sys.executable, "process_mbhseg.py", "--src", str(missing), "--dst", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "process_mbhseg.py", "--src", str(missing), "--dst", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(missing) in lines[0]
@@ -174,8 +184,15 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
 
 @pytest.mark.parametrize(
     "flag, value",
-    [("--window_width", "nan"), ("--window_width", "inf"), ("--window_width", "0"), ("--window_width", "-5"),
-     ("--window_level", "nan"), ("--window_level", "inf"), ("--window_level", "-inf")],
+    [
+        ("--window_width", "nan"),
+        ("--window_width", "inf"),
+        ("--window_width", "0"),
+        ("--window_width", "-5"),
+        ("--window_level", "nan"),
+        ("--window_level", "inf"),
+        ("--window_level", "-inf"),
+    ],
 )
 def test_unusable_windows_are_refused_before_anything_is_written(tmp_path, flag, value):
     raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
@@ -187,8 +204,22 @@ def test_unusable_windows_are_refused_before_anything_is_written(tmp_path, flag,
 
 def test_cli_refuses_a_nan_window_in_one_line(tmp_path):
     raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
-    proc = subprocess.run([sys.executable, "process_mbhseg.py", "--src", str(raw.root), "--dst", str(tmp_path / "out"),
-                           "--window_width", "nan"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "process_mbhseg.py",
+            "--src",
+            str(raw.root),
+            "--dst",
+            str(tmp_path / "out"),
+            "--window_width",
+            "nan",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: --window_width"), proc.stderr
     assert not (tmp_path / "out").exists()

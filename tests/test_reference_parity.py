@@ -14,11 +14,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import AESPAModel, CheckpointError, Decoded, build_sam_from_config, load_weights, read_checkpoint, sam_config
-from models import mixture_latent, responsibilities
+from models import (
+    AESPAModel,
+    CheckpointError,
+    Decoded,
+    build_sam_from_config,
+    load_weights,
+    mixture_latent,
+    read_checkpoint,
+    responsibilities,
+    sam_config,
+)
 from models.reference_format import (
-    assumed_settings, convert_reference_checkpoint, reference_decoder_heads, reference_model_config,
-)  # fmt: skip
+    assumed_settings,
+    convert_reference_checkpoint,
+    reference_decoder_heads,
+    reference_model_config,
+)
 from models.sam import CONFIG_KEYS
 
 DATA = Path(__file__).parent / "data"
@@ -58,6 +70,7 @@ def model(container):
 
 # --- architecture from the checkpoint ----------------------------------------------------------------
 
+
 def test_config_read_from_fixture_checkpoint(container):
     truth = json.loads((REF / "config.json").read_text())  # the values the original was built with
     config = reference_model_config(container, 64, "fixture")
@@ -74,12 +87,25 @@ def test_config_of_published_vit_b_layout():
     """The published checkpoint's layout (key shapes at image size 128) gives SAM ViT-B."""
     shapes = json.loads((DATA / "aespa_reference_state_dict_shapes.json").read_text())
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}  # shapes only, no memory
-    container = {"state_dict": state, "EM_weights": np.full(16, 1 / 16), "EM_means": np.zeros(16),
-                 "EM_variances": np.ones(16)}  # fmt: skip
+    container = {
+        "state_dict": state,
+        "EM_weights": np.full(16, 1 / 16),
+        "EM_means": np.zeros(16),
+        "EM_variances": np.ones(16),
+    }
     config = reference_model_config(container, 128, "published")
-    vit_b = dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=[2, 5, 8, 11], window_size=14,
-                 patch_size=16, out_chans=256, prompt_embed_dim=256, decoder_num_heads=8,
-                 decoder_mlp_dim=2048)  # fmt: skip
+    vit_b = dict(
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        global_attn_indexes=[2, 5, 8, 11],
+        window_size=14,
+        patch_size=16,
+        out_chans=256,
+        prompt_embed_dim=256,
+        decoder_num_heads=8,
+        decoder_mlp_dim=2048,
+    )
     assert {k: config[k] for k in vit_b} == vit_b
     assert {k: config[k] for k in CONFIG_KEYS} == sam_config("vit_b", 128)
     assert reference_model_config(container, source="published")["img_size"] == 128  # global tables: 2*8-1 rows
@@ -103,6 +129,7 @@ def test_config_refuses_unreadable_layouts(container):
 
 # --- image side --------------------------------------------------------------------------------------
 
+
 def test_pos_embed_resampled_at_load_equals_per_forward_resize(container, model):
     """The original resizes its 1 x 1024/p x 1024/p x D table bicubically at every forward; the loader once."""
     table = container["state_dict"]["image_encoder.pos_embed"]
@@ -121,6 +148,7 @@ def test_dense_pe(fx, model):
 
 
 # --- per round ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("t", ROUNDS)
 def test_prompt_encoder(fx, model, t):
@@ -221,6 +249,7 @@ def test_responsibilities(fx, t):
 
 # --- the padding point of an empty point set (official SAM) ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def official_sam(tmp_path_factory):
     parity = torch.load(DATA / "sam_tiny_parity.pt", weights_only=True)
@@ -235,8 +264,9 @@ def test_empty_point_set_gets_the_padding_token(official_sam):
     sam, parity = official_sam
     b = parity["inputs"]["points_xy"].shape[0]
     with torch.no_grad():
-        sparse, _ = sam.prompt_encoder(points=(torch.zeros(b, 0, 2), torch.zeros(b, 0, dtype=torch.long)),
-                                       boxes=None, masks=None)  # fmt: skip
+        sparse, _ = sam.prompt_encoder(
+            points=(torch.zeros(b, 0, 2), torch.zeros(b, 0, dtype=torch.long)), boxes=None, masks=None
+        )
         none, _ = sam.prompt_encoder(points=None, boxes=None, masks=None)
     assert_close(sparse, parity["outputs"]["sparse_points_mask"][:, -1:])
     assert none.shape == parity["outputs"]["sparse_no_prompt"].shape  # no points at all: no token

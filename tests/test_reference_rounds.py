@@ -55,8 +55,10 @@ def test_load_reference_model_is_the_val_path(model):
 
 
 def test_every_round_matches_when_fed_the_recorded_previous_round(fx, model):
-    previous = [(r["mask_prompt"] if r["has_mask_prompt"] else None, r["weight_head_input"] if t else None)
-                for t, r in enumerate(fx["rounds"])]  # round 1: no mask prompt, the stored weights  # fmt: skip
+    previous = [
+        (r["mask_prompt"] if r["has_mask_prompt"] else None, r["weight_head_input"] if t else None)
+        for t, r in enumerate(fx["rounds"])
+    ]  # round 1: no mask prompt, the stored weights
     out = predict_rounds(model, fx["inputs"]["images"], recorded_clicks(fx), previous)
     for t, (ours, want) in enumerate(zip(out, fx["rounds"]), start=1):
         for key in COMPARED:
@@ -102,9 +104,28 @@ def write_fixture_tree(fx, root: Path) -> Path:
 
 def test_val_py_runs_the_fixture_checkpoint_on_a_lidc_tree(fx, tmp_path):
     root = write_fixture_tree(fx, tmp_path / "LIDC")
-    common = ["-weights", str(CHECKPOINT), "-dataset", "LIDC", "-data_path", str(root), "-image_size", "64",
-              "-b", "3", "-w", "0", "-valid_raters", "nonempty", "-val_follow", "random", "-noc_clicks", "2",
-              "-log_dir", str(tmp_path / "logs")]  # fmt: skip
+    common = [
+        "-weights",
+        str(CHECKPOINT),
+        "-dataset",
+        "LIDC",
+        "-data_path",
+        str(root),
+        "-image_size",
+        "64",
+        "-b",
+        "3",
+        "-w",
+        "0",
+        "-valid_raters",
+        "nonempty",
+        "-val_follow",
+        "random",
+        "-noc_clicks",
+        "2",
+        "-log_dir",
+        str(tmp_path / "logs"),
+    ]
     rows = val.main(common + ["-compat", "reference"])
     assert [r["clicks"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert all(np.isfinite(r["Dice_follow"]) for r in rows)

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- checkpoint file mode -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
 def test_a_checkpoint_gets_the_mode_of_an_ordinary_file(tmp_path, umask):
     old = os.umask(umask)
@@ -38,13 +39,22 @@ def test_a_checkpoint_gets_the_mode_of_an_ordinary_file(tmp_path, umask):
 
 # --- orphan temporaries ---------------------------------------------------------------------------------------
 
+
 def killed_during_save(folder: Path) -> None:
     """A process killed (os._exit, no cleanup runs) after writing the temporary file, before the rename."""
-    code = ("import os, sys, torch, utils\n"
-            "utils.os.replace = lambda *a: os._exit(9)\n"
-            "utils.atomic_torch_save({'w': torch.zeros(3)}, sys.argv[1])\n")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code, str(folder / "checkpoint_last.pth")], cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    code = (
+        "import os, sys, torch, utils\n"
+        "utils.os.replace = lambda *a: os._exit(9)\n"
+        "utils.atomic_torch_save({'w': torch.zeros(3)}, sys.argv[1])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "checkpoint_last.pth")],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 9, proc.stderr
 
 
@@ -56,9 +66,17 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert len(orphans) == 1 and orphans[0].name.startswith(".checkpoint_last.pth.")  # the real leftover
     older = model / ".checkpoint_best.pth.k3j9x_2a.tmp"  # tempfile.mkstemp's spelling (earlier versions)
     older.write_bytes(b"half")
-    keep = [".something.pth", "checkpoint_last.pth", ".checkpoint_last.pth.tmp", ".checkpoint_last.pth.abcdefg.tmp",
-            ".checkpoint_last.pth.abcdefghi.tmp", ".checkpoint_last.pth.ABCDEFGH.tmp", "checkpoint.pth.abcdefgh.tmp",
-            ".checkpoint_last.pth.abcdefgh.tmp.bak", ".x.abcdefgh.tmpx"]  # fmt: skip
+    keep = [
+        ".something.pth",
+        "checkpoint_last.pth",
+        ".checkpoint_last.pth.tmp",
+        ".checkpoint_last.pth.abcdefg.tmp",
+        ".checkpoint_last.pth.abcdefghi.tmp",
+        ".checkpoint_last.pth.ABCDEFGH.tmp",
+        "checkpoint.pth.abcdefgh.tmp",
+        ".checkpoint_last.pth.abcdefgh.tmp.bak",
+        ".x.abcdefgh.tmpx",
+    ]
     for name in keep:
         (model / name).write_bytes(b"keep")
     (model / ".folder.abcdefgh.tmp").mkdir()  # named like one, but a folder
@@ -82,6 +100,7 @@ def test_the_atomic_writes_leave_no_temporary_and_replace_the_file(tmp_path):
 
 
 # --- metrics.jsonl repair on resume ---------------------------------------------------------------------------
+
 
 def row(epoch: int, split: str, round_: int, dice: float = 0.5) -> str:
     return json.dumps({"epoch": epoch, "split": split, "mode": "SPA", "round": round_, "Dice": dice}) + "\n"
@@ -137,9 +156,11 @@ def test_a_complete_last_row_without_its_newline_is_kept(tmp_path):
 
 @pytest.mark.parametrize(
     "bad, line",
-    [('{"epoch": 1, "split": "train", "ro\n', 3),  # cut short but followed by more rows: not a kill
-     ('{"epoch": "one", "split": "train", "round": 1}\n', 3),
-     ("[1, 2]\n", 3)],
+    [
+        ('{"epoch": 1, "split": "train", "ro\n', 3),  # cut short but followed by more rows: not a kill
+        ('{"epoch": "one", "split": "train", "round": 1}\n', 3),
+        ("[1, 2]\n", 3),
+    ],
 )
 def test_any_other_malformed_line_is_an_error_naming_file_and_line(tmp_path, bad, line):
     path = tmp_path / "metrics.jsonl"

@@ -68,7 +68,9 @@ def test_end_to_end_predict(parity, sam):
     inp, out = parity["inputs"], parity["outputs"]
     with torch.no_grad():
         masks, _ = sam.predict(
-            inp["image_uint8"].float() / 255, points=(inp["points_xy"], inp["point_labels"]), mask_input=inp["mask_input"]
+            inp["image_uint8"].float() / 255,
+            points=(inp["points_xy"], inp["point_labels"]),
+            mask_input=inp["mask_input"],
         )
     # Encoder differences (<= 1e-5) propagate through the decoder, hence a slightly wider tolerance here.
     assert (masks - out["low_res_masks_single"]).abs().max().item() < 1e-4

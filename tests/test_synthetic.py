@@ -84,8 +84,10 @@ def default_test_split() -> list[sd.SyntheticCase]:
 
 
 def test_inter_rater_dice_in_range(default_test_split):
-    pairs = {(i, j): np.mean([_dice(c.raters[i], c.raters[j]) for c in default_test_split])
-             for i, j in itertools.combinations(range(4), 2)}
+    pairs = {
+        (i, j): np.mean([_dice(c.raters[i], c.raters[j]) for c in default_test_split])
+        for i, j in itertools.combinations(range(4), 2)
+    }
     assert 0.6 <= np.mean(list(pairs.values())) <= 0.9, pairs
     assert all(0.4 < d < 0.95 for d in pairs.values()), pairs  # every pair genuinely disagrees
 

@@ -29,16 +29,40 @@ NOC = {(12, 0): 7.0, (12, 1): 9.0, (48, 0): 4.0, (48, 1): 5.5}
 
 def base_args(**changes) -> dict:
     """A few flags of args.json as train.py writes it."""
-    args = {"exp_name": "LIDC_SPA", "mode": "SPA", "dataset": "LIDC", "data_path": "./data/LIDC", "num_samples": 48,
-            "n_clusters": 4, "n_components": 16, "clicks": ROUNDS, "seed": 0, "log_dir": "logs_new", "device": "auto",
-            "resume": None, "weights": None}  # fmt: skip
+    args = {
+        "exp_name": "LIDC_SPA",
+        "mode": "SPA",
+        "dataset": "LIDC",
+        "data_path": "./data/LIDC",
+        "num_samples": 48,
+        "n_clusters": 4,
+        "n_components": 16,
+        "clicks": ROUNDS,
+        "seed": 0,
+        "log_dir": "logs_new",
+        "device": "auto",
+        "resume": None,
+        "weights": None,
+    }
     args.update(changes)
     return args
 
 
 def rows_of(epoch: int, split: str, dice_follow: list[float], **extra) -> list[dict]:
-    return [{"epoch": epoch, "split": split, "mode": "SPA", "round": t, "clicks": t, "loss": 0.1,
-             "Dice_follow": v, "Dice": v - 0.1, **extra} for t, v in enumerate(dice_follow, start=1)]  # fmt: skip
+    return [
+        {
+            "epoch": epoch,
+            "split": split,
+            "mode": "SPA",
+            "round": t,
+            "clicks": t,
+            "loss": 0.1,
+            "Dice_follow": v,
+            "Dice": v - 0.1,
+            **extra,
+        }
+        for t, v in enumerate(dice_follow, start=1)
+    ]
 
 
 def write_run(folder: Path, args: dict, rows: list[dict]) -> Path:
@@ -73,7 +97,10 @@ def test_table_means_stds_and_files(logs: Path, tmp_path: Path, capsys) -> None:
     table = tables.main([str(logs), "-metrics", "Dice_follow,NoC@0.90", "-rounds", "1,2,3", "-out", str(out)])
     assert [h for h, _, _ in table.columns] == ["Dice_follow@1", "Dice_follow@2", "Dice_follow@3", "NoC@0.90"]
     assert table.flags == ["num_samples"]  # seed, log_dir and the folder timestamps do not split configurations
-    assert [c.label for c in table.configs] == ["LIDC_SPA_samples12 (num_samples=12)", "LIDC_SPA_samples48 (num_samples=48)"]
+    assert [c.label for c in table.configs] == [
+        "LIDC_SPA_samples12 (num_samples=12)",
+        "LIDC_SPA_samples48 (num_samples=48)",
+    ]
     assert [len(c.runs) for c in table.configs] == [2, 2]
     for i, samples in enumerate((12, 48)):
         for j in range(4):
@@ -121,8 +148,15 @@ def test_defaults_single_run_and_ignored_flags(tmp_path: Path, capsys) -> None:
     write_run(tmp_path / "other", base_args(n_clusters=2), rows_of(1, "test", [0.25, 0.5, 0.75, 0.8]))
     out = tmp_path / "out"
     table = tables.main([str(tmp_path / "val_0"), str(tmp_path / "val_1"), str(tmp_path / "other"), "-out", str(out)])
-    assert [h for h, _, _ in table.columns] == ["Dice@1", "Dice@3", "Dice@4", "Dice_follow@1", "Dice_follow@3",
-                                                "Dice_follow@4", "NoC@0.90"]  # fmt: skip
+    assert [h for h, _, _ in table.columns] == [
+        "Dice@1",
+        "Dice@3",
+        "Dice@4",
+        "Dice_follow@1",
+        "Dice_follow@3",
+        "Dice_follow@4",
+        "NoC@0.90",
+    ]
     assert "no run has GED; left out" in capsys.readouterr().err
     merged = [c for c in table.configs if len(c.runs) == 2]
     assert len(merged) == 1 and merged[0].exp_name == "LIDC_SPA"
@@ -146,8 +180,13 @@ def test_parent_folder_skips_runs_without_results(logs: Path, tmp_path: Path, ca
 
 def one_error(tmp_path: Path, *argv: str) -> str:
     """Run tables.py as users do; it must exit 2 with one `error:` line and no traceback."""
-    proc = subprocess.run([sys.executable, "tables.py", *argv, "-out", str(tmp_path / "o")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "tables.py", *argv, "-out", str(tmp_path / "o")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
@@ -167,14 +206,17 @@ def test_cli_malformed_metrics_names_file_and_line(logs: Path, tmp_path: Path) -
     assert f"{run / 'metrics.jsonl'} line 5" in message
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("not_a_run", "no args.json"),
-    ("no_metrics", "no metrics.jsonl"),
-    ("no_test_rows", "no test rows"),
-    ("unknown_metric", "-metrics Dice_folow"),
-    ("round_beyond", "-rounds 7"),
-    ("bad_row", "line 2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("not_a_run", "no args.json"),
+        ("no_metrics", "no metrics.jsonl"),
+        ("no_test_rows", "no test rows"),
+        ("unknown_metric", "-metrics Dice_folow"),
+        ("round_beyond", "-rounds 7"),
+        ("bad_row", "line 2"),
+    ],
+)
 def test_bad_input_raises_input_error(tmp_path: Path, case: str, expect: str) -> None:
     run = tmp_path / "run"
     argv = [str(run), "-out", str(tmp_path / "o")]
@@ -197,11 +239,17 @@ def test_bad_input_raises_input_error(tmp_path: Path, case: str, expect: str) ->
 
 def add_broken_runs(logs: Path) -> list[Path]:
     """Two unreadable runs beside the good ones: args.json cut short, and a metrics.jsonl line cut short."""
-    bad_args = write_run(logs / "bad_args", base_args(exp_name="LIDC_SPA_samples12", num_samples=12, seed=5),
-                         rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}))  # fmt: skip
+    bad_args = write_run(
+        logs / "bad_args",
+        base_args(exp_name="LIDC_SPA_samples12", num_samples=12, seed=5),
+        rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}),
+    )
     (bad_args / "args.json").write_text('{"exp_name": "LIDC_SPA_samples12", "num_')
-    bad_row = write_run(logs / "bad_row", base_args(exp_name="LIDC_SPA_samples48", num_samples=48, seed=6),
-                        rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}))  # fmt: skip
+    bad_row = write_run(
+        logs / "bad_row",
+        base_args(exp_name="LIDC_SPA_samples48", num_samples=48, seed=6),
+        rows_of(2, "test", [0.0] * ROUNDS, **{"NoC@0.90": 1.0}),
+    )
     with (bad_row / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": 2, "split": "te\n')
     return [bad_args, bad_row]

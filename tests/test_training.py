@@ -8,16 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_args
+from datatrees import write_lidc_tree, write_two_style_tree
 
 import train
 import val
-from conftest import tiny_run_args
-from datatrees import write_lidc_tree, write_two_style_tree
 from multirater_metrics import SET_KEYS
 from runlog import read_metrics
 
-PERSONAL_KEYS = ("Dice", "IoU", "Dice_follow", "Dice_neutral", "Delta_follow_vs_neutral", "Gain_over_consensus",
-                 "Dice_personal_mean")  # fmt: skip
+PERSONAL_KEYS = (
+    "Dice",
+    "IoU",
+    "Dice_follow",
+    "Dice_neutral",
+    "Delta_follow_vs_neutral",
+    "Gain_over_consensus",
+    "Dice_personal_mean",
+)
 
 
 def rows_of(run_dir: str | Path, split: str, epoch: int | None = None) -> list[dict]:
@@ -59,8 +66,11 @@ def test_the_model_learns_to_follow_the_clicked_rater(tmp_path):
     """Raters that differ systematically (tight vs generous) and a short training: after the first click the
     prediction matches the followed rater better, and moves toward it rather than toward the consensus."""
     root = write_two_style_tree(tmp_path / "two")
-    out = train.main(tiny_run_args(root, tmp_path, "-epochs", "6", "-lr", "1e-3", "-clicks", "4", "-noc_clicks", "0",
-                                   "-val_freq", "6"))  # fmt: skip
+    out = train.main(
+        tiny_run_args(
+            root, tmp_path, "-epochs", "6", "-lr", "1e-3", "-clicks", "4", "-noc_clicks", "0", "-val_freq", "6"
+        )
+    )
     first, *later = out["test"]
     assert all(r["Dice_follow"] > first["Dice_follow"] + 0.05 for r in later), out["test"]
     assert all(r["Delta_follow_vs_neutral"] > first["Delta_follow_vs_neutral"] + 0.03 for r in later)
@@ -72,8 +82,26 @@ def test_spa_learns_to_follow_its_preference_target(tmp_path):
     short training its prediction matches the target better than the raters' consensus does, in every round
     (measured: Gain_over_consensus 0.15-0.22; after one epoch Dice_follow is 0.61-0.67, below the consensus)."""
     root = write_two_style_tree(tmp_path / "two")
-    out = train.main(tiny_run_args(root, tmp_path, "-mode", "SPA", "-epochs", "6", "-lr", "1e-3", "-clicks", "4",
-                                   "-noc_clicks", "0", "-val_freq", "6", "-num_samples", "4"))  # fmt: skip
+    out = train.main(
+        tiny_run_args(
+            root,
+            tmp_path,
+            "-mode",
+            "SPA",
+            "-epochs",
+            "6",
+            "-lr",
+            "1e-3",
+            "-clicks",
+            "4",
+            "-noc_clicks",
+            "0",
+            "-val_freq",
+            "6",
+            "-num_samples",
+            "4",
+        )
+    )
     assert out["test"][-1]["Dice_follow"] > 0.8, out["test"]
     assert all(r["Gain_over_consensus"] > 0.1 for r in out["test"]), out["test"]
 
@@ -85,11 +113,17 @@ def weights_of(path: Path) -> dict[str, torch.Tensor]:
 def test_resume_gives_the_same_weights_and_metrics(synthetic_root, tmp_path):
     args = tiny_run_args(synthetic_root, tmp_path, "-epochs", "2", "-noc_clicks", "0", "-val_freq", "1")
     straight = train.main(args + ["-exp_name", "straight"])
-    first = train.main(tiny_run_args(synthetic_root, tmp_path, "-epochs", "1", "-noc_clicks", "0", "-val_freq", "1",
-                                     "-exp_name", "stopped"))  # fmt: skip
+    first = train.main(
+        tiny_run_args(
+            synthetic_root, tmp_path, "-epochs", "1", "-noc_clicks", "0", "-val_freq", "1", "-exp_name", "stopped"
+        )
+    )
     resumed = train.main(args + ["-resume", str(Path(first["run_dir"]) / "Model" / "checkpoint_last.pth")])
     assert resumed["run_dir"] == first["run_dir"]  # continues in the same run folder
-    a, b = weights_of(Path(straight["run_dir"]) / "Model" / "checkpoint_last.pth"), weights_of(Path(first["run_dir"]) / "Model" / "checkpoint_last.pth")
+    a, b = (
+        weights_of(Path(straight["run_dir"]) / "Model" / "checkpoint_last.pth"),
+        weights_of(Path(first["run_dir"]) / "Model" / "checkpoint_last.pth"),
+    )
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -118,7 +152,10 @@ def test_val_py_takes_the_checkpoints_mode_unless_told_another(synthetic_root, t
     assert {r["mode"] for r in own} == {"SPA"} and own[0]["clicks"] == 1  # SPA starts from an initial click
     assert {r["mode"] for r in other} == {"AESPA"} and other[0]["clicks"] == 0  # AESPA's first round has none
     run_dir = next((tmp_path / "other").glob("*_val_*"))
-    assert "evaluating a model trained with -mode SPA under the AESPA protocol" in (run_dir / "Log" / "log.txt").read_text()
+    assert (
+        "evaluating a model trained with -mode SPA under the AESPA protocol"
+        in (run_dir / "Log" / "log.txt").read_text()
+    )
     assert json.loads((run_dir / "args.json").read_text())["epochs"] == 1  # the evaluated model's, not val.py's default
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_run_args
 
 from builders import build_loader, build_model_from_config
 from cfg import parse_config
-from conftest import tiny_run_args
 from engine import evaluate
 
 
