@@ -24,6 +24,15 @@ LIDC (and synthetic) drop slices where no rater marks anything unless `keep_empt
 computed from the masks once and cached in `<split>/aespa_manifest.json`, keyed on the list of files
 with their sizes and modification times. The other layouts keep every slice they find
 (`process_mbhseg.py --keep_empty` decides for MBHSeg).
+
+Splits: train, val, test. Synthetic data generates its own val/ folder (`val_fraction` does not apply to
+it). The other layouts carve the validation split out of the training folder by group, so that no
+patient (LIDC), case (MBHSeg) or image (REFUGE) is in two splits: of the n groups of the training folder
+(before empty slices are dropped), the k = round(val_fraction * n) (halves up, at least 1, at most n - 1)
+whose names have the smallest SHA-256 go to val, the others stay in train (`val_groups`). The choice
+depends on the group names only, not on listing order; adding or removing a group moves at most one
+other group between train and val, and a larger val_fraction keeps the groups of a smaller one.
+`val_fraction=0` trains on the whole folder and has no val split. The test folder is never carved.
 """
 
 from __future__ import annotations
@@ -31,10 +40,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +54,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from conf import global_settings as settings
 from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT
-from synthetic_data import N_TEST, N_TRAIN, ensure_synthetic
+from synthetic_data import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
 from utils import InputError, atomic_write_bytes, natural_key, one_line
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 VALID_RULES = ("present", "nonempty")
 REFUGE_TARGETS = ("cup", "disc")
 REFUGE_FOLDERS = {"train": "Training-400", "test": "Test-400"}
@@ -61,11 +73,13 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 @dataclass(frozen=True)
 class Record:
-    """One sample on disk: its name, image file and rater mask files (sorted by rater id)."""
+    """One sample on disk: its name, image file and rater mask files (sorted by rater id); marked: some rater
+    marks foreground (LIDC layout only; slices without are dropped unless keep_empty)."""
 
     name: str
     image: Path
     raters: tuple[Path, ...]
+    marked: bool = True
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -301,7 +315,8 @@ def _foreground_flags(split_dir: Path, records: list[Record], key: str) -> dict[
     return flags
 
 
-def _lidc_records(split_dir: Path, keep_empty: bool) -> list[Record]:
+def _lidc_records(split_dir: Path) -> list[Record]:
+    """Every slice of the folder, `marked` from the (cached) foreground flags."""
     images_root = _require_dir(split_dir / "images", "images folder")
     gt_root = _require_dir(split_dir / "gt", "gt folder")
     images, masks = _listing(images_root), _listing(gt_root)
@@ -309,11 +324,7 @@ def _lidc_records(split_dir: Path, keep_empty: bool) -> list[Record]:
     if not records:
         raise InputError(f"{images_root}: no images (expected <patient>/<slice>.png)")
     foreground = _foreground_flags(split_dir, records, _tree_key(images, masks))
-    kept = records if keep_empty else [r for r in records if foreground[r.name]]
-    if not kept:
-        raise InputError(f"{split_dir}: no slice has a marked lesion (keep_empty=True keeps empty slices)")
-    log.info("%s: %d slices (%d without lesion skipped)", split_dir, len(kept), len(records) - len(kept))
-    return kept
+    return [replace(r, marked=foreground[r.name]) for r in records]
 
 
 def _check_shapes(records: list[Record], n_classes: int) -> None:
@@ -366,35 +377,135 @@ def _refuge_records(split_dir: Path, target: str) -> list[Record]:
     return records
 
 
+# ----------------------------------------------------------------------------------------- validation carve
+
+
+def _first_folder(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def _whole_name(name: str) -> str:
+    return name
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """What must stay within one split when validation is carved from the training folder: `kind` names the
+    group in messages ("patient"), `of` maps a record name to its group."""
+
+    kind: str
+    of: Callable[[str], str]
+
+
+def n_val_groups(n_groups: int, val_fraction: float) -> int:
+    """k = round(val_fraction * n_groups), halves up, clamped to 1..n_groups-1 (train and val both non-empty)."""
+    k = math.floor(round(val_fraction * n_groups, 9) + 0.5)  # round(., 9): 0.3 * 5 counts as 1.5, not 1.4999...
+    return min(max(k, 1), n_groups - 1)
+
+
+def val_groups(groups: Iterable[str], val_fraction: float) -> frozenset[str]:
+    """The validation groups among `groups` (at least two): the `n_val_groups` whose UTF-8 names have the
+    smallest SHA-256 digests. Independent of the order of `groups`; see the module docstring for stability."""
+    names = set(groups)
+    ranked = sorted(names, key=lambda g: (hashlib.sha256(g.encode("utf-8")).digest(), g))
+    return frozenset(ranked[: n_val_groups(len(names), val_fraction)])
+
+
+def _carve(records: list[Record], grouping: Grouping, split: str, val_fraction: float, folder: Path) -> list[Record]:
+    """The records of `split` ('train' or 'val') among those of the training folder."""
+    if val_fraction == 0:
+        return records
+    groups = {grouping.of(r.name) for r in records}
+    if len(groups) < 2:
+        raise InputError(
+            f"{folder}: {len(groups)} {grouping.kind}(s), too few to carve a validation split from "
+            f"(val_fraction 0 trains on the whole folder)"
+        )
+    held = val_groups(groups, val_fraction)
+    log.info("%s: %d of %d %ss held out for validation", folder, len(held), len(groups), grouping.kind)
+    return [r for r in records if (grouping.of(r.name) in held) == (split == "val")]
+
+
 # ----------------------------------------------------------------------------------------- entry
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How a dataset lies on disk: its default folder, the split folder names, the reader of a split's records
-    (split folder, options) -> records, and the classes of its masks (1: binary)."""
+    """How a dataset lies on disk: its default folder, the reader of a folder's records (folder, options) ->
+    records, the classes of its masks (1: binary), the split folder names, and either a "val" split folder or
+    the grouping by which validation is carved from the training folder. `generate` makes generated data on
+    first use ((root, options) -> root); its default folder then depends on the data seed."""
 
     default_path: str
     records: Callable[[Path, dict], list[Record]]
     n_classes: int = 1
     split_folders: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
+    val_grouping: Grouping | None = None
+    generate: Callable[[Path, dict], Path] | None = None
+
+    def __post_init__(self):
+        if ("val" in self.split_folders) == (self.val_grouping is not None):
+            raise ValueError("a layout has either a val split folder or a val_grouping to carve one")
+
+
+def _ensure_synthetic(root: Path, options: dict) -> Path:
+    return ensure_synthetic(root, options["seed"], options["n_train"], options["n_test"], options["n_val"])
 
 
 # Every dataset the command line offers (-dataset), in the order it lists them.
 DATASETS: dict[str, Layout] = {
-    "synthetic": Layout(SYNTHETIC_ROOT, lambda d, o: _lidc_records(d, o["keep_empty"])),
-    "LIDC": Layout("data/LIDC", lambda d, o: _lidc_records(d, o["keep_empty"])),
-    "MBHSeg-Binary": Layout("data/MBHSeg-Binary", lambda d, o: _mbhseg_records(d, 1)),
-    "MBHSeg-Multiclass": Layout("data/MBHSeg-Multi", lambda d, o: _mbhseg_records(d, MBHSEG_CLASSES), MBHSEG_CLASSES),
+    "synthetic": Layout(
+        SYNTHETIC_ROOT,
+        lambda d, o: _lidc_records(d),
+        split_folders={"train": "train", "val": "val", "test": "test"},
+        generate=_ensure_synthetic,
+    ),
+    "LIDC": Layout("data/LIDC", lambda d, o: _lidc_records(d), val_grouping=Grouping("patient", _first_folder)),
+    "MBHSeg-Binary": Layout(
+        "data/MBHSeg-Binary", lambda d, o: _mbhseg_records(d, 1), val_grouping=Grouping("case", _first_folder)
+    ),
+    "MBHSeg-Multiclass": Layout(
+        "data/MBHSeg-Multi",
+        lambda d, o: _mbhseg_records(d, MBHSEG_CLASSES),
+        MBHSEG_CLASSES,
+        val_grouping=Grouping("case", _first_folder),
+    ),
     "REFUGE": Layout(
-        "data/REFUGE-Multirater", lambda d, o: _refuge_records(d, o["refuge_target"]), split_folders=REFUGE_FOLDERS
+        "data/REFUGE-Multirater",
+        lambda d, o: _refuge_records(d, o["refuge_target"]),
+        split_folders=REFUGE_FOLDERS,
+        val_grouping=Grouping("image", _whole_name),
     ),
 }
 
 
-def default_data_path(name: str) -> str:
-    """The folder a dataset is read from when -data_path is not given."""
-    return DATASETS[name].default_path
+def _check_data_seed(data_seed: int) -> None:
+    if isinstance(data_seed, bool) or not isinstance(data_seed, numbers.Integral) or data_seed < 0:
+        raise InputError(f"data seed must be a non-negative integer, got {data_seed!r}")
+
+
+def _check_val_fraction(val_fraction: float) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction must be a number in [0, 1), got {val_fraction!r}")
+
+
+def default_data_path(name: str, data_seed: int = settings.DATA_SEED) -> str:
+    """The folder a dataset is read from when -data_path is not given. Generated data (synthetic) has one per
+    data seed: data/synthetic for seed 0, data/synthetic_seed<N> otherwise; data read from disk ignores it."""
+    if name not in DATASETS:
+        raise InputError(f"unknown dataset '{name}' (valid: {', '.join(DATASETS)})")
+    _check_data_seed(data_seed)
+    layout = DATASETS[name]
+    if layout.generate is None or data_seed == 0:
+        return layout.default_path
+    return f"{layout.default_path}_seed{data_seed}"
+
+
+def has_val_split(name: str, val_fraction: float = settings.VAL_FRACTION) -> bool:
+    """Whether `build_dataset(name, ..., 'val', val_fraction=val_fraction)` has a split to return."""
+    _check_val_fraction(val_fraction)
+    layout = DATASETS[name]
+    return "val" in layout.split_folders or (layout.val_grouping is not None and val_fraction > 0)
 
 
 def build_dataset(
@@ -406,15 +517,19 @@ def build_dataset(
     valid_raters: str = "present",
     keep_empty: bool = False,
     refuge_target: str = "cup",
-    seed: int = 0,
+    val_fraction: float = settings.VAL_FRACTION,
+    seed: int = settings.DATA_SEED,
     n_train: int = N_TRAIN,
+    n_val: int = N_VAL,
     n_test: int = N_TEST,
 ) -> MultiRaterDataset:
-    """The `split` ('train'|'test') of dataset `name` under `data_path`, samples resized to image_size.
+    """The `split` ('train'|'val'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
     Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);
-    refuge_target 'cup'|'disc' (REFUGE); seed, n_train, n_test (synthetic: generated on first use into
-    data_path, default data/synthetic). Raises InputError (one line naming the path) for a bad tree.
+    refuge_target 'cup'|'disc' (REFUGE); val_fraction in [0, 1): the share of training groups carved out as
+    the val split (see the module docstring; not synthetic); seed (the data seed), n_train, n_val, n_test
+    (synthetic: generated on first use into data_path, default `default_data_path(name, seed)`).
+    Raises InputError (one line naming the path or option) for a bad tree or option.
     """
     if name not in DATASETS:
         raise InputError(f"unknown dataset '{name}' (valid: {', '.join(DATASETS)})")
@@ -426,14 +541,26 @@ def build_dataset(
         raise InputError(f"unknown refuge_target '{refuge_target}' (valid: {', '.join(REFUGE_TARGETS)})")
     if int(image_size) != image_size or image_size < 1:
         raise InputError(f"image_size must be a positive integer, got {image_size}")
-    if data_path is None and name != "synthetic":
-        raise InputError(f"dataset {name} needs a data path")
+    _check_val_fraction(val_fraction)
+    if split == "val" and not has_val_split(name, val_fraction):
+        raise InputError(f"dataset {name} has no val split with val_fraction 0 (give a fraction in (0, 1))")
     layout = DATASETS[name]
-    root = Path(data_path if data_path is not None else layout.default_path)
-    if name == "synthetic":
-        root = ensure_synthetic(root, seed=seed, n_train=n_train, n_test=n_test)
+    if data_path is None and layout.generate is None:
+        raise InputError(f"dataset {name} needs a data path")
+    options = {"keep_empty": keep_empty, "refuge_target": refuge_target, "seed": seed}
+    options.update(n_train=n_train, n_val=n_val, n_test=n_test)
+    root = Path(data_path if data_path is not None else default_data_path(name, seed))
+    if layout.generate is not None:
+        root = layout.generate(root, options)
     _require_dir(root, f"{name} data folder")
-    split_dir = _require_dir(root / layout.split_folders[split], "split folder")
-    records = layout.records(split_dir, {"keep_empty": keep_empty, "refuge_target": refuge_target})
-    n_raters = max(len(rec.raters) for rec in records)
-    return MultiRaterDataset(records, int(image_size), n_raters, layout.n_classes, valid_raters, name)
+    carve = layout.val_grouping is not None and split != "test"  # train and val share the training folder
+    split_dir = _require_dir(root / layout.split_folders["train" if carve else split], "split folder")
+    records = layout.records(split_dir, options)
+    if carve:
+        records = _carve(records, layout.val_grouping, split, val_fraction, split_dir)
+    kept = records if keep_empty else [r for r in records if r.marked]
+    if not kept:
+        raise InputError(f"{split_dir}: no slice of the {split} split has a marked lesion (keep_empty keeps them)")
+    log.info("%s (%s): %d samples (%d without lesion skipped)", split_dir, split, len(kept), len(records) - len(kept))
+    n_raters = max(len(rec.raters) for rec in kept)
+    return MultiRaterDataset(kept, int(image_size), n_raters, layout.n_classes, valid_raters, name)

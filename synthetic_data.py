@@ -1,8 +1,8 @@
 """Built-in synthetic multi-rater data (SPEC §5.4), written in the LIDC layout and read by its loader.
 
-    <root>/synthetic.json                               generation parameters
-    <root>/{train,test}/images/p<NNN>/slice_<SS>.png    128x128 grey, textured, 1-2 blob lesions
-    <root>/{train,test}/gt/p<NNN>/slice_<SS>_l<k>.png   rater k's mask, 0/255, k = 0..3
+    <root>/synthetic.json                                   generation parameters
+    <root>/{train,val,test}/images/p<NNN>/slice_<SS>.png    128x128 grey, textured, 1-2 blob lesions
+    <root>/{train,val,test}/gt/p<NNN>/slice_<SS>_l<k>.png   rater k's mask, 0/255, k = 0..3
 
 Four raters each apply a systematic style to the true lesions, plus ~1 px of smooth boundary jitter:
     0 tight         4 px inside the true boundary
@@ -10,7 +10,11 @@ Four raters each apply a systematic style to the true lesions, plus ~1 px of smo
     2 convex        the convex hull of each lesion, 2 px out
     3 misses_faint  the true boundary, but faint lesions (contrast < 0.13) are not marked at all
 Case i of a split is drawn from its own stream, numpy default_rng([seed, split, i]): the same seed
-gives byte-identical files, train and test never share a stream, and counts do not change other cases.
+gives byte-identical files, no two splits share a stream, and counts do not change other cases.
+
+The validation split is generated like the others (its own streams), not carved from train, so the
+loader's `val_fraction` does not apply here. Trees written before it existed (train and test only, same
+parameters and GENERATOR) are extended in place with val/ on first use; their files are left untouched.
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from scipy.spatial import ConvexHull
 from tqdm import tqdm
 
 from conf import global_settings as settings
-from utils import InputError
+from utils import InputError, atomic_write_bytes, one_line
 
 DEFAULT_ROOT = settings.SYNTHETIC_DATA_PATH
-N_TRAIN, N_TEST = 260, 100  # images per split
+N_TRAIN, N_VAL, N_TEST = 260, 40, 100  # images per split
 GENERATOR = "aespa-synthetic/2"  # bump when the output of the same parameters changes
 RATER_STYLES = ("tight", "generous", "convex", "misses_faint")
 SIZE = 128
@@ -44,7 +48,7 @@ STYLE_OFFSETS = {"tight": -4.0, "generous": 5.0, "convex": 2.0, "misses_faint": 
 RADIUS_RANGE = (10.0, 24.0)
 CONTRAST_RANGE = (0.06, 0.35)
 SLICES_PER_PATIENT = 10
-SPLIT_STREAM = {"train": 0, "test": 1}
+SPLIT_STREAM = {"train": 0, "test": 1, "val": 2}  # never renumber: the files of a seed depend on it
 
 
 @dataclass
@@ -175,51 +179,105 @@ def case_stream(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_STREAM[split], index])
 
 
-def _parameters(seed: int, n_train: int, n_test: int) -> dict:
+def _parameters(seed: int, n_train: int, n_test: int, n_val: int = N_VAL) -> dict:
     return {
         "generator": GENERATOR,
         "seed": seed,
         "n_train": n_train,
+        "n_val": n_val,
         "n_test": n_test,
         "size": SIZE,
         "raters": list(RATER_STYLES),
     }
 
 
-def generate(root: str | os.PathLike, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST) -> None:
+def _write_split(root: Path, split: str, seed: int, count: int) -> None:
+    """Write cases 0..count-1 of `split` into root/<split>/ (which must not exist yet)."""
+    for i in tqdm(range(count), desc=f"synthetic {split} images", leave=False, disable=None):
+        case = make_case(case_stream(seed, split, i))
+        patient, stem = f"p{i // SLICES_PER_PATIENT:03d}", f"slice_{i % SLICES_PER_PATIENT:02d}"
+        images, gt = root / split / "images" / patient, root / split / "gt" / patient
+        if i % SLICES_PER_PATIENT == 0:
+            images.mkdir(parents=True)
+            gt.mkdir(parents=True)
+        Image.fromarray(case.image).save(images / f"{stem}.png", format="PNG")
+        for k, mask in enumerate(case.raters):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{stem}_l{k}.png", format="PNG")
+
+
+def _write_parameters(root: Path, parameters: dict) -> None:
+    atomic_write_bytes(root / "synthetic.json", (json.dumps(parameters, indent=1) + "\n").encode())
+
+
+def generate(
+    root: str | os.PathLike, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST, n_val: int = N_VAL
+) -> None:
     """Write the data set into the (new or empty) folder `root`, synthetic.json last."""
     root = Path(root)
-    for split, count in (("train", n_train), ("test", n_test)):
-        for i in tqdm(range(count), desc=f"synthetic {split} images", leave=False, disable=None):
-            case = make_case(case_stream(seed, split, i))
-            patient, stem = f"p{i // SLICES_PER_PATIENT:03d}", f"slice_{i % SLICES_PER_PATIENT:02d}"
-            images, gt = root / split / "images" / patient, root / split / "gt" / patient
-            if i % SLICES_PER_PATIENT == 0:
-                images.mkdir(parents=True)
-                gt.mkdir(parents=True)
-            Image.fromarray(case.image).save(images / f"{stem}.png", format="PNG")
-            for k, mask in enumerate(case.raters):
-                Image.fromarray(mask.astype(np.uint8) * 255).save(gt / f"{stem}_l{k}.png", format="PNG")
-    (root / "synthetic.json").write_text(json.dumps(_parameters(seed, n_train, n_test), indent=1) + "\n")
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        _write_split(root, split, seed, count)
+    _write_parameters(root, _parameters(seed, n_train, n_test, n_val))
 
 
 def _read_parameters(root: Path) -> dict | None:
     try:
-        return json.loads((root / "synthetic.json").read_text())
+        found = json.loads((root / "synthetic.json").read_text())
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
+
+
+def _file_bytes(folder: Path) -> dict[str, bytes]:
+    """{path relative to folder: content} of every file under folder."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _add_val_split(root: Path, parameters: dict) -> Path:
+    """Extend a tree generated before the validation split existed (its synthetic.json has no n_val): val/ is
+    generated in a temporary folder inside root and renamed into place, synthetic.json rewritten last; train/
+    and test/ are not touched."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=".val.tmp-", dir=root))
+    except OSError as err:
+        raise InputError(f"{root}: cannot add the validation split ({one_line(err)})") from err
+    try:
+        _write_split(tmp, "val", parameters["seed"], parameters["n_val"])
+        try:
+            os.replace(tmp / "val", root / "val")  # atomic; fails when a non-empty val/ is already there
+        except OSError:
+            # put there by a concurrent process (a DDP rank) or by an extension interrupted before it rewrote
+            # synthetic.json: accepted only when it holds exactly the files these parameters generate
+            if _file_bytes(root / "val") != _file_bytes(tmp / "val"):
+                raise InputError(
+                    f"{root / 'val'}: exists but is not the validation split of {root / 'synthetic.json'}; delete it"
+                ) from None
+        _write_parameters(root, parameters)
+    except OSError as err:
+        raise InputError(f"{root}: cannot add the validation split ({one_line(err)})") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def ensure_synthetic(
-    root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, n_train: int = N_TRAIN, n_test: int = N_TEST
+    root: str | os.PathLike = DEFAULT_ROOT,
+    seed: int = 0,
+    n_train: int = N_TRAIN,
+    n_test: int = N_TEST,
+    n_val: int = N_VAL,
 ) -> Path:
     """`root`, generated first when absent or empty; reused when its synthetic.json matches the
-    parameters; otherwise InputError (one line). Generation happens in a temporary sibling folder that
+    parameters; extended with val/ when it was generated with the same parameters before the validation
+    split existed; otherwise InputError (one line). Generation happens in a temporary sibling folder that
     is renamed into place, so concurrent processes (DDP ranks) never see a half-written tree."""
     root = Path(root)
-    wanted = _parameters(int(seed), int(n_train), int(n_test))
-    if min(n_train, n_test) < 1:
-        raise InputError(f"synthetic data needs at least one train and one test image (got {n_train}, {n_test})")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise InputError(f"synthetic data seed must be a non-negative integer, got {seed}")
+    if min(n_train, n_val, n_test) < 1:
+        raise InputError(
+            f"synthetic data needs at least one train, val and test image (got {n_train}, {n_val}, {n_test})"
+        )
+    wanted = _parameters(int(seed), int(n_train), int(n_test), int(n_val))
     for _attempt in range(2):
         if root.is_dir() and any(root.iterdir()):
             found = _read_parameters(root)
@@ -227,14 +285,20 @@ def ensure_synthetic(
                 return root
             if found is None:
                 raise InputError(f"{root}: folder exists and is not synthetic data (no valid synthetic.json)")
-            differ = ", ".join(f"{k}={found.get(k)} (asked {v})" for k, v in wanted.items() if found.get(k) != v)
+            if "n_val" not in found and found == {k: v for k, v in wanted.items() if k != "n_val"}:
+                return _add_val_split(root, wanted)
+            differ = ", ".join(
+                f"{k}={found.get(k)} (asked {v})"
+                for k, v in wanted.items()
+                if found.get(k) != v and (k != "n_val" or k in found)  # a missing val split alone is added
+            )
             raise InputError(
                 f"{root}: synthetic data generated with other parameters: {differ}; use another data path or delete it"
             )
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
-            generate(tmp, seed, n_train, n_test)
+            generate(tmp, seed, n_train, n_test, n_val)
             os.chmod(tmp, 0o755)  # mkdtemp makes it private
             os.replace(tmp, root)  # atomic; fails when another process filled root meanwhile
             return root

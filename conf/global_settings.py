@@ -8,3 +8,5 @@ LOG_DIR = "logs_new"  # run folders are created under it (-log_dir)
 SYNTHETIC_DATA_PATH = "data/synthetic"  # where -dataset synthetic is generated on first use
 STEP_SIZE = 10  # StepLR: halve the learning rate every STEP_SIZE epochs
 GAMMA = 0.5
+VAL_FRACTION = 0.1  # share of the training patients / cases held out as the validation split (-val_fraction)
+DATA_SEED = 0  # seed of the generated synthetic data (-data_seed); seed N != 0 lives in data/synthetic_seed<N>

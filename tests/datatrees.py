@@ -57,16 +57,18 @@ def write_lidc_tree(
     empty_masks: Iterable[tuple[int, int, int]] = (),
     missing_masks: Iterable[tuple[int, int, int]] = (),
     seed: int = 0,
+    first: int = 0,
 ) -> Path:
     """LIDC layout: root/<split>/images/LIDC-<p>/z-<s>.0_c0.png, root/<split>/gt/LIDC-<p>/z-<s>.0_c0_l<k>.png.
 
     empty_slices (p, s): all raters' masks empty; empty_masks (p, s, k): that mask empty;
-    missing_masks (p, s, k): that file not written. Masks are 0/255 8-bit PNGs.
+    missing_masks (p, s, k): that file not written. Masks are 0/255 8-bit PNGs. Patients are numbered
+    first..first+n_patients-1.
     """
     root = Path(root)
     empty_slices, empty_masks, missing = set(empty_slices), set(empty_masks), set(missing_masks)
     for split in splits:
-        for p in range(n_patients):
+        for p in range(first, first + n_patients):
             for s in range(slices):
                 stem = f"LIDC-{p:04d}/z-{s}.0_c0"
                 write_png(root / split / "images" / f"{stem}.png", grey_image(size, seed + 100 * p + s))
@@ -90,16 +92,18 @@ def write_mbhseg_tree(
     image_dir: str = "imgs",
     missing_masks: Iterable[tuple[int, int, int]] = (),
     seed: int = 0,
+    first: int = 0,
 ) -> Path:
     """MBHSeg layout: root/<split>/<image_dir>/case_<c>/slice_<z>.png, root/<split>/gt/case_<c>/slice_<z>_r<k+1>.npy.
 
     Binary masks: uint8 HxW 0/255. Multiclass: uint8 HxWx6 0/255 one-hot, rater k's disk labelled
     class 1 + (k + z) % 5 (so raters disagree on the class too), background channel 0 elsewhere.
+    Cases are numbered first..first+n_cases-1.
     """
     root = Path(root)
     missing = set(missing_masks)
     for split in splits:
-        for c in range(n_cases):
+        for c in range(first, first + n_cases):
             for z in range(slices):
                 stem = f"case_{c}/slice_{z}"
                 write_png(root / split / image_dir / f"{stem}.png", grey_image(size, seed + 100 * c + z))
