@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROUND_METRICS = ("Dice_follow", "Dice", "Gain_over_consensus", "Dice_personal_mean", "GED", "Dice_soft")
@@ -39,7 +40,7 @@ def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = ""
 
 
 def plot_epoch_curves(rows: list[dict], path: Path) -> None:
-    """Train loss and last-round test Dice_follow / Gain_over_consensus against epochs."""
+    """Train loss, and last-round Dice_follow / Follow_accuracy of every evaluated split (val, test) against epochs."""
     plt = pyplot()
     last = {}
     for r in rows:  # keep the last round of every (split, epoch)
@@ -47,13 +48,17 @@ def plot_epoch_curves(rows: list[dict], path: Path) -> None:
         if key not in last or r["round"] > last[key]["round"]:
             last[key] = r
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, (split, metric) in zip(axes, [("train", "loss"), ("test", "Dice_follow"), ("test", "Gain_over_consensus")]):
-        pts = sorted((e, r[metric]) for (s, e), r in last.items() if s == split and metric in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o")
-        ax.set_title(f"{split} {metric} (last round)")
+    panels = [("loss", ("train",)), ("Dice_follow", ("val", "test")), ("Follow_accuracy", ("val", "test"))]
+    for ax, (metric, splits) in zip(axes, panels):
+        for split in splits:
+            pts = sorted((e, r[metric]) for (s, e), r in last.items() if s == split and metric in r)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=split)
+        ax.set_title(f"{metric} (last round)")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -92,4 +97,67 @@ def qualitative_grid(
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def follow_matrix_size(n_raters: int, n_rounds: int) -> tuple[float, float, int]:
+    """Figure size in inches (width, height) and panels per row of `plot_follow_matrix`: square panels of
+    max(2.5, 1.25 + 0.5 R) inches, at most 6 per row, plus 1 inch for the colour bar and 1 for the titles."""
+    panel = max(2.5, 1.25 + 0.5 * n_raters)
+    cols = min(6, n_rounds)
+    rows = -(-n_rounds // cols)  # ceil
+    return panel * cols + 1.0, panel * rows + 1.0, cols
+
+
+def plot_follow_matrix(matrix: dict, path: Path, dpi: int = 100) -> None:
+    """Heat-maps of a following matrix (follow_matrix.json), one panel per round, on a shared 0..1 colour scale.
+
+    Panel rows: the prediction made following rater i; columns: the rater j it is scored against (mean Dice).
+    Cells carry their value; a cell without pairs (null) is grey and marked "-". The diagonal (scored against the
+    rater it followed) is outlined and its values are bold, so a method that follows shows a bright diagonal.
+    """
+    from matplotlib.patches import Rectangle
+
+    raters, rounds = list(matrix.get("raters") or []), list(matrix.get("rounds") or [])
+    r = len(raters)
+    if not r or not rounds:
+        raise ValueError("plot_follow_matrix: the matrix needs 'raters' and 'rounds'")
+    plt = pyplot()
+    width, height, cols = follow_matrix_size(r, len(rounds))
+    fig = plt.figure(figsize=(width, height), dpi=dpi, layout="constrained")  # the size stays as set
+    panels = fig.subplots(-(-len(rounds) // cols), cols, squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    image = None
+    for k, (ax, entry) in enumerate(zip(panels.flat, rounds)):
+        values = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])  # RxR
+        if values.shape != (r, r):
+            raise ValueError(f"plot_follow_matrix: round {entry.get('round')}: matrix {values.shape}, expected {r}x{r}")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0.0, vmax=1.0)
+        for i in range(r):
+            for j in range(r):
+                v = values[i, j]
+                text = "-" if np.isnan(v) else f"{v:.2f}"
+                colour = "black" if np.isnan(v) or v > 0.6 else "white"  # viridis is light above ~0.6
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color=colour,
+                    fontweight="bold" if i == j else "normal",
+                )
+            ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+        ax.set_xticks(range(r), raters, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(r), raters if k % cols == 0 else [], fontsize=7)  # names on the first column only
+        ax.set_xlabel("scored against", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("followed", fontsize=8)
+        ax.set_title(f"round {entry.get('round')} ({entry.get('clicks')} clicks)", fontsize=9)
+    for ax in list(panels.flat)[len(rounds) :]:
+        ax.axis("off")
+    fig.colorbar(image, ax=panels.ravel().tolist(), shrink=0.8, label="mean Dice")
+    fig.suptitle(f"following matrix: {matrix.get('split', '')} split, epoch {matrix.get('epoch', '')}", fontsize=10)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)

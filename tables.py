@@ -2,12 +2,15 @@
 
     python tables.py logs_new/                                   # every run folder under logs_new/
     python tables.py logs_new/LIDC_SPA_* -metrics Dice_follow,GED -rounds 1,3,6 -out tables_out/lidc
+    python tables.py -compare logs/AESPA logs/blind -metric Dice_follow -rounds all   # paired, see paired.py
 
 Each run contributes the rows of its last epoch that has rows of `-split` (test by default) in
 metrics.jsonl (SPEC §7.1). Runs whose args.json agree on every flag outside `IGNORED_FLAGS` form one
-configuration (exp_name compared without a `_seed<N>` suffix or a run-folder timestamp); a configuration's
-cell is the mean ± sample std (ddof=1) over its runs, i.e. over seeds. A configuration of one run shows its
-value with no ± and an empty std in the CSV: the spread of one sample is undefined, not 0.
+configuration (exp_name and paths compared without a `_seed<N>` suffix or a run-folder timestamp, so
+data/synthetic and data/synthetic_seed1 agree); a configuration's cell is the mean ± sample std (ddof=1) over
+all its runs, i.e. over training seeds (`-seed`) and data seeds (`-data_seed`) together; `n` is the number of
+runs. A configuration of one run shows its value with no ± and an empty std in the CSV: the spread of one sample
+is undefined, not 0.
 Rows: one per configuration, named by exp_name with the differing flags as columns (and in the label
 `exp_name (flag=value, ...)` of the CSV and the plot legend). Columns: `<metric>@<round>` for per-round metrics,
 `NoC@τ` / `NoF@τ` once (one value per evaluation). Writes table.md, table.csv (<column>_mean, <column>_std),
@@ -41,7 +44,8 @@ PER_RUN_PREFIXES = ("NoC@", "NoF@")  # one value per evaluation, repeated on eve
 # Flags that say where or how fast a run ran, not what was trained and measured: never split configurations.
 IGNORED_FLAGS = frozenset(
     {
-        "seed",  # what a configuration averages over
+        "seed",
+        "data_seed",  # what a configuration averages over: training and data seeds
         "log_dir",
         "resume",  # where the run folder is, whether it was restarted
         "device",
@@ -215,9 +219,10 @@ def group_configs(runs: list[Run]) -> tuple[list[Config], list[str], list[str]]:
     for c in configs:
         named = ", ".join(f"{k}={c.flags[k]}" for k in shown)
         c.label = f"{c.exp_name} ({named})" if named else c.exp_name
-        seeds = [r.args.get("seed") for r in c.runs]
-        if len(set(map(str, seeds))) < len(seeds):
-            note(f"{c.label}: several runs share a seed ({', '.join(str(r.path) for r in c.runs)}); all are averaged")
+        seeds = [(str(r.args.get("seed")), str(r.args.get("data_seed", 0))) for r in c.runs]
+        if len(set(seeds)) < len(seeds):
+            paths = ", ".join(str(r.path) for r in c.runs)
+            note(f"{c.label}: several runs share a seed and data seed ({paths}); all are averaged")
         if len({r.epoch for r in c.runs}) > 1:
             note(f"{c.label}: runs evaluated at different epochs ({', '.join(f'{r.path}: {r.epoch}' for r in c.runs)})")
     return sorted(configs, key=lambda c: natural_key(c.label)), differing, shown
@@ -347,8 +352,9 @@ def to_latex(table: Table, digits: int) -> str:
 
 
 def write_csv(table: Table, path: Path) -> None:
-    """One row per configuration: label, exp_name, each differing flag, n, seeds, epochs, then <col>_mean, <col>_std."""
-    header = ["configuration", "exp_name", *table.flags, "n", "seeds", "epochs"]
+    """One row per configuration: label, exp_name, each differing flag, n, seeds, data_seeds, epochs (one per run,
+    ';'-separated), then <col>_mean, <col>_std."""
+    header = ["configuration", "exp_name", *table.flags, "n", "seeds", "data_seeds", "epochs"]
     header += [f"{h}_{stat}" for h, _, _ in table.columns for stat in ("mean", "std")]
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -360,6 +366,7 @@ def write_csv(table: Table, path: Path) -> None:
                 *(c.flags[k] for k in table.flags),
                 len(c.runs),
                 ";".join(str(r.args.get("seed")) for r in c.runs),
+                ";".join(str(r.args.get("data_seed", 0)) for r in c.runs),
                 ";".join(str(r.epoch) for r in c.runs),
             ]
             for m, s in zip(table.mean[i], table.std[i]):
@@ -398,7 +405,7 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
     handles, labels = axes.flat[0].get_legend_handles_labels()
     ncol = 1 if max(map(len, labels)) > 60 else min(2, len(labels))  # long labels (paths) get a line each
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8)
-    fig.suptitle(f"{split} split, last epoch: mean ± std over seeds")
+    fig.suptitle(f"{split} split, last epoch: mean ± std over runs (training and data seeds)")
     fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(labels) / ncol), 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -412,13 +419,34 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="tables.py",
         description="Tables (Markdown, CSV, LaTeX) and round curves from run folders: "
-        "the last epoch's test rows, mean ± std over runs that differ only in -seed.",
+        "the last epoch's test rows, mean ± std over runs that differ only in -seed and -data_seed. "
+        "With -compare A B: the paired per-image difference of two configurations with a bootstrap interval.",
     )
     p.add_argument(
         "runs",
-        nargs="+",
+        nargs="*",
         metavar="RUN_DIR",
         help="run folders (holding args.json), or folders holding run folders (e.g. logs_new/)",
+    )
+    compare = p.add_argument_group("paired comparison (per_image.csv of each run; see paired.py)")
+    compare.add_argument(
+        "-compare",
+        nargs=2,
+        metavar=("A", "B"),
+        default=None,
+        help="two configurations, each a run folder or a folder of its run folders (seeds): "
+        "mean paired difference A - B per round with a 95%% bootstrap interval over images; "
+        "writes compare.md, compare.csv",
+    )
+    compare.add_argument("-metric", default=None, help="column of per_image.csv to compare (default Dice_follow)")
+    compare.add_argument(
+        "-bootstrap", type=int, default=None, help="bootstrap resamples of images (default 2000; fixed seed)"
+    )
+    compare.add_argument(
+        "-empty",
+        choices=("all", "nonempty", "empty"),
+        default=None,
+        help="pairs to use by whether the followed rater's mask is empty (default all)",
     )
     p.add_argument(
         "-metrics",
@@ -429,11 +457,12 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "-rounds",
         default=None,
-        help=f"comma-separated 1-based rounds, 'last' = the last round of every run (default: {DEFAULT_ROUNDS})",
+        help=f"comma-separated 1-based rounds, 'last' = the last round of every run (default: {DEFAULT_ROUNDS}); "
+        "with -compare also 'all'",
     )
     p.add_argument(
         "-split",
-        choices=("test", "train"),
+        choices=("test", "val", "train"),
         default="test",
         help="rows to read: the last epoch that has rows of this split",
     )
@@ -453,13 +482,21 @@ def build_parser() -> OneLineParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> Table:
+def main(argv: list[str] | None = None) -> Table | Any:
+    """A table (returns the Table) or, with -compare, a paired comparison (returns a paired.Comparison)."""
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     if args.digits < 0:
         raise InputError(f"-digits: must not be negative, got {args.digits}")
     if out.exists() and not out.is_dir():
         raise InputError(f"-out {out}: exists and is not a folder")
+    if args.compare is not None:
+        return compare_main(args, out)
+    given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
+    if given:
+        raise InputError(f"-{given[0]}: only with -compare A B")
+    if not args.runs:
+        raise InputError("RUN_DIR: give at least one run folder (or -compare A B)")
     runs = load_runs(args.runs, args.split, args.skip_bad)
     names = [m.strip() for m in (args.metrics or ",".join(DEFAULT_METRICS)).split(",") if m.strip()]
     metrics = check_metrics(names, runs, explicit=args.metrics is not None)
@@ -480,6 +517,28 @@ def main(argv: list[str] | None = None) -> Table:
         file=sys.stderr,
     )
     return table
+
+
+def compare_main(args: Any, out: Path) -> Any:
+    """`-compare A B`: the table-only inputs are refused rather than ignored."""
+    import paired  # imports this module: loaded on use only
+
+    if args.runs:
+        raise InputError(f"{args.runs[0]}: give run folders for a table, or -compare A B, not both")
+    if args.metrics is not None:
+        raise InputError("-metrics: a table flag; with -compare use -metric NAME (one metric)")
+    if args.skip_bad:
+        raise InputError("-skip_bad: a table flag; -compare reads every run of A and B")
+    return paired.run_compare(
+        *args.compare,
+        metric=args.metric or "Dice_follow",
+        split=args.split,
+        rounds=args.rounds,  # None: the default rounds, those beyond the last dropped
+        n_boot=2000 if args.bootstrap is None else args.bootstrap,
+        empty=args.empty or "all",
+        out=out,
+        digits=args.digits,
+    )
 
 
 if __name__ == "__main__":

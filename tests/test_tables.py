@@ -285,3 +285,54 @@ def test_skip_bad_with_every_run_broken_is_one_error(tmp_path: Path) -> None:
     assert notes[1].startswith(f"note: skipped {bad[1]}: {bad[1] / 'metrics.jsonl'} line 4: not valid JSON ("), notes[1]
     assert lines[-1] == f"error: {tmp_path / 'logs'}: no run folder with test rows (2 unreadable run folders skipped)"
     assert not (tmp_path / "o").exists()
+
+
+def test_training_and_data_seeds_form_one_configuration(tmp_path: Path, capsys) -> None:
+    """Four runs: seeds 0/1 x data seeds 0/1, data_path data/synthetic vs data/synthetic_seed1 -> one configuration,
+    mean ± sample std over the four; a run with another n_clusters stays apart."""
+    values = {(0, 0): 0.50, (1, 0): 0.54, (0, 1): 0.60, (1, 1): 0.64}  # (seed, data_seed) -> Dice_follow@1
+    for (seed, data_seed), v in values.items():
+        path = "./data/synthetic" + (f"_seed{data_seed}" if data_seed else "")
+        args = base_args(exp_name="syn", dataset="LIDC", data_path=path, seed=seed, data_seed=data_seed)
+        write_run(tmp_path / f"syn_s{seed}_d{data_seed}", args, rows_of(1, "test", [v, v + 0.1]))
+    other = base_args(exp_name="syn", data_path="./data/synthetic", n_clusters=2, seed=0, data_seed=1)
+    write_run(tmp_path / "other", other, rows_of(1, "test", [0.3, 0.4]))
+    out = tmp_path / "out"
+    table = tables.main([str(tmp_path), "-metrics", "Dice_follow", "-rounds", "1,2", "-out", str(out)])
+    assert table.flags == ["n_clusters"]
+    assert [len(c.runs) for c in table.configs] == [1, 4]
+    # by hand: mean 0.57; deviations -0.07, -0.03, 0.03, 0.07 -> sum of squares 0.0116, ddof 1
+    assert table.mean[1, 0] == pytest.approx(0.57) and table.std[1, 0] == pytest.approx(np.sqrt(0.0116 / 3))
+    assert table.mean[1, 1] == pytest.approx(0.67) and table.std[1, 1] == pytest.approx(np.sqrt(0.0116 / 3))
+    assert table.mean[0, 0] == pytest.approx(0.3) and np.isnan(table.std[0, 0])
+    assert "share a seed" not in capsys.readouterr().err  # seed 0 twice, but with different data seeds
+    markdown = (out / "table.md").read_text()
+    assert "| syn | 4 | 4 | 0.570 ± 0.062 | 0.670 ± 0.062 |" in markdown  # n_clusters, n (runs), cells
+    with (out / "table.csv").open() as f:
+        row = next(r for r in csv.DictReader(f) if r["n"] == "4")
+    assert sorted(row["seeds"].split(";")) == ["0", "0", "1", "1"]
+    assert sorted(row["data_seeds"].split(";")) == ["0", "0", "1", "1"]
+
+
+def test_plot_follow_matrix_writes_a_png_of_the_documented_size(tmp_path: Path) -> None:
+    """3 raters, 2 rounds: panels of max(2.5, 1.25 + 0.5 * 3) = 2.75 in, width 2 * 2.75 + 1 = 6.5 in, height
+    2.75 + 1 = 3.75 in, at 100 dpi -> 650 x 375 px. 7 rounds of 4 raters wrap to 2 rows of 6: 3.25 * 6 + 1 = 20.5 in
+    by 3.25 * 2 + 1 = 7.5 in."""
+    from PIL import Image
+
+    from plots import plot_follow_matrix
+
+    def matrix(r: int, rounds: int) -> dict:
+        m = [[0.9 if i == j else 0.4 for j in range(r)] for i in range(r)]
+        m[0][1] = None  # no pair: drawn grey
+        entries = [{"round": t, "clicks": t - 1, "matrix": m, "counts": [[1] * r] * r} for t in range(1, rounds + 1)]
+        return {"epoch": 3, "split": "test", "raters": [f"rater {k}" for k in range(r)], "rounds": entries}
+
+    plot_follow_matrix(matrix(3, 2), tmp_path / "a.png")
+    plot_follow_matrix(matrix(4, 7), tmp_path / "b.png")
+    with Image.open(tmp_path / "a.png") as a, Image.open(tmp_path / "b.png") as b:
+        assert (a.format, a.size, b.size) == ("PNG", (650, 375), (2050, 750))
+    bad = matrix(3, 1)
+    bad["rounds"][0]["matrix"] = [[0.5, 0.5], [0.5, 0.5]]
+    with pytest.raises(ValueError, match="expected 3x3"):
+        plot_follow_matrix(bad, tmp_path / "c.png")
