@@ -26,6 +26,7 @@ class Batch:
     names: list[str]
     keys: torch.Tensor
     source: torch.Generator | KeyedRandom  # where this batch's random draws come from
+    embedding: torch.Tensor | None = None  # BxCxGxG SAM embedding of a frozen encoder (precomputed, cached)
 
     @property
     def size(self) -> int:
@@ -34,7 +35,8 @@ class Batch:
     def take(self, n: int) -> Batch:
         """The first n images (keyed streams restart for them)."""
         source = KeyedRandom(self.source.seed, self.keys[:n]) if isinstance(self.source, KeyedRandom) else self.source
-        return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source)
+        embedding = None if self.embedding is None else self.embedding[:n]
+        return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source, embedding)
 
 
 def prepare_batch(

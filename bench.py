@@ -22,9 +22,9 @@ from contextlib import contextmanager
 import torch
 
 from batch import prepare_batch
-from builders import build_loader, build_model_from_config, maybe_compile
+from builders import build_loader, build_model_from_config, freeze_and_cache, maybe_compile
 from cfg import build_parser, checked_config
-from engine import entry
+from engine import entry, with_embedding
 from modes import get_mode
 from optim_step import Stepper, autocast_context, build_optimizer
 from utils import choose_device, run_cli, seed_everything
@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     seed_everything(cfg.seed)
     model, _, cfg = build_model_from_config(cfg)
     model.to(device)
+    cache, _ = freeze_and_cache(model, cfg)  # -freeze_encoder: embeddings from the cache (computed in the warm-up)
     maybe_compile(model, cfg)
     stepper = TimedStepper(build_optimizer(model, cfg.lr), device, cfg.amp)
     stepper.clock = clock = NetworkClock(model, device)
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     def train_step() -> None:
         model.train()
-        entry(mode, "train_batch")(model, stepper, prepare_batch(data, device, generator=generator), cfg, mode)
+        if cfg.model.freeze_encoder:
+            model.image_encoder.eval()
+        batch = with_embedding(prepare_batch(data, device, generator=generator), cache)
+        entry(mode, "train_batch")(model, stepper, batch, cfg, mode)
 
     def val_batch(reuse: bool) -> Callable[[], None]:
         run_cfg = cfg.with_flags(no_embedding_reuse=not reuse)
@@ -120,7 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
         def run() -> None:
             model.eval()
             with torch.no_grad(), autocast_context(device, cfg.amp):
-                entry(mode, "validate_batch")(model, prepare_batch(data, device, seed=cfg.seed), run_cfg, mode)
+                batch = with_embedding(prepare_batch(data, device, seed=cfg.seed), cache)
+                entry(mode, "validate_batch")(model, batch, run_cfg, mode)
 
         return run
 
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "mode": cfg.mode,
         "encoder": cfg.model.encoder,
+        "freeze_encoder": cfg.model.freeze_encoder,
         "image_size": cfg.model.image_size,
         "batch": batch,
         "clicks": cfg.loop.clicks,

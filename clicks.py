@@ -262,3 +262,30 @@ class ClickState:
 
     def add(self, points: torch.Tensor, labels: torch.Tensor) -> None:
         self.points, self.labels, self.exclude = append_click(self.points, self.labels, self.exclude, points, labels)
+
+
+def mask_boxes(masks: torch.Tensor, jitter: int = 0, generator=None) -> torch.Tensor:
+    """Bounding boxes Bx4 float (x0, y0, x1, y1), SAM's convention, of BxHxW masks: the extreme columns and rows of
+    the foreground pixels (inclusive). With `jitter` each coordinate moves by a uniform integer in [-jitter, jitter]
+    (MedSAM's training perturbation), clamped to the image and kept ordered. An empty mask gets the whole image."""
+    fg = _binary(masks)
+    b, h, w = fg.shape
+    cols, rows = fg.any(1), fg.any(2)  # BxW, BxH
+    col_idx = torch.arange(w, device=fg.device)
+    row_idx = torch.arange(h, device=fg.device)
+    x0 = torch.where(cols, col_idx, w).amin(1)
+    x1 = torch.where(cols, col_idx, -1).amax(1)
+    y0 = torch.where(rows, row_idx, h).amin(1)
+    y1 = torch.where(rows, row_idx, -1).amax(1)
+    empty = ~cols.any(1)
+    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    boxes[empty] = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0], device=fg.device)
+    if jitter > 0:
+        shift = torch.floor(uniform((b, 4), fg.device, generator) * (2 * jitter + 1)).float() - jitter
+        boxes = boxes + shift
+        limit = torch.tensor([w - 1.0, h - 1.0, w - 1.0, h - 1.0], device=fg.device)
+        boxes = torch.minimum(boxes.clamp(min=0), limit)
+        low = torch.minimum(boxes[:, :2], boxes[:, 2:])
+        high = torch.maximum(boxes[:, :2], boxes[:, 2:])
+        boxes = torch.cat([low, high], 1)
+    return boxes

@@ -34,6 +34,12 @@ def is_main_process() -> bool:
     return world_size() == 1 or dist.get_rank() == 0
 
 
+def distributed_barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -54,6 +60,15 @@ def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def gather_objects(items: list) -> list:
+    """Every rank's list items, concatenated in rank order on every rank (the list itself in a single process)."""
+    if world_size() == 1:
+        return items
+    gathered: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
 
 
 def check_in_sync(module: torch.nn.Module) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,14 +13,18 @@ from tqdm import tqdm
 
 import interaction
 import plots
-from batch import prepare_batch
-from distributed import is_main_process
+import validation
+from batch import Batch, prepare_batch
+from distributed import gather_objects, is_main_process
+from embedding_cache import EmbeddingCache
 from models import AESPAModel
 from modes import Mode, get_mode
 from multirater_metrics import MetricAccumulator
 from optim_step import Stepper, autocast_context
 from run_config import RunConfig
 from runlog import RunFolder, read_metrics
+
+ENTRY_MODULES = {"train_batch": interaction, "validate_batch": validation, "qualitative": validation}
 
 
 def progress(iterable, desc: str):
@@ -37,13 +42,21 @@ def progress(iterable, desc: str):
 
 def entry(mode: Mode, name: str):
     """The mode's own entry point `name` (train_batch, validate_batch, qualitative), else the engine's."""
-    return getattr(mode, name) or getattr(interaction, name)
+    return getattr(mode, name) or getattr(ENTRY_MODULES[name], name)
+
+
+def with_embedding(batch: Batch | None, cache: EmbeddingCache | None) -> Batch | None:
+    """The batch with its frozen encoder's embeddings from the cache (`-freeze_encoder`)."""
+    if batch is not None and cache is not None:
+        batch.embedding = cache(batch.images)
+    return batch
 
 
 def metric_rows(
-    acc: MetricAccumulator, extra: dict[str, float], epoch: int, split: str, mode: Mode
+    acc: MetricAccumulator, extra: dict[str, float], epoch: int, split: str, mode: Mode, cfg: RunConfig
 ) -> list[dict[str, Any]]:
-    """The `metrics.jsonl` rows of one pass: one per round, with the per-pass values (NoC) on every row."""
+    """The `metrics.jsonl` rows of one pass: one per round, with the per-pass values (NoC) on every row. Keys
+    without a value (no row had one) and the following matrix's entries are left out."""
     rows = []
     for round_, values in acc.compute().items():
         row: dict[str, Any] = {
@@ -51,12 +64,35 @@ def metric_rows(
             "split": split,
             "mode": mode.name,
             "round": round_,
-            "clicks": mode.clicks_of_round(round_),
+            "clicks": mode.clicks_of_round(round_, cfg.loop),
+            "box": int(cfg.loop.first_prompt == "box"),
         }
-        row.update({k: float(v) for k, v in sorted(values.items())})
+        row.update(
+            {
+                k: float(v)
+                for k, v in sorted(values.items())
+                if not k.startswith(validation.MATRIX_PREFIX) and math.isfinite(v)
+            }
+        )
         row.update(extra)
         rows.append(row)
     return rows
+
+
+def follow_matrix(acc: MetricAccumulator, epoch: int, split: str, mode: Mode, cfg: RunConfig, n_raters: int) -> dict:
+    """The following matrix of one pass (validation.py): per round, R x R mean Dice (None where no pair) and counts."""
+    means, counts = acc.compute(), acc.compute("count")
+    rounds = []
+    for round_, values in means.items():
+        matrix = [[None] * n_raters for _ in range(n_raters)]
+        count = [[0] * n_raters for _ in range(n_raters)]
+        for key, value in values.items():
+            if key.startswith(validation.MATRIX_PREFIX):
+                i, j = map(int, key[len(validation.MATRIX_PREFIX) :].split("/"))
+                matrix[i][j], count[i][j] = float(value), int(counts[round_][key])
+        rounds.append({"round": round_, "clicks": mode.clicks_of_round(round_, cfg.loop), "matrix": matrix,
+                       "counts": count})  # fmt: skip
+    return {"epoch": epoch, "split": split, "raters": [f"rater {k}" for k in range(n_raters)], "rounds": rounds}
 
 
 def train_one_epoch(
@@ -67,9 +103,12 @@ def train_one_epoch(
     epoch: int,
     generator: torch.Generator,
     device: torch.device,
+    cache: EmbeddingCache | None = None,
 ) -> list[dict[str, Any]]:
     """One epoch of the mode's training loop; returns the per-round rows (train split)."""
     model.train()
+    if cfg.model.freeze_encoder:
+        model.image_encoder.eval()
     mode = get_mode(cfg.mode)
     step = entry(mode, "train_batch")
     acc = MetricAccumulator()
@@ -80,57 +119,97 @@ def train_one_epoch(
         batch = prepare_batch(data, device, generator=generator, augment=cfg.data.augment == "flip")
         if batch is None:
             continue
-        rows = step(model, stepper, batch, cfg, mode)
+        rows = step(model, stepper, with_embedding(batch, cache), cfg, mode)
         for t, row in enumerate(rows, start=1):
             acc.update(row, round=t)
         loss = float(rows[-1]["loss"].mean())  # one device sync per batch
         bar.set_postfix(loss=f"{loss:.4f}", dice_follow=f"{float(rows[-1]['Dice_follow'].mean()):.3f}", refresh=False)
         if not math.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss})")
-    return metric_rows(acc.all_reduce(device), {}, epoch, "train", mode)
+    return metric_rows(acc.all_reduce(device), {}, epoch, "train", mode, cfg)
+
+
+@dataclass
+class Evaluation:
+    """One pass over a split: metrics.jsonl rows, per_image.csv rows, the following matrix (None: no raters
+    followed)."""
+
+    rows: list[dict[str, Any]]
+    per_image: list[dict[str, Any]]
+    matrix: dict | None
 
 
 @torch.no_grad()
-def evaluate(model: AESPAModel, loader, cfg: RunConfig, epoch: int, device: torch.device) -> list[dict[str, Any]]:
+def evaluate(
+    model: AESPAModel | None,
+    loader,
+    cfg: RunConfig,
+    epoch: int,
+    device: torch.device,
+    split: str = "test",
+    cache: EmbeddingCache | None = None,
+) -> Evaluation:
     """SPEC §4.4 validation over a loader; every random draw is keyed per image (seed `-seed`), so the result
     does not depend on the batch size or on how the split is sharded across ranks."""
-    model.eval()
+    if model is not None:
+        model.eval()
     mode = get_mode(cfg.mode)
     validate = entry(mode, "validate_batch")
-    acc, noc_acc = MetricAccumulator(), MetricAccumulator()
-    bar = progress(loader, f"epoch {epoch} test")
+    acc, counts = MetricAccumulator(), MetricAccumulator()
+    per_image: list[dict[str, Any]] = []
+    n_raters = 0
+    bar = progress(loader, f"epoch {epoch} {split}")
     with autocast_context(device, cfg.amp):
         for i, data in enumerate(bar):
             if cfg.loop.max_val_batches and i >= cfg.loop.max_val_batches:
                 break
-            batch = prepare_batch(data, device, seed=cfg.seed)
+            batch = with_embedding(prepare_batch(data, device, seed=cfg.seed), cache)
             if batch is None:
                 continue
-            rows, noc_values = validate(model, batch, cfg, mode)
-            for t, row in enumerate(rows, start=1):
-                acc.update(row, round=t)
-            noc_acc.update(noc_values)
-            bar.set_postfix(dice_follow=f"{float(rows[-1]['Dice_follow'].mean()):.3f}", refresh=False)
-    noc_means = {k: float(v) for k, v in noc_acc.all_reduce(device).compute().items()}
-    return metric_rows(acc.all_reduce(device), noc_means, epoch, "test", mode)
+            n_raters = max(n_raters, batch.raters.shape[1])
+            result = validate(model, batch, cfg, mode)
+            for t, values in enumerate(result.rounds, start=1):
+                acc.update(values, round=t)
+            counts.update(result.counts)
+            per_image += [{"epoch": epoch, "split": split, **row} for row in result.per_image]
+            bar.set_postfix(dice_follow=f"{float(result.rounds[-1]['Dice_follow'].mean()):.3f}", refresh=False)
+    totals = acc.all_reduce(device)
+    count_means = {k: float(v) for k, v in counts.all_reduce(device).compute().items()}
+    has_matrix = any(k.startswith(validation.MATRIX_PREFIX) for values in totals.compute().values() for k in values)
+    matrix = follow_matrix(totals, epoch, split, mode, cfg, n_raters) if has_matrix else None
+    rows = metric_rows(totals, count_means, epoch, split, mode, cfg)
+    return Evaluation(rows, gather_objects(per_image), matrix)
 
 
 @torch.no_grad()
 def save_epoch_figures(
-    run: RunFolder, model: AESPAModel, loader, cfg: RunConfig, device: torch.device, epoch: int, n_images: int = 4
+    run: RunFolder,
+    model: AESPAModel | None,
+    loader,
+    cfg: RunConfig,
+    device: torch.device,
+    epoch: int,
+    split: str = "test",
+    matrix: dict | None = None,
+    cache: EmbeddingCache | None = None,
+    n_images: int = 4,
 ) -> None:
-    """Round curves of this epoch's test rows, curves over epochs, and a qualitative grid of the first test images."""
+    """Round curves of this evaluation's rows, curves over epochs, the following matrix and a qualitative grid of
+    the split's first images."""
     rows = read_metrics(run.metrics_file)
-    test = [r for r in rows if r["split"] == "test" and r["epoch"] == epoch]
+    this = [r for r in rows if r["split"] == split and r["epoch"] == epoch]
     plots.plot_round_curves(
-        {f"epoch {epoch}": test}, run.plot_dir / "round_curves.png", f"{cfg.exp_name}: test, per round"
+        {f"{split}, epoch {epoch}": this}, run.plot_dir / f"round_curves_{split}.png", f"{cfg.exp_name}: per round"
     )
     plots.plot_epoch_curves(rows, run.plot_dir / "epochs.png")
-    batch = prepare_batch(next(iter(loader)), device, seed=cfg.seed)
+    if matrix is not None:
+        plots.plot_follow_matrix(matrix, run.plot_dir / f"follow_matrix_{split}_epoch{epoch:03d}.png")
+    batch = with_embedding(prepare_batch(next(iter(loader)), device, seed=cfg.seed), cache)
     if batch is None:
         return
     batch = batch.take(n_images)
-    model.eval()
+    if model is not None:
+        model.eval()
     mode = get_mode(cfg.mode)
     followed, preds, clicks = entry(mode, "qualitative")(model, batch, cfg, mode)
     plots.qualitative_grid(
@@ -141,6 +220,6 @@ def save_epoch_figures(
         preds,
         clicks.points,
         clicks.labels,
-        run.plot_dir / f"qualitative_epoch{epoch:03d}.png",
-        mode.first_round_clicks,
+        run.plot_dir / f"qualitative_{split}_epoch{epoch:03d}.png",
+        mode.first_round_clicks(cfg.loop),
     )

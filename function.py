@@ -12,6 +12,7 @@ from clicks import next_click
 from kmeans import batched_kmeans
 from models import Decoded
 from modes import Mode, Selection, User
+from multirater_metrics import dice
 from raters import draw_among, mean_of, pick, raters_agreeing
 from rng import KeyedRandom, normal, uniform
 from run_config import LoopConfig
@@ -59,14 +60,15 @@ def initial_click(raters: torch.Tensor, valid: torch.Tensor, target: torch.Tenso
     return torch.stack([pixel % s, pixel // s], 1).float(), label.long()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Candidates(Selection):
-    """k-means of one round's samples: `pred` the centre the user selects (nearest to the target) BxSxS,
-    `mask_prompt` the mean low-resolution logits of its samples Bx1x4Gx4G, every centre BxKxSxS."""
+    """A round of SPA: `pred` the recommended prediction, the mean of the samples' probabilities BxSxS (what SPA
+    reports); `feedback` the centre the user selects (the candidate nearest to its target) BxSxS; `mask_prompt`
+    the mean low-resolution logits of the selected cluster's samples Bx1x4Gx4G; every centre BxKxSxS."""
 
     centres: torch.Tensor
     members: torch.Tensor  # BxM bool: samples of the selected cluster
-    others_mean: torch.Tensor  # BxSxS mean of the other samples (the selected mean when there is none)
+    others_mean: torch.Tensor  # BxSxS mean of the other samples (the selected centre when there is none)
 
 
 def find_candidates(decoded: Decoded, target: torch.Tensor, k: int, source: Source) -> Candidates:
@@ -80,21 +82,29 @@ def find_candidates(decoded: Decoded, target: torch.Tensor, k: int, source: Sour
     chosen = pick(centres, selected)
     others = ~members
     others_mean = torch.where(others.any(1)[:, None, None], mean_of(probs, others), chosen)
-    return Candidates(chosen, mean_of(decoded.low, members)[:, None], centres, members, others_mean)
+    return Candidates(
+        pred=probs.mean(1),
+        mask_prompt=mean_of(decoded.low, members)[:, None],
+        feedback=chosen,
+        extra={"Dice_selected": dice(chosen, target)},
+        centres=centres,
+        members=members,
+        others_mean=others_mean,
+    )
 
 
 def candidate_click(strategy: str, cand: Candidates, target: torch.Tensor, exclude: torch.Tensor, source: Source):
-    """Top-k on |selected - others| (labelled from the target), or the centre click of the selected candidate's
-    error against the target."""
-    if strategy == "topk":
-        return next_click("topk", cand.others_mean, cand.pred, label_source=target, exclude=exclude, generator=source)
-    return next_click("center", cand.pred, target, exclude=exclude, generator=source)
+    """SPA's click, on where the selected candidate and the mean of the other samples disagree (|selected -
+    others|), labelled from the target: one of the 20 largest differences (`topk`) or the centre of the largest
+    region where their masks differ (`center`)."""
+    return next_click(strategy, cand.others_mean, cand.feedback, label_source=target, exclude=exclude, generator=source)
 
 
 class PreferenceUser(User):
     """SPA's user: a preference target and a first click per image (drawn before the first round), candidates
     from k-means of the round's latent samples, the candidate nearest to the target selected, and clicks on
-    where it differs from the other samples (`candidate_click`)."""
+    where it differs from the other samples (`candidate_click`). SPA reports the mean of the samples (scored as
+    Dice_follow against the target); the oracle-selected candidate is scored as Dice_selected."""
 
     def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
         super().__init__(batch, loop, purpose)
@@ -117,6 +127,10 @@ class PreferenceUser(User):
     @classmethod
     def trains_prompt(cls, loop: LoopConfig) -> bool:
         return True
+
+    @classmethod
+    def first_round_clicks(cls, loop: LoopConfig) -> int:
+        return 1  # the initial click, drawn where every rater agrees
 
     def restart(self) -> None:
         """The target never moves: nothing to undo (the random streams continue)."""
@@ -141,5 +155,4 @@ MODE = Mode(
     name="SPA",
     summary="a preference target per image; latent samples clustered into candidates, clicks on the selected one",
     user=PreferenceUser,
-    first_round_clicks=1,
 )

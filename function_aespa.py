@@ -13,6 +13,7 @@ import torch
 from batch import Batch
 from clicks import next_click
 from modes import Mode, Selection, User
+from multirater_metrics import neutral_mask
 from raters import draw_among, mean_of, pick, raters_agreeing, switch_raters
 from rng import KeyedRandom
 from run_config import LoopConfig
@@ -31,6 +32,9 @@ class FollowedRaterUser(User):
     """A user who follows one rater per interaction row and clicks on that rater's mask.
 
     rater P long: the followed rater of each row; raters PxRxSxS / valid PxR: the row's image's raters.
+    The target is the mean of the raters agreeing with the clicks (`-target agreeing`), or the raters' majority
+    mask whatever the clicks (`-target consensus`: the preference-blind baseline). `-first_prompt` gives the
+    first prediction a box of the followed mask, or a first click on it.
     """
 
     def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
@@ -52,6 +56,13 @@ class FollowedRaterUser(User):
         self.restart()
 
     @classmethod
+    def first_round_clicks(cls, loop: LoopConfig) -> int:
+        return 1 if loop.first_prompt == "click" else 0
+
+    def first_click(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.centre_click_on_followed() if self.loop.first_prompt == "click" else None
+
+    @classmethod
     def trains_prompt(cls, loop: LoopConfig) -> bool:
         """The original never trains the prompt side in this mode; `-train_prompt` adds SPA's prompt step."""
         return loop.train_prompt
@@ -59,7 +70,12 @@ class FollowedRaterUser(User):
     def restart(self) -> None:
         """Back to the target before any click (all valid raters), the random streams continuing."""
         self.consistent = self.valid.clone()
-        self.target = mean_of(self.raters, self.consistent)
+        self.target = self._target()
+
+    def _target(self) -> torch.Tensor:
+        if self.loop.target == "consensus":
+            return neutral_mask(self.raters, self.valid).float()
+        return mean_of(self.raters, self.consistent)
 
     def click(self, selection: Selection, exclude: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Training may first switch to another valid rater; the click is on the followed rater's mask, and the
@@ -70,7 +86,7 @@ class FollowedRaterUser(User):
         points, labels = next_click(strategy, selection.pred, self.followed, exclude=exclude, generator=self.source)
         agree = raters_agreeing(self.raters, self.valid, points, labels)
         self.consistent = update_consistent(self.consistent, agree, self.loop.target_from)
-        self.target = mean_of(self.raters, self.consistent)
+        self.target = self._target()
         return points, labels
 
     def candidate_set(self, selection: Selection) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -88,5 +104,4 @@ MODE = Mode(
     name="AESPA",
     summary="clicks from one followed rater; target: the mean of the raters agreeing with the clicks",
     user=FollowedRaterUser,
-    first_round_clicks=0,
 )

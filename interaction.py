@@ -1,9 +1,10 @@
-"""The round engine: every mode's training, validation and figures, one click round at a time (SPEC §4).
+"""The round engine: every mode's training and interaction, one click round at a time (SPEC §4).
 
-Per round the model predicts from the round state — the clicks so far, the previous round's low-resolution
-logits (the mask prompt) and the mixture weights the weight head makes from the previous prediction's
-responsibilities — then the mode's simulated user (`modes.User`) reads the output and clicks. Training adds the
-optimisation steps of SPEC §4.1/§4.2 around that. The modes differ only in their user.
+Per round the model predicts from the round state — the clicks so far (and a box), the previous round's
+low-resolution logits (the mask prompt) and the mixture weights the weight head makes from the previous
+prediction's responsibilities — then the mode's simulated user (`modes.User`) reads the output and clicks.
+Training adds the optimisation steps of SPEC §4.1/§4.2 around that. The modes differ only in their user (and a
+baseline's rule, which predicts without a network). Validation's bookkeeping is in validation.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from clicks import ClickState
 from distributed import mean_over_ranks
 from models import AESPAModel, Decoded, Prompts, responsibilities
 from modes import Mode, Selection, User
-from multirater_metrics import dice, noc, personalised_metrics, set_metrics
+from multirater_metrics import dice, personalised_metrics, set_metrics
 from optim_step import Stepper, frozen
 from run_config import RunConfig
 
@@ -36,32 +37,46 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False
 
 @dataclass
 class RoundState:
-    """What carries from one round to the next, per interaction row: the clicks, the previous round's
-    low-resolution logits Px1x4Gx4G (the mask prompt) and its responsibilities PxK (the weight head's input)."""
+    """What carries from one round to the next, per interaction row: the clicks, the box (kept in every round),
+    the previous round's low-resolution logits Px1x4Gx4G (the mask prompt) and its responsibilities PxK (the
+    weight head's input)."""
 
     clicks: ClickState
+    box: torch.Tensor | None = None
     prev_low: torch.Tensor | None = None
     em_weights: torch.Tensor | None = None
 
     @classmethod
-    def start(cls, rows: int, size: int, device: torch.device, first_click=None) -> RoundState:
-        state = cls(ClickState(rows, size, device))
+    def start(
+        cls, rows: int, size: int, device: torch.device, first_click=None, box: torch.Tensor | None = None
+    ) -> RoundState:
+        """The state before the first round: no click yet, or a first click (points Px2, labels P); a box Px4."""
+        state = cls(ClickState(rows, size, device), box)
         if first_click is not None:
             state.clicks.add(*first_click)
         return state
 
+    @classmethod
+    def for_user(cls, user: User, size: int, device: torch.device) -> RoundState:
+        """The state before the first round of a simulated user: its box and first click, if its protocol has them."""
+        box = user.first_box()
+        return cls.start(len(user.rows), size, device, user.first_click(), box)
+
     def prompts(self, model: AESPAModel, weights: torch.Tensor | None = None) -> Prompts:
         """The model's prompt side for this state (mixture `weights` PxK given: the weight head is skipped)."""
         c = self.clicks
-        return model.prompt(len(c.exclude), c.points, c.labels, None, self.prev_low, self.em_weights, weights)
+        return model.prompt(len(c.exclude), c.points, c.labels, self.box, self.prev_low, self.em_weights, weights)
 
-    def advance(self, selection: Selection, em_weights: torch.Tensor) -> None:
+    def advance(self, selection: Selection, em_weights: torch.Tensor | None) -> None:
         """After the round: its mask prompt and responsibilities become the next round's inputs."""
         self.prev_low, self.em_weights = selection.mask_prompt, em_weights
 
 
-def mixture_responsibilities(pred: torch.Tensor, prompts: Prompts) -> torch.Tensor:
-    """SPEC §4.1 step 3: responsibilities PxK of a prediction PxSxS under the round's mixture."""
+def mixture_responsibilities(model: AESPAModel, pred: torch.Tensor, prompts: Prompts) -> torch.Tensor | None:
+    """SPEC §4.1 step 3: responsibilities PxK of a prediction PxSxS under the round's mixture (None when the
+    model has no latent, `-fcomb none`)."""
+    if not model.uses_latent:
+        return None
     p = prompts
     return responsibilities(pred.float(), p.weights.float(), p.means.float(), p.variances.float())
 
@@ -79,12 +94,15 @@ def predict_round(
 
 def weight_head_step(
     model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
-    target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK."""
+    target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK (None and no
+    step without a latent)."""
+    if not model.uses_latent:
+        return None
     with torch.no_grad():
-        em_pred = mixture_responsibilities(pred, prompts)
-        em_target = mixture_responsibilities(target, prompts)
+        em_pred = mixture_responsibilities(model, pred, prompts)
+        em_target = mixture_responsibilities(model, target, prompts)
     stepper.step(F.mse_loss(model.weight_head(em_pred), em_target))
     return em_pred
 
@@ -115,6 +133,8 @@ def prompt_step(
 def update_mixture(model: AESPAModel, prompts: Prompts) -> None:
     """Move the stored mixture towards the last round's per-image mixture, averaged over the batch and the
     ranks (one collective for all three)."""
+    if not model.uses_latent:
+        return
     batch = [t.detach().float().mean(0) for t in (prompts.weights, prompts.means, prompts.variances)]  # K each
     flat = mean_over_ranks(torch.cat(batch))
     model.update_mixture_state(*flat.split([b.numel() for b in batch]))
@@ -122,12 +142,18 @@ def update_mixture(model: AESPAModel, prompts: Prompts) -> None:
 
 def round_metrics(batch: Batch, user: User, selection: Selection) -> dict[str, torch.Tensor]:
     """Every metric of SPEC §6 for one round: personalised ones of the rows' predictions against the followed
-    masks (P values), set ones of each image's candidate set (B values)."""
+    masks (P values), set ones of each image's candidate set (B values), and the selection's extra values."""
     rows = user.rows
     values = personalised_metrics(selection.pred, batch.raters[rows], batch.valid[rows], user.followed)
     candidates, candidate_valid = user.candidate_set(selection)
     values.update(set_metrics(candidates, batch.raters, batch.valid, pred_valid=candidate_valid))
+    values.update(selection.extra)
     return values
+
+
+def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
+    """The batch's SAM embedding BxCxGxG: precomputed (a frozen encoder's cache) or computed now."""
+    return batch.embedding if batch.embedding is not None else model.image_encoder(batch.images)
 
 
 def train_batch(
@@ -136,14 +162,14 @@ def train_batch(
     """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
     the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""
     user = mode.user(batch, cfg.loop, "train")
-    state = RoundState.start(batch.size, batch.images.shape[-1], batch.images.device, user.first_click())
+    state = RoundState.for_user(user, batch.images.shape[-1], batch.images.device)
     rows = []
     for _ in range(cfg.loop.clicks):
         eps = user.noise(model.latent_dim)
         with torch.no_grad():  # 1. network step: prompt side and heads without gradient
             prompts = state.prompts(model)
         with stepper.autocast():
-            embedding = model.image_encoder(batch.images)
+            embedding = image_embedding(model, batch)
             decoded = model.decode_round(embedding, prompts, eps)
             loss = bce_loss(decoded.logits.mean(1), user.target)
         stepper.step(loss)
@@ -156,96 +182,55 @@ def train_batch(
         state.prev_low = selection.mask_prompt
         if user.trains_prompt(cfg.loop):  # 3. prompt step
             prompt_step(model, stepper, state, embedding.detach(), prompts.weights.detach(), eps, user.target)
-        state.em_weights = weight_head_step(model, stepper, selection.pred, user.target, prompts)  # 4.
+        state.em_weights = weight_head_step(model, stepper, selection.feedback, user.target, prompts)  # 4.
     update_mixture(model, prompts)
     return rows
 
 
-# --- validation and figures ----------------------------------------------------------------------------
+# --- interaction without optimisation (validation, figures) ------------------------------------------------
 
 
 @dataclass
 class Interaction:
-    """What `interact` recorded: per round the selection, the loss against the target (P), Dice against the
-    followed mask (P); and the clicks made."""
+    """What `interact` recorded: per round the selection, the loss against the target (P; None for a rule),
+    Dice against the followed mask (P); and the clicks made."""
 
     selections: list[Selection] = field(default_factory=list)
-    losses: list[torch.Tensor] = field(default_factory=list)
+    losses: list[torch.Tensor | None] = field(default_factory=list)
     dice_follow: list[torch.Tensor] = field(default_factory=list)
     clicks: ClickState | None = None
 
 
 @torch.no_grad()
 def interact(
-    model: AESPAModel, batch: Batch, embedding: torch.Tensor | None, user: User, rounds: int, strategy: str
+    model: AESPAModel | None,
+    batch: Batch,
+    embedding: torch.Tensor | None,
+    user: User,
+    rounds: int,
+    strategy: str,
+    mode: Mode,
 ) -> Interaction:
     """Run `rounds` rounds without optimisation. `embedding` BxCxGxG is the batch's SAM embedding, reused by
-    every round and row (only the fusion and the decoder rerun); None recomputes it every round."""
+    every round and row (only the fusion and the decoder rerun); None recomputes it every round. A mode's rule
+    replaces the model (which may then be None)."""
     rows, size = user.rows, batch.images.shape[-1]
-    state = RoundState.start(len(rows), size, batch.images.device, user.first_click())
+    state = RoundState.for_user(user, size, batch.images.device)
     row_embedding = None if embedding is None else embedding[rows]  # PxCxGxG, gathered once
     out = Interaction()
     for _ in range(rounds):
-        emb = model.image_encoder(batch.images)[rows] if row_embedding is None else row_embedding
-        prompts, decoded = predict_round(model, state, emb, user.noise(model.latent_dim))
-        selection = user.select(decoded)
+        if mode.rule is not None:
+            selection, loss, em = Selection(mode.rule(batch, user, state), None), None, None
+        else:
+            emb = image_embedding(model, batch)[rows] if row_embedding is None else row_embedding
+            prompts, decoded = predict_round(model, state, emb, user.noise(model.latent_dim))
+            selection = user.select(decoded)
+            loss = bce_loss(decoded.logits.mean(1), user.target, per_image=True)
+            em = mixture_responsibilities(model, selection.feedback, prompts)
         out.selections.append(selection)
-        out.losses.append(bce_loss(decoded.logits.mean(1), user.target, per_image=True))
+        out.losses.append(loss)
         out.dice_follow.append(dice(selection.pred, user.followed))
         state.clicks.add(*user.click(selection, state.clicks.exclude, strategy))
-        state.advance(selection, mixture_responsibilities(selection.pred, prompts))
+        state.advance(selection, em)
     out.clicks = state.clicks
     return out
-
-
-def noc_of(dice_follow: list[torch.Tensor], first_round_clicks: int, budget: int) -> dict[str, torch.Tensor]:
-    """NoC@τ (SPEC §4.4) from per-round Dice against the followed mask; round i (0-based) used
-    first_round_clicks + i clicks, and NoC counts the predictions made with 1..budget clicks."""
-    start = 1 - first_round_clicks
-    return noc(torch.stack(dice_follow[start : start + budget], 1), budget=budget)
-
-
-def noc_rounds(first_round_clicks: int, budget: int) -> int:
-    """Rounds an interaction needs so that its last prediction used `budget` clicks."""
-    return budget + 1 - first_round_clicks
-
-
-@torch.no_grad()
-def validate_batch(
-    model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode, embedding: torch.Tensor | None = None
-) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction and the set metrics
-    of every image's candidate set, and NoC with centre clicks.
-
-    The SAM embedding is computed once and reused by every round and row (unless `-no_embedding_reuse`).
-    """
-    loop = cfg.loop
-    if embedding is None and not loop.no_embedding_reuse:
-        embedding = model.image_encoder(batch.images)
-    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == "center"
-    rounds = max(loop.clicks, noc_rounds(mode.first_round_clicks, loop.noc_clicks) if noc_here else 0)
-    user = mode.user(batch, loop, "validate")
-    run = interact(model, batch, embedding, user, rounds, loop.val_click_strategy)
-    rows = []
-    for selection, loss in zip(run.selections[: loop.clicks], run.losses):
-        row = round_metrics(batch, user, selection)
-        row["loss"] = loss
-        rows.append(row)
-    dice_follow = run.dice_follow
-    if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
-        user.restart()
-        dice_follow = interact(
-            model, batch, embedding, user, noc_rounds(mode.first_round_clicks, loop.noc_clicks), "center"
-        ).dice_follow
-    noc_values = noc_of(dice_follow, mode.first_round_clicks, loop.noc_clicks) if loop.noc_clicks else {}
-    return rows, noc_values
-
-
-@torch.no_grad()
-def qualitative(
-    model: AESPAModel, batch: Batch, cfg: RunConfig, mode: Mode
-) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
-    """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
-    user = mode.user(batch, cfg.loop, "figure")
-    run = interact(model, batch, model.image_encoder(batch.images), user, cfg.loop.clicks, cfg.loop.val_click_strategy)
-    return user.followed, [s.pred for s in run.selections], run.clicks

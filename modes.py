@@ -12,6 +12,9 @@ differs. Per round the engine:
     4. asks for the next click: `User.click` (which may move the user's target or followed rater);
     5. (training) the prompt step when `User.trains_prompt`, then the weight-head step.
 
+A mode with a `rule` predicts without a network (the baselines): the rule replaces the model's prediction and
+there is nothing to train.
+
 Adding a mode: one file that defines its `User` subclass and `MODE = Mode(...)`, and one line in `BUILTIN_MODES`
 (or `register_mode(MODE)` from your own code, e.g. a test).
 """
@@ -20,20 +23,24 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+
+from clicks import mask_boxes, next_click
 
 if TYPE_CHECKING:
     from batch import Batch
     from models import Decoded
     from run_config import LoopConfig
 
-# name -> module defining `MODE` (imported on first use, so that listing names imports nothing heavy).
+# name -> "module" defining `MODE`, or "module:NAME" (imported on first use: listing names imports nothing heavy).
 BUILTIN_MODES = {
     "AESPA": "function_aespa",
     "SPA": "function",
+    "consensus": "baselines:CONSENSUS",
+    "click_editor": "baselines:CLICK_EDITOR",
 }
 
 PURPOSES = ("train", "validate", "figure")
@@ -41,12 +48,23 @@ PURPOSES = ("train", "validate", "figure")
 
 @dataclass
 class Selection:
-    """What the user reads from a round's output: `pred` PxSxS probabilities (the prediction it sees, scored by
-    the personalised metrics and fed to the mixture update) and `mask_prompt` Px1x4Gx4G (the next round's
-    mask prompt). Modes may carry more (e.g. SPA's candidates)."""
+    """What the user reads from a round's output.
+
+    pred         PxSxS probabilities: the model's answer, scored by the personalised metrics
+    mask_prompt  Px1x4Gx4G: the next round's mask prompt (None for a rule without a network)
+    feedback     PxSxS: the prediction the user's feedback is about, fed to the mixture update and the weight-head
+                 step (SPA: the candidate the user selected; None: `pred`)
+    extra        more per-row metrics of the round (e.g. SPA's Dice_selected)
+    """
 
     pred: torch.Tensor
-    mask_prompt: torch.Tensor
+    mask_prompt: torch.Tensor | None
+    feedback: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.feedback is None:
+            self.feedback = self.pred
 
 
 class User:
@@ -56,6 +74,7 @@ class User:
         rows      P long: the batch image of each row (P = B unless the protocol follows several raters per image)
         target    PxSxS soft target of the current round: the training loss and the weight-head step use it
         followed  PxSxS the mask the personalised metrics (Dice_follow) and NoC compare the prediction with
+        rater     P long: the followed rater's slot per row, or None when `followed` is not a rater's (SPA)
         source    where the user's random draws come from (generator in training, row-keyed streams otherwise)
 
     `purpose` is 'train' (random draws from the training generator, rater switching), 'validate' (the SPEC §4.4
@@ -65,12 +84,18 @@ class User:
     rows: torch.Tensor
     target: torch.Tensor
     followed: torch.Tensor
+    rater: torch.Tensor | None = None
     source: object
 
     def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
         self.batch, self.loop, self.purpose = batch, loop, purpose
+
+    @classmethod
+    def first_round_clicks(cls, loop: LoopConfig) -> int:
+        """Clicks the first prediction uses."""
+        return 0
 
     @classmethod
     def check(cls, loop: LoopConfig) -> str | None:
@@ -96,6 +121,18 @@ class User:
         """A click before the first prediction (points Px2 (x, y), labels P), or None."""
         return None
 
+    def first_box(self) -> torch.Tensor | None:
+        """With `-first_prompt box`: the bounding box Px4 (x0, y0, x1, y1) of the followed mask, each side moved by
+        up to `-box_jitter` px in training (exact otherwise); it stays in the prompt for every round."""
+        if self.loop.first_prompt != "box":
+            return None
+        jitter = self.loop.box_jitter if self.purpose == "train" else 0
+        return mask_boxes(self.followed, jitter, self.source)
+
+    def centre_click_on_followed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centre click on the followed mask against an empty prediction (a first click)."""
+        return next_click("center", torch.zeros_like(self.followed), self.followed)
+
     def noise(self, latent_dim: int) -> torch.Tensor | None:
         """ε PxMxL for the round's latent samples (drawn from `source`), or None for ε = 0."""
         return None
@@ -117,23 +154,30 @@ class User:
 class Mode:
     """An interaction mode: its simulated user and the facts the rest of the program needs about it.
 
-    first_round_clicks   clicks the first prediction uses (AESPA 0: it predicts before any click; SPA 1)
-    learns               False for a rule with nothing to train: val.py evaluates it without -weights
+    rule     a prediction without a network, rule(batch, user, clicks) -> PxSxS probabilities (the baselines);
+             such a mode learns nothing, and val.py evaluates it without -weights
     train_batch, validate_batch, qualitative   entry points replacing the engine's (None: the engine's)
+    The clicks of the first prediction are the user's (`User.first_round_clicks`).
     """
 
     name: str
     summary: str
     user: type[User]
-    first_round_clicks: int
-    learns: bool = True
+    rule: Callable | None = None
     train_batch: Callable | None = None
     validate_batch: Callable | None = None
     qualitative: Callable | None = None
 
-    def clicks_of_round(self, round_: int) -> int:
+    @property
+    def learns(self) -> bool:
+        return self.rule is None
+
+    def first_round_clicks(self, loop: LoopConfig) -> int:
+        return self.user.first_round_clicks(loop)
+
+    def clicks_of_round(self, round_: int, loop: LoopConfig) -> int:
         """Clicks the round-th prediction (1-based) used."""
-        return round_ - 1 + self.first_round_clicks
+        return round_ - 1 + self.first_round_clicks(loop)
 
 
 _REGISTERED: dict[str, Mode] = {}
@@ -153,7 +197,8 @@ def mode_names() -> list[str]:
 def get_mode(name: str) -> Mode:
     """The mode called `name` (a built-in one is imported on first use)."""
     if name not in _REGISTERED and name in BUILTIN_MODES:
-        register_mode(importlib.import_module(BUILTIN_MODES[name]).MODE)
+        module, _, attribute = BUILTIN_MODES[name].partition(":")
+        register_mode(getattr(importlib.import_module(module), attribute or "MODE"))
     if name not in _REGISTERED:
         raise KeyError(f"unknown mode '{name}' (known: {', '.join(mode_names())})")
     return _REGISTERED[name]

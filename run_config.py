@@ -31,6 +31,8 @@ class ModelConfig:
     fcomb: str
     multimask_output: int
     compat: str
+    freeze_encoder: bool
+    embedding_cache: str
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class DataConfig:
     augment: str
     batch_size: int
     workers: int
+    val_fraction: float
+    data_seed: int
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,10 @@ class LoopConfig:
     val_click_strategy: str
     switch_prob: float
     target_from: str
+    target: str
+    first_prompt: str
+    box_jitter: int
+    editor_radius: int
     train_prompt: bool
     num_samples: int
     n_clusters: int
@@ -64,6 +72,7 @@ class LoopConfig:
     no_embedding_reuse: bool
     max_train_batches: int
     max_val_batches: int
+    test_every_val: bool
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class RunConfig:
         flags filled in: the data path per dataset, the run name, the device of -gpu / -gpu_device."""
         flags = dict(vars(args))
         if flags.get("data_path") is None:
-            flags["data_path"] = default_data_path(flags["dataset"])
+            flags["data_path"] = default_data_path(flags["dataset"], flags.get("data_seed", 0))
         if flags.get("exp_name") is None:
             flags["exp_name"] = f"{flags['dataset']}_{flags['mode']}"
         if flags.get("gpu_device") is not None and flags.get("device") == "auto":

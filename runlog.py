@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -18,6 +19,9 @@ from typing import Any
 from run_config import RunConfig
 from utils import InputError, atomic_write_bytes
 
+# per_image.csv: one row per (evaluation, image, followed rater, round); followed -1 when the target is not a rater.
+PER_IMAGE_COLUMNS = ("epoch", "split", "mode", "round", "clicks", "image", "followed", "Dice_follow", "Dice",
+                     "Gain_over_consensus", "empty_followed")  # fmt: skip
 # Columns of the per-round table printed after validation (all are in metrics.jsonl).
 TABLE_COLUMNS = (
     "round",
@@ -26,6 +30,7 @@ TABLE_COLUMNS = (
     "IoU",
     "Dice_follow",
     "Gain_over_consensus",
+    "Follow_accuracy",
     "Dice_personal_mean",
     "GED",
     "Dice_match",
@@ -77,6 +82,7 @@ class RunFolder:
         self.root = Path(root)
         self.model_dir, self.log_dir, self.plot_dir = self.root / "Model", self.root / "Log", self.root / "plots"
         self.metrics_file = self.root / "metrics.jsonl"
+        self.per_image_file = self.root / "per_image.csv"
         self._writer = None
         if enabled:
             for d in (self.model_dir, self.log_dir, self.plot_dir):
@@ -112,6 +118,22 @@ class RunFolder:
             for key, value in row.items():
                 if isinstance(value, float) and key not in ("epoch", "round", "clicks"):
                     self.scalar(f"{row['split']}/{key}/round_{row['round']}", value, row["epoch"])
+
+    def write_per_image(self, rows: list[dict[str, Any]]) -> None:
+        """Append rows to per_image.csv (one per image, followed rater and round; the header when new)."""
+        if not self.enabled or not rows:
+            return
+        new = not self.per_image_file.exists()
+        with self.per_image_file.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def write_json(self, name: str, obj: dict) -> None:
+        """Write a JSON file into the run folder (atomically)."""
+        if self.enabled:
+            atomic_write_bytes(self.root / name, (json.dumps(obj, indent=1) + "\n").encode())
 
     def close(self) -> None:
         if self._writer is not None:

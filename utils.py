@@ -9,6 +9,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -110,6 +111,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """`torch.save` to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def copy_atomically(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy a file through a temporary file and a rename (see `atomic_torch_save`)."""
+    with open(source, "rb") as src:
+        _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

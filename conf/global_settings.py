@@ -2,7 +2,7 @@
 
 EPOCH = 20  # training epochs (-epochs)
 VAL_FREQ = 5  # validate every VAL_FREQ epochs and after the last (-val_freq)
-IMAGE_SIZE = {"vit_t": 64}  # -image_size when not given: per encoder, else DEFAULT_IMAGE_SIZE
+IMAGE_SIZE = {"vit_t": 64, "lite_medsam": 256}  # -image_size when not given: per encoder, else DEFAULT_IMAGE_SIZE
 DEFAULT_IMAGE_SIZE = 128  # the LIDC crops' size
 LOG_DIR = "logs_new"  # run folders are created under it (-log_dir)
 SYNTHETIC_DATA_PATH = "data/synthetic"  # where -dataset synthetic is generated on first use

@@ -61,7 +61,7 @@ def replay(model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click]) 
             state.clicks.add(points[i - 1 : i], labels[i - 1 : i])  # 1x2, 1
         prompts, decoded = predict_round(model, state, embedding)
         seen = Selection(decoded.probs[:, 0], decoded.low)
-        state.advance(seen, mixture_responsibilities(seen.pred, prompts))
+        state.advance(seen, mixture_responsibilities(model, seen.pred, prompts))
         rounds.append(seen.pred[0])
     return torch.stack(rounds)
 

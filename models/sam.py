@@ -10,6 +10,7 @@ from torch import nn
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
+from .tiny_vit import TINY_VIT_KEYS, TinyViT
 from .transformer import TwoWayTransformer
 
 # The keys of a SAM configuration (those of the parity fixture's `config`).
@@ -33,15 +34,19 @@ CONFIG_KEYS = (
     "iou_head_depth",
     "iou_head_hidden_dim",
 )
+# The prompt encoder's and mask decoder's keys (the last of CONFIG_KEYS), shared by every image encoder.
+PROMPT_DECODER_KEYS = CONFIG_KEYS[CONFIG_KEYS.index("prompt_embed_dim") :]
+TINY_VIT_STRIDE = 4  # LiteMedSAM: image size / embedding grid
 
 
 class Sam(nn.Module):
     """Holds `image_encoder`, `prompt_encoder` and `mask_decoder` with the official call signatures.
 
-    Images are Bx3xSxS in [0, 1] (MedSAM convention: no mean/std normalisation).
+    Images are Bx3xSxS in [0, 1] (MedSAM convention: no mean/std normalisation). The image encoder is SAM's ViT
+    or LiteMedSAM's TinyViT; anything with `img_size` and `forward(images) -> BxCxGxG` fits.
     """
 
-    def __init__(self, image_encoder: ImageEncoderViT, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder):
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder):
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -68,18 +73,20 @@ class Sam(nn.Module):
         return self.mask_decoder(embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output)
 
 
-def build_sam_parts(config: dict[str, Any]) -> Sam:
-    """Build the SAM parts (random weights) from a configuration dict with `CONFIG_KEYS`.
-
-    Optional key `decoder_block`: the two-way attention block, `official` (default) or `reference`.
-    """
-    missing = [k for k in CONFIG_KEYS if k not in config]
+def build_image_encoder(config: dict[str, Any]) -> tuple[nn.Module, int]:
+    """The image encoder of a configuration and its embedding grid G: SAM's ViT (G = S / patch), or LiteMedSAM's
+    TinyViT (`encoder: lite_medsam`, G = S / 4)."""
+    c = config
+    if c.get("encoder") == "lite_medsam":
+        missing = [k for k in TINY_VIT_KEYS if k not in c]
+        if missing:
+            raise ValueError(f"LiteMedSAM config lacks {missing}")
+        return TinyViT(c["img_size"], **{k: c[k] for k in TINY_VIT_KEYS}), c["img_size"] // TINY_VIT_STRIDE
+    missing = [k for k in CONFIG_KEYS if k not in c]
     if missing:
         raise ValueError(f"SAM config lacks {missing}")
-    c = config
     if c["img_size"] % c["patch_size"]:
         raise ValueError(f"image size {c['img_size']} is not a multiple of the patch size {c['patch_size']}")
-    grid = c["img_size"] // c["patch_size"]
     encoder = ImageEncoderViT(
         img_size=c["img_size"],
         patch_size=c["patch_size"],
@@ -92,6 +99,20 @@ def build_sam_parts(config: dict[str, Any]) -> Sam:
         window_size=c["window_size"],
         global_attn_indexes=tuple(c["global_attn_indexes"]),
     )
+    return encoder, c["img_size"] // c["patch_size"]
+
+
+def build_sam_parts(config: dict[str, Any]) -> Sam:
+    """Build the SAM parts (random weights) from a configuration dict: `CONFIG_KEYS` for SAM's ViT, or a
+    LiteMedSAM configuration (`encoder: lite_medsam`, see models/lite_medsam.py).
+
+    Optional key `decoder_block`: the two-way attention block, `official` (default) or `reference`.
+    """
+    c = config
+    encoder, grid = build_image_encoder(c)
+    missing = [k for k in PROMPT_DECODER_KEYS if k not in c]
+    if missing:
+        raise ValueError(f"SAM config lacks {missing}")
     prompt_encoder = PromptEncoder(
         embed_dim=c["prompt_embed_dim"],
         image_embedding_size=(grid, grid),

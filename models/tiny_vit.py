@@ -185,6 +185,19 @@ class Stage(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
+# The configuration keys of a TinyViT encoder (constructor arguments besides img_size).
+TINY_VIT_KEYS = (
+    "embed_dims",
+    "depths",
+    "num_heads",
+    "window_sizes",
+    "mlp_ratio",
+    "mbconv_expand_ratio",
+    "local_conv_size",
+    "out_chans",
+)
+
+
 class TinyViT(nn.Module):
     """Bx3xSxS image in [0, 1] -> Bx(out_chans)x(S/4)x(S/4) embedding (S = `img_size`, a multiple of 4).
 
@@ -229,6 +242,15 @@ class TinyViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+
+    def train(self, mode: bool = True) -> TinyViT:
+        """Train or eval mode, with the BatchNorm statistics always the pretrained ones: fine-tuning batches are
+        small (a few images), and a frozen encoder must give the same embedding in every mode."""
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Bx3xSxS -> Bx(out_chans)x(S/4)x(S/4)."""

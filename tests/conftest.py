@@ -16,8 +16,11 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
-    """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t at 64 px, 3 rounds."""
+    """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t at 64 px, 3 rounds, no validation
+    split (the tests of the validation split pass -val_fraction themselves: a later flag wins)."""
     return [
+        "-val_fraction",
+        "0",
         "-dataset",
         "LIDC",
         "-data_path",

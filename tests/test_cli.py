@@ -75,8 +75,8 @@ def workdir(tmp_path_factory) -> Path:
     shapes = json.loads((DATA / "sam_vit_b_state_dict_shapes.json").read_text())
     torch.save(constant_state(shapes), root / "checkpoint" / "medsam_vit_b.pth")
     torch.save(reference_checkpoint(), root / "checkpoint" / "checkpoint_aespa_lidc.pth")
-    write_lidc_tree(root / "data" / "LIDC", n_patients=1, slices=2, raters=4, size=128)
-    write_mbhseg_tree(root / "data" / "MBHSeg-Binary", n_cases=1, slices=2, raters=3, size=64)
+    write_lidc_tree(root / "data" / "LIDC", n_patients=2, slices=2, raters=4, size=128)  # one patient for validation
+    write_mbhseg_tree(root / "data" / "MBHSeg-Binary", n_cases=2, slices=2, raters=3, size=64)
     return root
 
 

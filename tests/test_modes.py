@@ -44,7 +44,6 @@ TOY = register_mode(
         name="toy_consensus",
         summary="a test's mode: consensus target, followed rater's clicks",
         user=ConsensusTargetUser,
-        first_round_clicks=0,
     )
 )
 

@@ -121,8 +121,8 @@ def test_loaders_read_the_output(processed):
     from dataset import build_dataset
 
     _, out = processed
-    binary = build_dataset("MBHSeg-Binary", out / "MBHSeg-Binary", "train", 16)
-    multi = build_dataset("MBHSeg-Multiclass", out / "MBHSeg-Multi", "train", 16)
+    binary = build_dataset("MBHSeg-Binary", out / "MBHSeg-Binary", "train", 16, val_fraction=0)
+    multi = build_dataset("MBHSeg-Multiclass", out / "MBHSeg-Multi", "train", 16, val_fraction=0)
     assert [binary.records[i].name for i in range(len(binary))] == [
         "case_0/slice_1",
         "case_0/slice_3",

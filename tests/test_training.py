@@ -50,7 +50,8 @@ def test_one_epoch_writes_a_complete_run_folder(synthetic_root, tmp_path, mode):
     assert "epoch 1 test Dice_follow" in (run / "Log" / "log.txt").read_text()
     assert list((run / "Log").glob("events.out.tfevents.*"))
     assert (run / "Model" / "checkpoint_best.pth").is_file() and (run / "Model" / "checkpoint_last.pth").is_file()
-    assert {p.name for p in (run / "plots").iterdir()} >= {"round_curves.png", "epochs.png", "qualitative_epoch001.png"}
+    assert {p.name for p in (run / "plots").iterdir()} >= {"round_curves_test.png", "epochs.png",
+                                                          "qualitative_test_epoch001.png"}  # fmt: skip
 
 
 def test_training_loss_falls_on_an_easy_case(tmp_path):
@@ -78,32 +79,19 @@ def test_the_model_learns_to_follow_the_clicked_rater(tmp_path):
 
 
 def test_spa_learns_to_follow_its_preference_target(tmp_path):
-    """SPA on the same two-style raters: its preference target is one rater's style (or their union); after a
-    short training its prediction matches the target better than the raters' consensus does, in every round
-    (measured: Gain_over_consensus 0.15-0.22; after one epoch Dice_follow is 0.61-0.67, below the consensus)."""
+    """SPA on the same two-style raters: its preference target is one rater's style (or their union). After a short
+    training, once a click has said something about the preference (round 2 on: the first click is where every
+    rater agrees), its recommended prediction matches the target better than the raters' consensus does
+    (measured: Gain_over_consensus 0.15-0.18; an untrained model is below the consensus)."""
     root = write_two_style_tree(tmp_path / "two")
     out = train.main(
         tiny_run_args(
-            root,
-            tmp_path,
-            "-mode",
-            "SPA",
-            "-epochs",
-            "6",
-            "-lr",
-            "1e-3",
-            "-clicks",
-            "4",
-            "-noc_clicks",
-            "0",
-            "-val_freq",
-            "6",
-            "-num_samples",
-            "4",
+            root, tmp_path, "-mode", "SPA", "-epochs", "6", "-lr", "1e-3", "-clicks", "4", "-noc_clicks", "0",
+            "-val_freq", "6", "-num_samples", "4",
         )
-    )
+    )  # fmt: skip
     assert out["test"][-1]["Dice_follow"] > 0.8, out["test"]
-    assert all(r["Gain_over_consensus"] > 0.1 for r in out["test"]), out["test"]
+    assert all(r["Gain_over_consensus"] > 0.1 for r in out["test"][1:]), out["test"]
 
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
@@ -127,8 +115,9 @@ def test_resume_gives_the_same_weights_and_metrics(synthetic_root, tmp_path):
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    for split in ("train", "test"):
-        assert rows_of(straight["run_dir"], split) == rows_of(first["run_dir"], split)
+    assert rows_of(straight["run_dir"], "train") == rows_of(first["run_dir"], "train")
+    # the final test of the best (here: last) checkpoint; the stopped run also keeps the test it ended with
+    assert rows_of(straight["run_dir"], "test") == rows_of(first["run_dir"], "test", epoch=2)
 
 
 def test_val_py_reproduces_the_logged_metrics_of_the_best_epoch(synthetic_root, tmp_path):

@@ -16,7 +16,7 @@ def evaluate_with(synthetic_root, tmp_path, *extra: str) -> list[dict]:
     torch.manual_seed(0)
     model, _, cfg = build_model_from_config(cfg)
     torch.nn.init.normal_(model.fcomb.layers[-1].weight, std=0.05)  # let the latent matter
-    return evaluate(model.eval(), build_loader(cfg, "test"), cfg, 0, torch.device("cpu"))
+    return evaluate(model.eval(), build_loader(cfg, "test"), cfg, 0, torch.device("cpu")).rows
 
 
 def assert_rows_equal(a: list[dict], b: list[dict], tol: float) -> None:

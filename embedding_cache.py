@@ -1,0 +1,114 @@
+"""SAM image embeddings of a frozen image encoder (`-freeze_encoder`), computed once per image and reused.
+
+An embedding is keyed by content: the digest of the encoder (its class, configuration and every weight) and
+the digest of the exact input tensor the encoder sees (pixel values, image size, augmentation). A change of
+checkpoint, image size or image content therefore can never reuse a stale embedding, and an augmented image
+is simply another key. Entries live in memory and, with a folder, on disk as
+`<folder>/<encoder digest>/<image digest>.pt` (written atomically, read with weights_only=True), so that later
+epochs and later runs on the same data reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from utils import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "aespa-embeddings/1"  # part of every key: bump when the encoder's code changes its output
+FOLDER_NAME = ".aespa_embeddings"  # under the data folder
+
+
+def encoder_digest(encoder: nn.Module) -> str:
+    """sha256 of the encoder's class, its configuration-bearing attributes and every parameter and buffer."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{type(encoder).__module__}.{type(encoder).__name__}".encode())
+    for name, tensor in encoder.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def image_digest(image: torch.Tensor) -> str:
+    """sha256 of one encoder input (3xSxS): its dtype, shape and values."""
+    t = image.detach().cpu().contiguous()
+    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.numpy().tobytes()).hexdigest()
+
+
+class EmbeddingCache:
+    """`cache(images)` -> the encoder's embeddings BxCxGxG of Bx3xSxS images, each computed once.
+
+    `folder` None keeps entries in memory only; memory holds the most recently used entries up to
+    `memory_mb` (older ones are read back from disk, or recomputed without a folder). `hits`, `disk_hits` and
+    `misses` count images.
+    """
+
+    def __init__(self, encoder: nn.Module, folder: str | Path | None = None, memory_mb: float = 2048):
+        self.encoder = encoder
+        self.digest = encoder_digest(encoder)
+        self.folder = None if folder is None else Path(folder) / self.digest[:32]
+        self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.memory_bytes, self.memory_limit = 0, int(memory_mb * 2**20)
+        self.hits = self.disk_hits = self.misses = 0
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        keys = [image_digest(image) for image in images]
+        found: dict[int, torch.Tensor] = {}
+        for i, key in enumerate(keys):
+            if key in self.memory:
+                self.memory.move_to_end(key)
+                found[i] = self.memory[key]
+                self.hits += 1
+            elif (entry := self._read(key)) is not None:
+                found[i] = self._remember(key, entry)
+                self.disk_hits += 1
+        missing = [i for i in range(len(keys)) if i not in found]
+        if missing:  # encoded together, in the batch's order
+            computed = self.encoder(images[missing]).float().cpu()
+            for i, embedding in zip(missing, computed):
+                found[i] = self._remember(keys[i], embedding.clone())
+                self._write(keys[i], found[i])
+            self.misses += len(missing)
+        return torch.stack([found[i] for i in range(len(keys))]).to(images.device)
+
+    def _remember(self, key: str, embedding: torch.Tensor) -> torch.Tensor:
+        self.memory[key] = embedding
+        self.memory_bytes += embedding.numel() * embedding.element_size()
+        while self.memory_bytes > self.memory_limit and len(self.memory) > 1:
+            _, old = self.memory.popitem(last=False)
+            self.memory_bytes -= old.numel() * old.element_size()
+        return embedding
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        if self.folder is None or not self._path(key).is_file():
+            return None
+        try:
+            return torch.load(self._path(key), map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged entry is recomputed (and rewritten), never used
+            log.warning("%s: unreadable cached embedding, recomputing it (%s)", self._path(key), type(err).__name__)
+            return None
+
+    def _write(self, key: str, embedding: torch.Tensor) -> None:
+        if self.folder is None:
+            return
+        try:
+            atomic_torch_save(embedding, self._path(key))
+        except OSError as err:  # e.g. a read-only data folder: keep going in memory, say so once
+            log.warning("%s: cannot write cached embeddings (%s); keeping them in memory only", self.folder, err)
+            self.folder = None
+
+    def summary(self) -> str:
+        where = f"memory and {self.folder}" if self.folder is not None else "memory"
+        return (f"embedding cache ({where}): {self.misses} computed, {self.hits} reused from memory, "
+                f"{self.disk_hits} from disk")  # fmt: skip

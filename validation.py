@@ -1,0 +1,164 @@
+"""SPEC §4.4 for one batch: per round the metrics of every row's prediction, whether it follows its rater, the
+following matrix, per-image values for paired comparisons, and the interactive counts (NoC, NoI); figures.
+
+Keys written per round besides SPEC §6's (averaged by the accumulator, each over the rows or images it has):
+    Follow_accuracy        1 when the prediction is closer (Dice) to the followed rater than to every other
+                           valid rater, else 0 (rows with another valid rater; chance 1/R)
+    Dice_follow@rater<k>   Dice_follow of the rows following rater slot k
+    Dice_follow_nonempty / Dice_follow_empty, Gain_over_consensus_nonempty
+                           the rows whose followed mask is non-empty / empty (where "predict nothing" scores 1)
+    matrix/<i>/<j>         Dice of the prediction made following rater i against rater j (the following matrix;
+                           kept out of metrics.jsonl, written as follow_matrix_*.json)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from batch import Batch
+from clicks import ClickState
+from interaction import image_embedding, interact, round_metrics
+from models import AESPAModel
+from modes import Mode, User
+from multirater_metrics import NOC_THRESHOLDS, dice, noc
+from run_config import RunConfig
+
+MATRIX_PREFIX = "matrix/"
+NOI_ROUNDS, NOI_FAILURE = 6, 10.0  # SPA's convention: iterations within 6, a failure counts 10
+
+
+@dataclass
+class ValidatedBatch:
+    """One validated batch: `rounds` per round {metric: per-row or per-image values}, `counts` {NoC@τ, NoF@τ,
+    NoI@τ: per row}, `per_image` rows of per_image.csv (plain values; epoch and split are added by the caller)."""
+
+    rounds: list[dict[str, torch.Tensor]]
+    counts: dict[str, torch.Tensor]
+    per_image: list[dict]
+
+
+def noc_rounds(first_round_clicks: int, budget: int) -> int:
+    """Rounds an interaction needs so that its last prediction used `budget` clicks."""
+    return budget + 1 - first_round_clicks
+
+
+def noc_of(dice_follow: list[torch.Tensor], first_round_clicks: int, budget: int) -> dict[str, torch.Tensor]:
+    """NoC@τ (SPEC §4.4) from per-round Dice against the followed mask; round i (0-based) used
+    first_round_clicks + i clicks, and NoC counts the predictions made with 1..budget clicks."""
+    start = 1 - first_round_clicks
+    return noc(torch.stack(dice_follow[start : start + budget], 1), budget=budget)
+
+
+def noi_of(dice_follow: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NoI@τ, SPA's reporting convention: the interaction rounds (predictions) until Dice reaches τ within the first
+    six, a failure counting 10."""
+    scores = torch.stack(dice_follow[:NOI_ROUNDS], 1)  # PxN
+    out = {}
+    for t in NOC_THRESHOLDS:
+        reached = scores >= t
+        first = (reached.int().argmax(1) + 1).float()
+        out[f"NoI@{t:.2f}"] = torch.where(reached.any(1), first, torch.full_like(first, NOI_FAILURE))
+    return out
+
+
+def following(batch: Batch, user: User, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Follow_accuracy, Dice_follow per followed rater and the following matrix for one round's predictions PxSxS
+    (nothing when the user does not follow raters)."""
+    if user.rater is None:
+        return {}
+    raters, valid = batch.raters[user.rows], batch.valid[user.rows]  # PxRxSxS, PxR
+    pair = dice(pred[:, None], raters)  # PxR: each row's prediction against every rater
+    own = pair.gather(1, user.rater[:, None])[:, 0]  # P
+    others = valid.clone()
+    others[torch.arange(len(own)), user.rater] = False
+    best_other = pair.masked_fill(~others, -1.0).amax(1)
+    accuracy = torch.where(others.any(1), (own > best_other).float(), torch.full_like(own, float("nan")))
+    out = {"Follow_accuracy": accuracy}
+    for k in range(raters.shape[1]):
+        mine = user.rater == k
+        if bool(mine.any()):
+            out[f"Dice_follow@rater{k}"] = own[mine]
+            for j in valid[mine].any(0).nonzero()[:, 0].tolist():
+                both = valid[mine][:, j]
+                out[f"{MATRIX_PREFIX}{k}/{j}"] = pair[mine][both, j]
+    return out
+
+
+def empty_split(values: dict[str, torch.Tensor], empty: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Dice_follow (and Gain) of the rows with a non-empty followed mask, and Dice_follow of the empty ones."""
+    return {
+        "Dice_follow_nonempty": values["Dice_follow"][~empty],
+        "Gain_over_consensus_nonempty": values["Gain_over_consensus"][~empty],
+        "Dice_follow_empty": values["Dice_follow"][empty],
+    }
+
+
+PER_IMAGE_KEYS = ("Dice_follow", "Dice", "Gain_over_consensus")
+
+
+def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunConfig, rounds: list[dict]) -> list[dict]:
+    """Rows of per_image.csv: one per (image, followed rater, round)."""
+    names = [batch.names[i] for i in user.rows.tolist()]
+    followed = user.rater.tolist() if user.rater is not None else [-1] * len(names)
+    empty = (~user.followed.flatten(1).gt(0.5).any(1)).tolist()
+    out = []
+    for t, values in enumerate(rounds, start=1):
+        columns = {k: values[k].tolist() for k in PER_IMAGE_KEYS}
+        clicks = mode.clicks_of_round(t, cfg.loop)
+        for i, name in enumerate(names):
+            row = {"mode": mode.name, "round": t, "clicks": clicks, "image": name, "followed": followed[i]}
+            row.update({k: columns[k][i] for k in PER_IMAGE_KEYS})
+            row["empty_followed"] = int(empty[i])
+            out.append(row)
+    return out
+
+
+@torch.no_grad()
+def validate_batch(
+    model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode, embedding: torch.Tensor | None = None
+) -> ValidatedBatch:
+    """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction, the set metrics of
+    every image's candidate set, how it follows its rater; NoC with centre clicks and NoI.
+
+    The SAM embedding is computed once and reused by every round and row (unless `-no_embedding_reuse`).
+    """
+    loop = cfg.loop
+    if embedding is None and not loop.no_embedding_reuse and model is not None:
+        embedding = image_embedding(model, batch)
+    first = mode.first_round_clicks(loop)
+    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == "center"
+    rounds = max(loop.clicks, noc_rounds(first, loop.noc_clicks) if noc_here else 0)
+    user = mode.user(batch, loop, "validate")
+    run = interact(model, batch, embedding, user, rounds, loop.val_click_strategy, mode)
+    empty = ~user.followed.flatten(1).gt(0.5).any(1)
+    per_round = []
+    for selection, loss in zip(run.selections[: loop.clicks], run.losses):
+        values = round_metrics(batch, user, selection)
+        if loss is not None:
+            values["loss"] = loss
+        values.update(following(batch, user, selection.pred))
+        values.update(empty_split(values, empty))
+        per_round.append(values)
+    dice_follow = run.dice_follow
+    if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
+        user.restart()
+        dice_follow = interact(
+            model, batch, embedding, user, noc_rounds(first, loop.noc_clicks), "center", mode
+        ).dice_follow
+    counts = noc_of(dice_follow, first, loop.noc_clicks) if loop.noc_clicks else {}
+    if len(run.dice_follow) >= NOI_ROUNDS:
+        counts.update(noi_of(run.dice_follow))
+    return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round))
+
+
+@torch.no_grad()
+def qualitative(
+    model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode
+) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
+    """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
+    user = mode.user(batch, cfg.loop, "figure")
+    embedding = None if model is None else image_embedding(model, batch)
+    run = interact(model, batch, embedding, user, cfg.loop.clicks, cfg.loop.val_click_strategy, mode)
+    return user.followed, [s.pred for s in run.selections], run.clicks
