@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
     group.add_argument("-warmup", type=int, default=1, help="untimed runs before measuring")
     group.add_argument("-repeats", type=int, default=3, help="timed runs; the median is reported")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f"argument -repeats must be >= 1 and -warmup >= 0, got {args.repeats} and {args.warmup}")
     cfg = checked_config(args, parser)
     device = choose_device(cfg.device)
     seed_everything(cfg.seed)

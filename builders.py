@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from cfg import config_from_flags
 from dataset import build_dataset
 from dataset import has_val_split as dataset_has_val_split
 from embedding_cache import FOLDER_NAME as CACHE_FOLDER
@@ -20,7 +21,7 @@ from models.checkpoint import CheckpointError
 from models.lite_medsam import LITE_MEDSAM, bundled_checkpoint, is_lite_medsam_state
 from models.reference_format import build_reference_model, is_reference_checkpoint
 from run_config import RunConfig, default_image_size
-from training_state import ARCHITECTURE_FLAGS
+from training_state import ARCHITECTURE_FLAGS, DATA_FLAGS, RESUME_MAY_CHANGE
 from utils import InputError
 
 
@@ -55,6 +56,11 @@ def adopt_checkpoint_settings(
     flags = cfg.flags()
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         saved = obj.get("args", {})
+        if evaluating:  # the data the model was trained on, unless named
+            taken = {f: saved[f] for f in DATA_FLAGS if f in saved and f not in explicit and flags[f] != saved[f]}
+            if taken:
+                changes.update(taken)
+                notes.append("from the checkpoint's run: " + ", ".join(f"-{k} {v}" for k, v in taken.items()))
         for flag in ARCHITECTURE_FLAGS:
             if flag in saved and flags[flag] != saved[flag]:
                 if flag == "mode" and evaluating and flag in explicit:
@@ -78,6 +84,33 @@ def adopt_checkpoint_settings(
     else:
         notes.append("plain SAM weights: the preference heads start untrained")
     return cfg.with_flags(**changes), notes
+
+
+def resume_config(
+    cfg: RunConfig, checkpoint: Mapping[str, Any], explicit: Iterable[str], source: str
+) -> tuple[RunConfig, dict[str, tuple[Any, Any]]]:
+    """The configuration a resumed run continues with: every flag of the run as it was (the checkpoint's), except
+    those named again that may change (`RESUME_MAY_CHANGE`) -> (config, {flag: (old, new)}). A named flag that would
+    change the data, the method or the architecture is refused in one line; so is a run with nothing left to do."""
+    run_cfg = config_from_flags(checkpoint["args"])
+    old, new = run_cfg.flags(), cfg.flags()
+    named = {"device" if f in ("gpu", "gpu_device") else f for f in explicit} - {"resume"}
+    changed = {f: (old[f], new[f]) for f in sorted(named) if f in new and new[f] != old.get(f)}
+    refused = [f for f in changed if f not in RESUME_MAY_CHANGE]
+    if refused:
+        f = refused[0]
+        raise InputError(
+            f"-resume {source}: -{f} {new[f]} differs from the run's {old.get(f)}: a resumed run keeps its data, "
+            f"method and architecture (only {', '.join('-' + k for k in RESUME_MAY_CHANGE)} may change); "
+            "start a new run to change it"
+        )
+    resumed = run_cfg.with_flags(**{f: value for f, (_, value) in changed.items()}, resume=cfg.resume, sam_ckpt=None)
+    if resumed.epochs <= checkpoint["epoch"]:
+        raise InputError(
+            f"-resume {source}: nothing left to do, the run has trained {checkpoint['epoch']} of {resumed.epochs} "
+            f"epochs (pass -epochs N > {checkpoint['epoch']} to train longer)"
+        )
+    return resumed, changed
 
 
 def checkpoint_path(name: str) -> Path:
@@ -236,7 +269,11 @@ def build_split(cfg: RunConfig, split: str):
 
 def build_loader(cfg: RunConfig, split: str, generator: torch.Generator | None = None) -> DataLoader:
     """Loader of a split: shuffled with `generator` for training, in order for testing; sharded across
-    ranks under torchrun (each test image on exactly one rank)."""
+    ranks under torchrun (each test image on exactly one rank).
+
+    Workers are started for every epoch (not persistent): the loader draws its workers' base seed and its
+    shuffle from `generator` when an epoch starts, and train.py seeds it from (seed, epoch), so an epoch's data
+    order and worker seeds are the same whether the run was interrupted or not, with any -w."""
     d = cfg.data
     data = Indexed(build_split(cfg, split))
     if len(data) == 0:
@@ -253,7 +290,7 @@ def build_loader(cfg: RunConfig, split: str, generator: torch.Generator | None =
         num_workers=d.workers,
         generator=generator if train and sampler is None else None,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=d.workers > 0,
+        persistent_workers=False,
         drop_last=False,
     )
 

@@ -85,11 +85,14 @@ class Record:
 # ----------------------------------------------------------------------------------------- reading
 
 
-def image_size_of(path: Path) -> tuple[int, int]:
-    """(H, W) of an image file, from its header only."""
+def image_size_of(path: Path, verify: bool = False) -> tuple[int, int]:
+    """(H, W) of an image file, from its header only; `verify`: also check the file's integrity without decoding
+    it (PIL's verify: chunk checksums of a PNG, the structure of a JPEG)."""
     try:
         with Image.open(path) as img:
             w, h = img.size
+            if verify:
+                img.verify()
     except Exception as err:  # PIL raises many types for bad files
         raise InputError(f"{path}: unreadable image ({one_line(err)})") from err
     return h, w
@@ -324,13 +327,15 @@ def _lidc_records(split_dir: Path) -> list[Record]:
     if not records:
         raise InputError(f"{images_root}: no images (expected <patient>/<slice>.png)")
     foreground = _foreground_flags(split_dir, records, _tree_key(images, masks))
+    _check_shapes(records, 1)  # also when the selection comes from the cached manifest
     return [replace(r, marked=foreground[r.name]) for r in records]
 
 
 def _check_shapes(records: list[Record], n_classes: int) -> None:
-    """Build-time check from file headers: every mask has its image's size (and the layout's shape)."""
+    """Build-time check, before any training: every image's file is intact (PIL's verify: header and chunk
+    checksums, nothing decoded) and every mask, from its header, has its image's size (and the layout's shape)."""
     for rec in records:
-        h, w = image_size_of(rec.image)
+        h, w = image_size_of(rec.image, verify=True)
         for mask_path in rec.raters:
             shape = mask_shape_of(mask_path)
             if shape != expected_mask_shape(h, w, n_classes):

@@ -6,18 +6,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from run_config import RunConfig
-from utils import InputError, atomic_write_bytes
+from utils import InputError, atomic_write_bytes, remove_stale_temporaries
 
 # per_image.csv: one row per (evaluation, image, followed rater, round); followed -1 when the target is not a rater.
 PER_IMAGE_COLUMNS = ("epoch", "split", "mode", "round", "clicks", "image", "followed", "Dice_follow", "Dice",
@@ -38,13 +39,43 @@ TABLE_COLUMNS = (
 )
 
 
+DATE = "%Y-%m-%d %H:%M:%S"
+WARNING_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", DATE)
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname.lower()} ({record.name}): {record.getMessage()}")
+
+
+@contextlib.contextmanager
+def early_warnings() -> Iterator[list[str]]:
+    """Warnings of the library modules while a run is set up, before its folder exists: shown on stderr and kept
+    (the yielded list) for the run log."""
+    kept, shown = _Kept(), logging.StreamHandler(sys.stderr)
+    shown.setLevel(logging.WARNING)
+    shown.setFormatter(WARNING_FORMAT)
+    root = logging.getLogger()
+    root.addHandler(kept)
+    root.addHandler(shown)
+    try:
+        yield kept.lines
+    finally:
+        root.removeHandler(kept)
+        root.removeHandler(shown)
+
+
 def make_logger(name: str, log_file: Path | None, enabled: bool = True) -> logging.Logger:
     """A logger writing `time level message` lines to stdout and, when given, to `log_file`."""
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(logging.INFO if enabled else logging.CRITICAL + 1)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", DATE)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file))
@@ -74,8 +105,11 @@ class RunFolder:
     """
 
     def __init__(self, cfg: RunConfig, root: Path | None = None, enabled: bool = True, suffix: str = ""):
+        """A new run folder under -log_dir, or (`root`) the folder of a run being resumed: its args.json, the
+        record of the run as it started, is never rewritten."""
         self.enabled = enabled
-        if root is None:
+        new = root is None
+        if new:
             stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
             root = Path(cfg.log_dir) / f"{cfg.exp_name}{suffix}_{stamp}"
             root = claim_folder(root) if enabled else root
@@ -87,8 +121,34 @@ class RunFolder:
         if enabled:
             for d in (self.model_dir, self.log_dir, self.plot_dir):
                 d.mkdir(parents=True, exist_ok=True)
-            (self.root / "args.json").write_text(json.dumps(cfg.flags(), indent=2, sort_keys=True) + "\n")
+            if new:
+                (self.root / "args.json").write_text(json.dumps(cfg.flags(), indent=2, sort_keys=True) + "\n")
         self.logger = make_logger(f"aespa.{id(self)}", self.log_dir / "log.txt" if enabled else None, enabled)
+        # warnings of the library modules (dataset, caches, ...) reach the run log as well as stderr
+        self._warnings = [logging.FileHandler(self.log_dir / "log.txt"), logging.StreamHandler(sys.stderr)]
+        for handler in self._warnings if enabled else []:
+            handler.setLevel(logging.WARNING)
+            handler.setFormatter(WARNING_FORMAT)
+            logging.getLogger().addHandler(handler)
+
+    def clean_up(self, through_epoch: int) -> list[str]:
+        """Before a run starts or resumes after epoch `through_epoch`: temporary files of interrupted saves removed,
+        metrics.jsonl and per_image.csv cut to what that epoch's checkpoint knows -> notes for the log."""
+        if not self.enabled:
+            return []
+        notes = [f"removed {p} (left by an interrupted save)" for folder in (self.root, self.model_dir)
+                 for p in remove_stale_temporaries(folder)]  # fmt: skip
+        notes += [f"metrics.jsonl: {note}" for note in repair_metrics(self.metrics_file, through_epoch)]
+        notes += [f"per_image.csv: {note}" for note in repair_per_image(self.per_image_file, through_epoch)]
+        return notes
+
+    def record_resume(self, epoch: int, changed: dict[str, tuple]) -> None:
+        """Append a resume to resumes.jsonl: when, after which epoch, which flags were named with new values."""
+        if self.enabled:
+            record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "after_epoch": epoch,
+                      "changed": {f: {"from": old, "to": new} for f, (old, new) in changed.items()}}  # fmt: skip
+            with (self.root / "resumes.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def log(self, message: str) -> None:
         self.logger.info(message)
@@ -136,6 +196,9 @@ class RunFolder:
             atomic_write_bytes(self.root / name, (json.dumps(obj, indent=1) + "\n").encode())
 
     def close(self) -> None:
+        for handler in self._warnings:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
         if self._writer is not None:
             self._writer.close()
         for h in self.logger.handlers:
@@ -221,4 +284,29 @@ def repair_metrics(path: Path, through_epoch: int) -> list[str]:
     notes += [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
     if notes:
         atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
+    return notes
+
+
+def repair_per_image(path: Path, through_epoch: int) -> list[str]:
+    """per_image.csv for a resume after epoch `through_epoch`: a partial last line cut, rows of later epochs dropped
+    (rewritten atomically when something changed) -> notes."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data.split(b"\n")
+    tail, notes = lines.pop(), []
+    if tail:
+        notes.append(f"cut a partial last line ({len(tail)} bytes)")
+    header, rows = (lines[0], lines[1:]) if lines else (b"", [])
+    try:
+        epoch_at = next(csv.reader([header.decode()])).index("epoch")
+        kept = [row for row in rows if not row or int(next(csv.reader([row.decode()]))[epoch_at]) <= through_epoch]
+    except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
+        raise InputError(f"{path}: not a per_image.csv this project wrote (no readable epoch column)") from None
+    if len(kept) < len(rows):
+        notes.append(f"dropped {len(rows) - len(kept)} rows of epochs after {through_epoch}")
+    if notes:
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in [header, *kept]))
     return notes

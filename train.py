@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from builders import (
-    adopt_checkpoint_settings,
     build_loader,
     build_model_from_config,
     freeze_and_cache,
     has_val_split,
     maybe_compile,
+    resume_config,
 )
 from cfg import given_flags, parse_config
 from conf import global_settings as settings
@@ -33,7 +33,7 @@ from distributed import (
 from engine import evaluate, save_epoch_figures, train_one_epoch
 from optim_step import Stepper, build_optimizer
 from run_config import RunConfig
-from runlog import RunFolder, format_table
+from runlog import RunFolder, early_warnings, format_table
 from training_state import load_training_checkpoint, restore_rng, save_checkpoint
 from utils import InputError, copy_atomically, run_cli, seed_everything
 
@@ -46,9 +46,15 @@ def last_round(rows: list[dict], key: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(argv, prog="train.py")
+    resume, changed = None, {}
+    if cfg.resume:  # the run continues as it was: its flags, except those allowed to change and named again
+        resume = load_training_checkpoint(cfg.resume)
+        if not (Path(cfg.resume).resolve().parent.parent / "args.json").is_file():
+            raise InputError(f"-resume {cfg.resume}: not inside a run folder (expected <run>/Model/<checkpoint>)")
+        cfg, changed = resume_config(cfg, resume, given_flags(argv), cfg.resume)
     device, rank = setup_distributed(cfg.device)
     try:
-        return train(cfg, device, rank, argv)
+        return train(cfg, device, rank, resume, changed)
     finally:
         cleanup_distributed()
 
@@ -74,24 +80,31 @@ def evaluate_split(
     return result.rows
 
 
-def train(cfg: RunConfig, device: torch.device, rank: int, argv: list[str] | None = None) -> dict:
-    resume = load_training_checkpoint(cfg.resume) if cfg.resume else None
-    run_root, notes = None, []
-    if resume is not None:  # the run continues with the checkpoint's architecture and name
-        cfg, notes = adopt_checkpoint_settings(cfg, resume, given_flags(argv))
-        # the checkpoint holds every weight
-        cfg = cfg.with_flags(exp_name=resume["args"].get("exp_name", cfg.exp_name), sam_ckpt=None)
-        run_root = Path(cfg.resume).resolve().parent.parent
-        if not (run_root / "args.json").is_file():
-            raise InputError(f"-resume {cfg.resume}: not inside a run folder (expected <run>/Model/<checkpoint>)")
+def train(
+    cfg: RunConfig,
+    device: torch.device,
+    rank: int,
+    resume: dict | None = None,
+    changed: dict[str, tuple] | None = None,
+) -> dict:
+    """Train (or resume) a run; `resume` is the checkpoint it continues from, `changed` the flags named again."""
+    run_root = Path(cfg.resume).resolve().parent.parent if resume is not None else None
     seed_everything(cfg.seed)  # the same initial weights on every rank
     # Everything that can refuse bad input comes before the run folder, so a failed start leaves none.
-    model, reports, cfg = build_model_from_config(cfg)
-    loader_generator = torch.Generator()
-    train_loader, test_loader = build_loader(cfg, "train", loader_generator), build_loader(cfg, "test")
-    val_loader = build_loader(cfg, "val") if has_val_split(cfg) else None
+    with early_warnings() as warnings:
+        model, reports, cfg = build_model_from_config(cfg)
+        loader_generator = torch.Generator()
+        train_loader, test_loader = build_loader(cfg, "train", loader_generator), build_loader(cfg, "test")
+        val_loader = build_loader(cfg, "val") if has_val_split(cfg) else None
     run = RunFolder(cfg, root=run_root, enabled=is_main_process())
     run.log(f"{'resuming' if resume else 'starting'} run {run.root} on {device} (rank {rank})")
+    notes = warnings + run.clean_up(resume["epoch"] if resume is not None else 0)
+    if resume is not None:
+        notes.append(
+            f"resumed after epoch {resume['epoch']} with the run's flags"
+            + "".join(f"; -{f} {old} -> {new}" for f, (old, new) in (changed or {}).items())
+        )
+        run.record_resume(resume["epoch"], changed or {})
     model.to(device)
     cache, cache_notes = freeze_and_cache(model, cfg)
     for line in notes + [report.summary() for report in reports] + cache_notes:

@@ -14,8 +14,12 @@ from models.checkpoint import CheckpointError
 from run_config import RunConfig
 from utils import atomic_torch_save
 
-# Flags that define the architecture: val.py and -resume take them from the checkpoint.
+# Flags that define the architecture: val.py takes them from the checkpoint.
 ARCHITECTURE_FLAGS = ("encoder", "image_size", "n_components", "fcomb", "multimask_output", "compat", "mode")
+# Flags of the data a model was trained on: val.py takes them from the checkpoint unless named.
+DATA_FLAGS = ("dataset", "data_path", "valid_raters", "keep_empty", "refuge_target", "data_seed", "val_fraction")
+# Flags a resumed run may change (every other flag is the run's own): how long, how often, where it runs.
+RESUME_MAY_CHANGE = ("epochs", "val_freq", "test_every_val", "w", "device", "log_dir")
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:

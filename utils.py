@@ -10,6 +10,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ class InputError(Exception):
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """Run a command-line `main(argv)`; turn an `InputError` into one line on stderr and exit 2."""
+    signal.signal(signal.SIGTERM, _terminate)  # a kill unwinds like Ctrl-C: atomic writes remove their temporaries
     try:
         main(argv)
     except InputError as err:
@@ -36,6 +38,10 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def one_line(err: BaseException) -> str:

@@ -27,7 +27,7 @@ from engine import evaluate, save_epoch_figures
 from models import read_checkpoint
 from modes import get_mode
 from run_config import RunConfig
-from runlog import RunFolder, format_table
+from runlog import RunFolder, early_warnings, format_table
 from utils import InputError, run_cli
 
 NEEDS_WEIGHTS = (
@@ -51,24 +51,31 @@ def what_to_evaluate(cfg: RunConfig, explicit: set[str]) -> tuple[RunConfig, int
     raise InputError(NEEDS_WEIGHTS)
 
 
+def prepare(cfg: RunConfig, explicit: set[str], device: torch.device):
+    """Everything that can refuse bad input, before the run folder: the model (none for a baseline), its cache,
+    the test loader -> (config, epoch, notes, model, reports, cache, loader)."""
+    cfg, epoch, preloaded, notes = what_to_evaluate(cfg, explicit)
+    cfg = cfg.with_flags(epochs=epoch or cfg.epochs)  # val.py trains nothing: args.json records the model's epochs
+    model, reports, cache = None, [], None
+    if get_mode(cfg.mode).learns:
+        model, reports, cfg = build_model_from_config(cfg, preloaded=preloaded)
+        model.to(device).eval()
+        cache, cache_notes = freeze_and_cache(model, cfg)
+        notes += cache_notes
+    else:
+        cfg = cfg.with_flags(image_size=resolved_image_size(cfg))
+    return cfg, epoch, notes, model, reports, cache, build_loader(cfg, "test")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     cfg = parse_config(argv, prog="val.py")
     explicit = given_flags(argv)
     device, _ = setup_distributed(cfg.device)
     try:
-        cfg, epoch, preloaded, notes = what_to_evaluate(cfg, explicit)
-        cfg = cfg.with_flags(epochs=epoch or cfg.epochs)  # val.py trains nothing: args.json records the model's epochs
-        model, reports, cache = None, [], None
-        if get_mode(cfg.mode).learns:
-            model, reports, cfg = build_model_from_config(cfg, preloaded=preloaded)
-            model.to(device).eval()
-            cache, cache_notes = freeze_and_cache(model, cfg)
-            notes += cache_notes
-        else:
-            cfg = cfg.with_flags(image_size=resolved_image_size(cfg))
-        loader = build_loader(cfg, "test")
+        with early_warnings() as warnings:
+            cfg, epoch, notes, model, reports, cache, loader = prepare(cfg, explicit, device)
         run = RunFolder(cfg, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
-        for line in notes + [report.summary() for report in reports]:
+        for line in warnings + notes + [report.summary() for report in reports]:
             run.log(line)
         what = cfg.model.weights or cfg.model.sam_ckpt or "no weights"
         run.log(
