@@ -22,7 +22,8 @@ from utils import InputError, choose_device, run_cli
 
 NO_CHECKPOINT = (
     "no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
-    "(a few minutes on a CPU; the demo then finds logs_new/<run>/Model/checkpoint_best.pth)"
+    "(a few minutes on a CPU; the demo then finds logs_new/<run>/Model/checkpoint_best.pth), "
+    "or show pretrained weights untrained with -sam_ckpt lite_medsam"
 )
 
 
@@ -49,16 +50,20 @@ def parse_demo_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConf
 
 
 def load_predictor(cfg: RunConfig, explicit: set[str]) -> tuple[Predictor, RunConfig, list[str]]:
-    """-weights (or the newest default run's checkpoint) -> (Predictor on the chosen device, the resolved
-    configuration, notes to print)."""
-    if not cfg.model.weights:
+    """-weights (or -sam_ckpt alone: pretrained weights, untrained; or the newest default run's checkpoint) ->
+    (Predictor on the chosen device, the resolved configuration, notes to print)."""
+    if not cfg.model.weights and not cfg.model.sam_ckpt:
         found = default_run_checkpoint(cfg.log_dir)
         if found is None:
             raise InputError(NO_CHECKPOINT)
         cfg = cfg.with_flags(weights=str(found))
-    obj = read_checkpoint(cfg.model.weights)
-    cfg, notes = adopt_checkpoint_settings(cfg, obj, explicit)
-    model, reports, cfg = build_model_from_config(cfg, preloaded={cfg.model.weights: obj})
+    preloaded, notes = {}, []
+    if cfg.model.weights:
+        preloaded = {cfg.model.weights: read_checkpoint(cfg.model.weights)}
+        cfg, notes = adopt_checkpoint_settings(cfg, preloaded[cfg.model.weights], explicit)
+    else:
+        notes = [f"{cfg.model.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)"]
+    model, reports, cfg = build_model_from_config(cfg, preloaded=preloaded)
     predictor = Predictor(model, choose_device(cfg.device))
     return predictor, cfg, notes + [r.summary() for r in reports]
 

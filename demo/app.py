@@ -2,9 +2,10 @@
 
 Every action is also a named API endpoint (for gradio_client and scripts), taking clicks in model pixels:
     /load_sample ()  /upload (file)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
-    /suggest (rater)
+    /suggest (rater)  /set_box (x0, y0, x1, y1)
 each returning (view, caption, gallery, clicks, mask); /upload adds its message (empty when the upload was
-taken). Clicking on the view does what /add_click does, at the model pixel under the pointer.
+taken). Clicking on the view does what /add_click does, at the model pixel under the pointer; in "box corner"
+mode two clicks on opposite corners set the box (MedSAM's native prompt), which stays in every round's prompt.
 
 Uploads arrive as a file path (gr.File), not as gradio's decoded image: `session.read_upload` checks the size
 in bytes and the header's pixel count before anything is decoded, and refuses a file that is not an image; a
@@ -27,7 +28,8 @@ HELP = """## AESPA: click, and the prediction moves toward the rater you agree w
 Click on the scan: **positive** clicks mark what belongs to the lesion, **negative** ones what does not.
 The prediction (red) is recomputed after every click. For the bundled sample, the gallery compares it with
 each rater (yellow: both, cyan: rater only, red: prediction only); **Suggest next click** makes the click
-a user following the chosen rater would make. Upload your own image below (no raters then)."""
+a user following the chosen rater would make. A **box** (choose "box corner", then click two opposite corners)
+is MedSAM's own prompt: it stays in the prompt while you click. Upload your own image below (no raters then)."""
 
 
 def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
@@ -54,6 +56,7 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
             image = sess.read_upload(path)
         except InputError as err:  # too large, or not an image: say so, keep the session
             return (*show(s), f"**{err}**")
+        gr.Info("Computing the image embedding (once per image; a few seconds on a CPU for a large model)")
         return (*show(sess.new_session(image, size, "Uploaded image")), "")
 
     def load_sample() -> tuple:
@@ -77,7 +80,11 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                     buttons=["download", "fullscreen"],
                 )
                 with gr.Row():
-                    label = gr.Radio(list(sess.LABELS), value="positive", label="Next click")
+                    label = gr.Radio(
+                        [*sess.LABELS, sess.BOX_CORNER],
+                        value="positive",
+                        label="Next click (a box: two clicks on opposite corners)",
+                    )
                     undo_btn, redo_btn, clear_btn = gr.Button("Undo"), gr.Button("Redo"), gr.Button("Clear")
                 clicks_box = gr.Textbox(
                     first.clicks_text,
@@ -91,6 +98,12 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                         x_in = gr.Number(0, label="x (column)", precision=0, minimum=0, maximum=size - 1)
                         y_in = gr.Number(0, label="y (row)", precision=0, minimum=0, maximum=size - 1)
                         add_btn = gr.Button("Add click")
+                    with gr.Row():
+                        corners = (("x0", 0), ("y0", 0), ("x1", size - 1), ("y1", size - 1))
+                        box_in = [
+                            gr.Number(v, label=name, precision=0, minimum=0, maximum=size - 1) for name, v in corners
+                        ]
+                        box_btn = gr.Button("Set box")
             with gr.Column(scale=2):
                 caption = gr.Markdown(first.caption)
                 gallery = gr.Gallery(
@@ -132,6 +145,7 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         undo_btn.click(action(sess.undo), [state], outputs, api_name="undo", **queue)
         redo_btn.click(action(sess.redo), [state], outputs, api_name="redo", **queue)
         clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
+        box_btn.click(action(sess.set_box), [state, *box_in], outputs, api_name="set_box", **queue)
         suggest_btn.click(on_suggest, [state, target], outputs, api_name="suggest", **queue)
         upload.upload(on_upload, [state, upload], outputs + [upload_note], api_name="upload", **queue)
         sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)

@@ -51,9 +51,13 @@ def click_tensors(clicks: Sequence[Click], device: torch.device) -> tuple[torch.
 
 
 @torch.no_grad()
-def replay(model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click]) -> torch.Tensor:
-    """Rounds 0..n of the protocol for one image (embedding 1xCxGxG) -> probabilities (n+1)xSxS, one per round."""
-    state = RoundState.start(1, model.image_size, embedding.device)
+def replay(
+    model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click], box: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Rounds 0..n of the protocol for one image (embedding 1xCxGxG) -> probabilities (n+1)xSxS, one per round.
+    A box (x0, y0, x1, y1) in model pixels is part of every round's prompt (`-first_prompt box`)."""
+    box_t = None if box is None else torch.tensor([box], dtype=torch.float32, device=embedding.device)  # 1x4
+    state = RoundState.start(1, model.image_size, embedding.device, box=box_t)
     points, labels = click_tensors(clicks, embedding.device)
     rounds = []
     for i in range(len(clicks) + 1):
@@ -93,10 +97,10 @@ class Predictor:
             self.cache.popitem(last=False)
         return emb
 
-    def predict(self, image: torch.Tensor, clicks: Sequence[Click]) -> np.ndarray:
-        """Probabilities SxS (float32 numpy) after every click of `clicks`, for the 3xSxS `image`."""
+    def predict(self, image: torch.Tensor, clicks: Sequence[Click], box: Sequence[int] | None = None) -> np.ndarray:
+        """Probabilities SxS (float32 numpy) after every click of `clicks` (and a box), for the 3xSxS `image`."""
         with self.lock:
-            rounds = replay(self.model, self.embedding(image), clicks)
+            rounds = replay(self.model, self.embedding(image), clicks, box)
         return rounds[-1].cpu().numpy()
 
     def suggest(self, probs: np.ndarray, rater: np.ndarray, clicks: Sequence[Click]) -> Click:

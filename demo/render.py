@@ -24,6 +24,7 @@ from .predictor import Click
 OVERLAY_RGB = (255, 0, 0)
 OVERLAY_ALPHA = 0.5
 POSITIVE_RGB, NEGATIVE_RGB, RIM_RGB = (0, 255, 0), (0, 0, 255), (0, 0, 0)
+BOX_RGB = (255, 165, 0)
 AGREE_RGB, RATER_ONLY_RGB, PRED_ONLY_RGB = (255, 255, 0), (0, 255, 255), (255, 0, 0)
 VIEW_MIN, THUMB_MIN = 384, 192  # smallest sizes of the main view and of a gallery tile, in display px
 
@@ -74,10 +75,24 @@ def draw_clicks(view: np.ndarray, clicks: Sequence[Click], size: int) -> np.ndar
     return np.asarray(img)
 
 
-def prediction_view(base: np.ndarray, probs: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
-    """The main view: prediction (probability > 0.5) in red over the DxDx3 backdrop, clicks on top."""
+def draw_box(view: np.ndarray, box: Sequence[int], size: int) -> np.ndarray:
+    """Outline the box (x0, y0, x1, y1 in model pixels, inclusive) on the DxDx3 view."""
+    k = view.shape[0] / size
+    img = Image.fromarray(view)
+    x0, y0, x1, y1 = box
+    ImageDraw.Draw(img).rectangle((x0 * k, y0 * k, (x1 + 1) * k - 1, (y1 + 1) * k - 1), outline=BOX_RGB, width=2)
+    return np.asarray(img)
+
+
+def prediction_view(
+    base: np.ndarray, probs: np.ndarray, clicks: Sequence[Click], box: Sequence[int] | None = None
+) -> np.ndarray:
+    """The main view: prediction (probability > 0.5) in red over the DxDx3 backdrop, the box and clicks on top."""
     mask = upscale_mask(probs > 0.5, base.shape[0])
-    return draw_clicks(paint(base, mask, OVERLAY_RGB), clicks, probs.shape[0])
+    view = paint(base, mask, OVERLAY_RGB)
+    if box is not None:
+        view = draw_box(view, box, probs.shape[0])
+    return draw_clicks(view, clicks, probs.shape[0])
 
 
 def comparison_view(base: np.ndarray, probs: np.ndarray, rater: np.ndarray) -> np.ndarray:

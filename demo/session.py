@@ -32,6 +32,7 @@ from .render import (
 from .sample import Sample
 
 LABELS = {"positive": 1, "negative": 0}
+BOX_CORNER = "box corner"  # the third kind of click: two of them (opposite corners) set the box
 # Upload limits: a scan at the model's input size is at most 1024 px, so 4096x4096 leaves room for any real scan
 # while a decoded upload stays near 200 MB (float32 RGB); the bytes are checked before the file is opened.
 MAX_UPLOAD_SIDE = 4096
@@ -52,6 +53,8 @@ class Session:
     rater_names: tuple[str, ...] = ()
     clicks: tuple[Click, ...] = ()
     redo_stack: tuple[Click, ...] = ()
+    box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) model pixels, in every round's prompt
+    corner: tuple[int, int] | None = None  # the box's first corner, waiting for the opposite one
 
     @property
     def size(self) -> int:
@@ -124,8 +127,25 @@ def add_click(s: Session, x: int, y: int, label: str | int) -> Session:
 
 
 def add_display_click(s: Session, x: float, y: float, label: str | int) -> Session:
-    """A click at pixel (x, y) of the displayed DxD view."""
+    """A click at pixel (x, y) of the displayed DxD view (a box corner in box mode)."""
+    if label == BOX_CORNER:
+        return add_corner(s, *to_model_xy(x, y, s.display, s.size))
     return add_click(s, *to_model_xy(x, y, s.display, s.size), label)
+
+
+def add_corner(s: Session, x: int, y: int) -> Session:
+    """The first corner of a box, or the opposite one, which sets the box (replacing an earlier one)."""
+    x, y = min(max(int(x), 0), s.size - 1), min(max(int(y), 0), s.size - 1)
+    if s.corner is None:
+        return replace(s, corner=(x, y))
+    return set_box(replace(s, corner=None), s.corner[0], s.corner[1], x, y)
+
+
+def set_box(s: Session, x0: int, y0: int, x1: int, y1: int) -> Session:
+    """A box from two opposite corners (model pixels, any order), clamped to the image."""
+    xs = sorted(min(max(int(v), 0), s.size - 1) for v in (x0, x1))
+    ys = sorted(min(max(int(v), 0), s.size - 1) for v in (y0, y1))
+    return replace(s, box=(xs[0], ys[0], xs[1], ys[1]), corner=None)
 
 
 def undo(s: Session) -> Session:
@@ -141,14 +161,15 @@ def redo(s: Session) -> Session:
 
 
 def clear(s: Session) -> Session:
-    return replace(s, clicks=(), redo_stack=())
+    """No clicks, no box."""
+    return replace(s, clicks=(), redo_stack=(), box=None, corner=None)
 
 
 def suggest(predictor: Predictor, s: Session, rater: int) -> Session:
     """Add the simulated user's next click toward `rater` (nothing changes for an image without raters)."""
     if s.raters is None or not 0 <= rater < len(s.raters):
         return s
-    probs = predictor.predict(to_tensor(s), s.clicks)
+    probs = predictor.predict(to_tensor(s), s.clicks, s.box)
     return add_click(s, *predictor.suggest(probs, s.raters[rater], s.clicks))
 
 
@@ -156,15 +177,19 @@ def to_tensor(s: Session) -> torch.Tensor:
     return torch.from_numpy(s.pixels)  # 3xSxS
 
 
-def describe_clicks(clicks: tuple[Click, ...]) -> str:
-    lines = [f"{i}. ({c.x}, {c.y}) {'positive' if c.label else 'negative'}" for i, c in enumerate(clicks, 1)]
+def describe_clicks(s: Session) -> str:
+    lines = [f"{i}. ({c.x}, {c.y}) {'positive' if c.label else 'negative'}" for i, c in enumerate(s.clicks, 1)]
+    if s.box is not None:
+        lines.insert(0, f"box ({s.box[0]}, {s.box[1]}) - ({s.box[2]}, {s.box[3]})")
+    if s.corner is not None:
+        lines.insert(0, f"box corner ({s.corner[0]}, {s.corner[1]}): click the opposite corner")
     return "\n".join(lines) if lines else "no clicks yet"
 
 
 def render(predictor: Predictor, s: Session) -> Rendered:
     """Predict from the session's clicks and draw everything the UI shows."""
-    probs = predictor.predict(to_tensor(s), s.clicks)
-    view = prediction_view(s.base, probs, s.clicks)
+    probs = predictor.predict(to_tensor(s), s.clicks, s.box)
+    view = prediction_view(s.base, probs, s.clicks, s.box)
     n = len(s.clicks)
     summary = f"{n} click{'s' if n != 1 else ''}; {int((probs > 0.5).sum())} of {s.size}x{s.size} pixels predicted"
     if s.raters is None:
@@ -173,7 +198,7 @@ def render(predictor: Predictor, s: Session) -> Rendered:
             mask_png(probs),
             f"**{s.title}**: no raters to compare with. {summary}.",
             [],
-            describe_clicks(s.clicks),
+            describe_clicks(s),
         )
     dices, ious = rater_scores(probs, s.raters)
     best = int(np.argmax(dices))  # the closest rater by Dice; the first of equals
@@ -183,4 +208,4 @@ def render(predictor: Predictor, s: Session) -> Rendered:
     )
     caption = f"**Following: {s.rater_names[best]}**. {summary}.\n\n| rater | Dice | IoU |\n|---|---|---|\n{table}"
     tiles = [(comparison_view(s.thumb, probs, r), name) for r, name in zip(s.raters, s.rater_names)]
-    return Rendered(view, mask_png(probs), caption, tiles, describe_clicks(s.clicks))
+    return Rendered(view, mask_png(probs), caption, tiles, describe_clicks(s))

@@ -58,16 +58,19 @@ def model_input(image_path: Path, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def oracle(model: AESPAModel, image: torch.Tensor, clicks: Sequence[tuple[int, int, int]]) -> np.ndarray:
+def oracle(
+    model: AESPAModel, image: torch.Tensor, clicks: Sequence[tuple[int, int, int]], box: Sequence[int] | None = None
+) -> np.ndarray:
     """Probabilities SxS after every click (x, y, label): round 0 without clicks, round i with clicks[:i],
     the previous low-resolution logits as mask prompt, weights from the weight head of the previous
-    round's responsibilities (the stored weights in round 0); ε = 0."""
+    round's responsibilities (the stored weights in round 0); ε = 0. A box (x0, y0, x1, y1) joins every round."""
     embedding = model.image_encoder(image)
+    boxes = None if box is None else torch.tensor([box], dtype=torch.float32)  # 1x4
     prev_low, em = None, None
     for i in range(len(clicks) + 1):
         points = torch.tensor([c[:2] for c in clicks[:i]], dtype=torch.float32)[None] if i else None  # 1xix2
         labels = torch.tensor([c[2] for c in clicks[:i]])[None] if i else None  # 1xi
-        sparse, dense = model.encode_prompts(1, points, labels, prev_low)
+        sparse, dense = model.encode_prompts(1, points, labels, prev_low, boxes)
         means, variances = model.mixture_params(sparse)
         weights = model.mixture_weights[None].clone() if em is None else model.weight_head(em)
         z = model.latent(weights, means, variances)

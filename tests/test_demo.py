@@ -213,6 +213,31 @@ def test_an_upload_whose_pixels_are_cut_short_is_refused(tmp_path):
         sess.read_upload(path)
 
 
+def test_two_corner_clicks_make_a_box_that_stays_in_the_prompt(model, image):
+    start = sess.new_session(np.zeros((S, S), np.float32), S, "t")
+    one = sess.add_display_click(start, 50 * K + 1, 10 * K + 2, sess.BOX_CORNER)  # display pixels -> model (50, 10)
+    assert one.box is None and one.corner == (50, 10) and "click the opposite corner" in sess.describe_clicks(one)
+    two = sess.add_display_click(one, 12 * K, 40 * K, sess.BOX_CORNER)
+    assert two.box == (12, 10, 50, 40) and two.corner is None  # corners in any order
+    clicked = sess.add_click(two, 30, 30, "positive")
+    assert sess.undo(clicked).box == two.box and sess.clear(clicked).box is None
+    predictor = Predictor(model, torch.device("cpu"))
+    box, clicks = (12, 10, 50, 40), [Click(30, 30, 1)]
+    probs = predictor.predict(image[0], clicks, box)
+    assert np.allclose(probs, oracle(model, image, [(30, 30, 1)], box), atol=1e-5)
+    assert not np.allclose(probs, predictor.predict(image[0], clicks), atol=1e-3)  # the box does change it
+
+
+def test_api_sets_a_box(server, model, image, tmp_path):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    client.predict(api_name="/load_sample")
+    _, _, _, clicks_text, mask_file = client.predict(8, 9, 40, 44, api_name="/set_box")
+    assert clicks_text.startswith("box (8, 9) - (40, 44)")
+    assert_mask(np.asarray(Image.open(mask_file)) > 127, oracle(model, image, [], (8, 9, 40, 44)))
+
+
 def test_newest_default_run_is_used(checkpoint, tmp_path):
     runs = [tmp_path / "logs" / name / "Model" / "checkpoint_best.pth" for name in ("b_older", "a_newer")]
     for age, path in zip((100, 0), runs):
