@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from batch import Batch
+from clicks import paint_clicks
 from function_aespa import FollowedRaterUser
 from modes import Mode
 from multirater_metrics import neutral_mask
@@ -20,24 +21,6 @@ from multirater_metrics import neutral_mask
 def consensus_rule(batch: Batch, user: FollowedRaterUser, state) -> torch.Tensor:
     """The majority mask of each row's valid raters, PxSxS {0, 1}."""
     return neutral_mask(user.raters, user.valid).float()
-
-
-def paint_clicks(
-    start: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None, radius: float
-) -> torch.Tensor:
-    """start PxSxS; points PxNx2 (x, y), labels PxN: every pixel whose centre lies within `radius` of a click's
-    pixel centre takes that click's label, click by click. -> PxSxS."""
-    if points is None:
-        return start
-    p, h, w = start.shape
-    ys = torch.arange(h, device=start.device, dtype=torch.float32)[None, :, None]  # 1xHx1
-    xs = torch.arange(w, device=start.device, dtype=torch.float32)[None, None, :]  # 1x1xW
-    out = start.clone()
-    for n in range(points.shape[1]):  # a handful of clicks, in order
-        x, y = points[:, n, 0][:, None, None], points[:, n, 1][:, None, None]  # Px1x1
-        disk = (xs - x) ** 2 + (ys - y) ** 2 <= radius**2  # PxHxW
-        out = torch.where(disk, labels[:, n][:, None, None].to(out.dtype), out)
-    return out
 
 
 def click_editor_rule(batch: Batch, user: FollowedRaterUser, state) -> torch.Tensor:

@@ -234,6 +234,13 @@ def build_parser(prog: str | None = None) -> OneLineParser:
         "-editor_radius", type=int, default=3, help="click_editor baseline: radius of the disk each click paints"
     )
     inter.add_argument(
+        "-paint_clicks",
+        type=int,
+        default=0,
+        help="evaluation variant: after each prediction, pixels within this many px of a click take the click's "
+        "label, as the click editor paints (0: off, the method as specified)",
+    )
+    inter.add_argument(
         "-train_prompt",
         action="store_true",
         help="AESPA: also train the prompt encoder and mean/variance head (SPA step 3)",
@@ -288,7 +295,15 @@ def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Name
             parser.error(f"argument -{name}: must be positive, got {getattr(args, name)}")
     if args.image_size is not None and (args.image_size <= 0 or args.image_size % 16):
         parser.error(f"argument -image_size: must be a positive multiple of 16, got {args.image_size}")
-    for name in ("w", "noc_clicks", "max_val_batches", "max_train_batches", "box_jitter", "editor_radius"):
+    for name in (
+        "w",
+        "noc_clicks",
+        "max_val_batches",
+        "max_train_batches",
+        "box_jitter",
+        "editor_radius",
+        "paint_clicks",
+    ):
         if getattr(args, name) < 0:
             parser.error(f"argument -{name}: must not be negative, got {getattr(args, name)}")
     for name in ("seed", "data_seed"):

@@ -289,3 +289,21 @@ def mask_boxes(masks: torch.Tensor, jitter: int = 0, generator=None) -> torch.Te
         high = torch.maximum(boxes[:, :2], boxes[:, 2:])
         boxes = torch.cat([low, high], 1)
     return boxes
+
+
+def paint_clicks(
+    start: torch.Tensor, points: torch.Tensor | None, labels: torch.Tensor | None, radius: float
+) -> torch.Tensor:
+    """start PxSxS; points PxNx2 (x, y), labels PxN: every pixel whose centre lies within `radius` of a click's
+    pixel centre takes that click's label, click by click. -> PxSxS."""
+    if points is None:
+        return start
+    p, h, w = start.shape
+    ys = torch.arange(h, device=start.device, dtype=torch.float32)[None, :, None]  # 1xHx1
+    xs = torch.arange(w, device=start.device, dtype=torch.float32)[None, None, :]  # 1x1xW
+    out = start.clone()
+    for n in range(points.shape[1]):  # a handful of clicks, in order
+        x, y = points[:, n, 0][:, None, None], points[:, n, 1][:, None, None]  # Px1x1
+        disk = (xs - x) ** 2 + (ys - y) ** 2 <= radius**2  # PxHxW
+        out = torch.where(disk, labels[:, n][:, None, None].to(out.dtype), out)
+    return out

@@ -9,13 +9,14 @@ baseline's rule, which predicts without a network). Validation's bookkeeping is 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from batch import Batch
-from clicks import ClickState
+from clicks import ClickState, paint_clicks
 from distributed import mean_over_ranks
 from models import AESPAModel, Decoded, Prompts, responsibilities
 from modes import Mode, Selection, User
@@ -227,6 +228,11 @@ def interact(
             selection = user.select(decoded)
             loss = bce_loss(decoded.logits.mean(1), user.target, per_image=True)
             em = mixture_responsibilities(model, selection.feedback, prompts)
+        if (
+            user.loop.paint_clicks > 0
+        ):  # -paint_clicks: only what is scored and clicked on changes, not the model's state
+            painted = paint_clicks(selection.pred, state.clicks.points, state.clicks.labels, user.loop.paint_clicks)
+            selection = dataclasses.replace(selection, pred=painted)
         out.selections.append(selection)
         out.losses.append(loss)
         out.dice_follow.append(dice(selection.pred, user.followed))

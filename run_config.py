@@ -64,6 +64,7 @@ class LoopConfig:
     first_prompt: str
     box_jitter: int
     editor_radius: int
+    paint_clicks: int
     train_prompt: bool
     num_samples: int
     n_clusters: int

@@ -12,7 +12,7 @@ from conftest import tiny_run_args
 import engine
 import val
 import validation
-from baselines import paint_clicks
+from clicks import paint_clicks
 from function import candidate_click, find_candidates
 from models import Decoded
 from multirater_metrics import MetricAccumulator, neutral_mask
@@ -82,6 +82,15 @@ def test_val_py_runs_a_baseline_without_weights(synthetic_root, tmp_path, mode):
     run = next(tmp_path.glob(f"*{mode}_val_*"))
     assert [r["split"] for r in read_metrics(run / "metrics.jsonl")] == ["test"] * 3
     assert (run / "per_image.csv").is_file() and list(run.glob("follow_matrix_test_*.json"))
+
+
+def test_paint_clicks_on_the_consensus_is_the_click_editor(synthetic_root, tmp_path):
+    """-paint_clicks R paints every click into whatever is predicted, so applied to the consensus it must give the
+    click editor of radius R, round by round (the clicks follow the painted predictions in both)."""
+    painted = val.main(tiny_run_args(synthetic_root, tmp_path / "a", "-mode", "consensus", "-paint_clicks", "2"))
+    editor = val.main(tiny_run_args(synthetic_root, tmp_path / "b", "-mode", "click_editor", "-editor_radius", "2"))
+    assert [r["Dice_follow"] for r in painted] == pytest.approx([r["Dice_follow"] for r in editor], abs=1e-6)
+    assert painted[-1]["Dice"] < 1.0  # the clicks changed the consensus
 
 
 def test_follow_accuracy_and_the_following_matrix():
