@@ -47,8 +47,17 @@ for s in 0 1 2; do
     python val.py -weights "$OUT"/aespa/aespa_seed${s}_*/Model/checkpoint_best.pth -paint_clicks 3 -seed $s \
         -exp_name paint_seed$s -device cpu -log_dir "$OUT"/paint
 done
+# The SPA-trained model under the AESPA protocol: both modes on one metric at equal clicks.
+python val.py -weights "$OUT"/spa/spa_seed0_*/Model/checkpoint_best.pth -mode AESPA -num_samples 12 \
+    -exp_name spa_eval_aespa_seed0 -device cpu -log_dir "$OUT"/spa_eval_aespa
 
 ROUNDS=1,2,3,4,5,6
-python tables.py "$OUT"/* -metrics Dice_follow,Follow_accuracy -rounds $ROUNDS -out assets/results
-python tables.py -compare "$OUT"/aespa "$OUT"/click_editor -rounds $ROUNDS -out assets/results/aespa_vs_click_editor
-python tables.py -compare "$OUT"/aespa "$OUT"/blind -rounds $ROUNDS -out assets/results/aespa_vs_blind
+python tables.py "$OUT"/* -metrics Dice_follow,Dice_follow_nonempty -rounds $ROUNDS -out assets/results
+# Follow_accuracy exists under the AESPA protocol only (SPA's own protocol follows a drawn target, not a rater)
+python tables.py $(ls -d "$OUT"/*/ | grep -v '/spa/$') -metrics Follow_accuracy -rounds $ROUNDS \
+    -out assets/results/follow_accuracy
+for baseline in blind click_editor; do
+    python tables.py -compare "$OUT"/aespa "$OUT"/$baseline -rounds $ROUNDS -out assets/results/aespa_vs_$baseline
+    python tables.py -compare "$OUT"/aespa "$OUT"/$baseline -rounds $ROUNDS -empty nonempty \
+        -out assets/results/aespa_vs_${baseline}_nonempty
+done
