@@ -9,7 +9,7 @@ from .aespa_model import PREFERENCE_PREFIXES, AESPAModel, aespa_config
 from .checkpoint import LoadReport, load_weights, read_checkpoint, unwrap_state_dict
 from .lite_medsam import lite_medsam_config
 from .reference_format import convert_reference_checkpoint, is_reference_checkpoint
-from .sam import CONFIG_KEYS, Sam, build_sam_parts
+from .sam import CONFIG_KEYS, OFFICIAL_PROMPT_DECODER, Sam, build_sam_parts
 
 CHECKPOINT_FORMAT = "aespa-ckpt/1"
 
@@ -20,14 +20,7 @@ _COMMON: dict[str, Any] = dict(
     window_size=14,
     out_chans=256,
     use_rel_pos=True,
-    prompt_embed_dim=256,
-    mask_in_chans=16,
-    decoder_depth=2,
-    decoder_mlp_dim=2048,
-    decoder_num_heads=8,
-    num_multimask_outputs=3,
-    iou_head_depth=3,
-    iou_head_hidden_dim=256,
+    **OFFICIAL_PROMPT_DECODER,
 )
 
 ENCODERS: dict[str, dict[str, Any]] = {

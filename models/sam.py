@@ -13,6 +13,18 @@ from .prompt_encoder import PromptEncoder
 from .tiny_vit import TINY_VIT_KEYS, TinyViT
 from .transformer import TwoWayTransformer
 
+# SAM's official prompt encoder / mask decoder settings: every ViT size and LiteMedSAM share them.
+OFFICIAL_PROMPT_DECODER: dict[str, Any] = dict(
+    prompt_embed_dim=256,
+    mask_in_chans=16,
+    decoder_depth=2,
+    decoder_mlp_dim=2048,
+    decoder_num_heads=8,
+    num_multimask_outputs=3,
+    iou_head_depth=3,
+    iou_head_hidden_dim=256,
+)
+
 # The keys of a SAM configuration (those of the parity fixture's `config`).
 CONFIG_KEYS = (
     "img_size",
