@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 
-from builders import adopt_checkpoint_settings, build_model_from_config, default_run_checkpoint
 from cfg import OneLineParser, build_parser, checked_config, given_flags
 from demo.predictor import Predictor
 from demo.sample import load_sample
+from engine.build import adopt_checkpoint_settings, build_model_from_config, default_run_checkpoint
+from engine.config import RunConfig
 from models import read_checkpoint
-from run_config import RunConfig
 from utils import InputError, choose_device, run_cli
 
 NO_CHECKPOINT = (

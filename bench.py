@@ -21,12 +21,12 @@ from contextlib import contextmanager
 
 import torch
 
-from batch import prepare_batch
-from builders import build_loader, build_model_from_config, freeze_and_cache, maybe_compile
 from cfg import build_parser, checked_config
-from engine import entry, with_embedding
-from modes import get_mode
-from optim_step import Stepper, autocast_context, build_optimizer
+from engine.build import build_loader, build_model_from_config, freeze_and_cache, maybe_compile
+from engine.loops import entry, with_embedding
+from engine.optim import Stepper, autocast_context, build_optimizer
+from interaction.mode import get_mode
+from pipeline.batch import prepare_batch
 from utils import choose_device, run_cli, seed_everything
 
 NETWORK_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "fcomb", "mean_var_head", "weight_head")

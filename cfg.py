@@ -19,8 +19,8 @@ import torch
 
 from conf import global_settings as settings
 from dataset import DATASETS
-from modes import get_mode, mode_names
-from run_config import RunConfig
+from engine.config import RunConfig
+from interaction.mode import get_mode, mode_names
 
 ENCODER_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", "lite_medsam")
 MAX_SEED = 2**31 - 1  # seeds derived from -seed (x 100003 per epoch) stay within 64 bits

@@ -55,8 +55,8 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from conf import global_settings as settings
-from synthetic_data import DEFAULT_ROOT as SYNTHETIC_ROOT
-from synthetic_data import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
+from pipeline.synthetic import DEFAULT_ROOT as SYNTHETIC_ROOT
+from pipeline.synthetic import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
 from utils import InputError, atomic_write_bytes, natural_key, one_line
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from builders import (
+from cfg import given_flags, parse_config
+from conf import global_settings as settings
+from engine.build import (
     build_loader,
     build_model_from_config,
     freeze_and_cache,
@@ -21,20 +23,18 @@ from builders import (
     maybe_compile,
     resume_config,
 )
-from cfg import given_flags, parse_config
-from conf import global_settings as settings
-from distributed import (
+from engine.checkpoints import load_training_checkpoint, restore_rng, save_checkpoint
+from engine.config import RunConfig
+from engine.distributed import (
     broadcast_state,
     check_in_sync,
     cleanup_distributed,
     is_main_process,
     setup_distributed,
 )
-from engine import evaluate, save_epoch_figures, train_one_epoch
-from optim_step import Stepper, build_optimizer
-from run_config import RunConfig
-from runlog import RunFolder, early_warnings, format_table
-from training_state import load_training_checkpoint, restore_rng, save_checkpoint
+from engine.loops import evaluate, save_epoch_figures, train_one_epoch
+from engine.optim import Stepper, build_optimizer
+from engine.run_folder import RunFolder, early_warnings, format_table
 from utils import InputError, copy_atomically, run_cli, seed_everything
 
 BEST_METRIC = "Dice_follow"  # at the last round of the validation split: does the model follow the user?

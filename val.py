@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import torch
 
-from builders import (
+from cfg import given_flags, parse_config
+from engine.build import (
     adopt_checkpoint_settings,
     build_loader,
     build_model_from_config,
     freeze_and_cache,
     resolved_image_size,
 )
-from cfg import given_flags, parse_config
-from distributed import cleanup_distributed, is_main_process, setup_distributed
-from engine import evaluate, save_epoch_figures
+from engine.config import RunConfig
+from engine.distributed import cleanup_distributed, is_main_process, setup_distributed
+from engine.loops import evaluate, save_epoch_figures
+from engine.run_folder import RunFolder, early_warnings, format_table
+from interaction.mode import get_mode
 from models import read_checkpoint
-from modes import get_mode
-from run_config import RunConfig
-from runlog import RunFolder, early_warnings, format_table
 from utils import InputError, run_cli
 
 NEEDS_WEIGHTS = (

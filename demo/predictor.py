@@ -18,11 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from clicks import ClickState, next_click
 from dataset import resize_image
-from interaction import RoundState, mixture_responsibilities, predict_round
+from interaction.clicks import ClickState, next_click
+from interaction.mode import Selection
+from interaction.rounds import RoundState, mixture_responsibilities, predict_round
 from models import AESPAModel
-from modes import Selection
 from multirater_metrics import dice, iou
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dataset import read_image, read_mask
-from synthetic_data import RATER_STYLES, case_stream, make_case
+from pipeline.synthetic import RATER_STYLES, case_stream, make_case
 from utils import InputError
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"

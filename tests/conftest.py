@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from synthetic_data import ensure_synthetic
+from pipeline.synthetic import ensure_synthetic
 
 
 @pytest.fixture(scope="session")

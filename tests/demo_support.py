@@ -21,8 +21,8 @@ import torch
 
 from cfg import parse_config
 from dataset import read_image, resize_image
+from engine.checkpoints import save_checkpoint
 from models import AESPAModel, build_model, responsibilities
-from training_state import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARPEN = 40.0  # a random decoder's logits are ~0.05: scaled up, the mask is crisp and far from 0.5

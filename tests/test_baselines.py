@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-import engine
 import val
-import validation
-from clicks import paint_clicks
-from function import candidate_click, find_candidates
+from engine import loops as engine
+from engine.run_folder import read_metrics
+from interaction import validation
+from interaction.clicks import paint_clicks
+from interaction.spa import candidate_click, find_candidates
 from models import Decoded
 from multirater_metrics import MetricAccumulator, neutral_mask
-from runlog import read_metrics
 
 
 def square(top: int, left: int, size: int, n: int = 8) -> torch.Tensor:

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from clicks import _edt2_scipy, _edt2_torch, _topk_row_major, append_click, center_click, next_click, topk_click
+from interaction.clicks import (
+    _edt2_scipy,
+    _edt2_torch,
+    _topk_row_major,
+    append_click,
+    center_click,
+    next_click,
+    topk_click,
+)
 
 
 def gen(seed: int) -> torch.Generator:

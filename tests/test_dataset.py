@@ -13,7 +13,7 @@ from datatrees import disk, write_lidc_tree, write_mbhseg_tree, write_npy, write
 
 import dataset
 from dataset import build_dataset, natural_key
-from multiclass import binarize_multiclass
+from pipeline.multiclass import binarize_multiclass
 from utils import InputError
 
 

@@ -21,12 +21,12 @@ from demo_support import ROOT, demo_server, load_model, make_checkpoint, model_i
 from PIL import Image
 
 import aespa_demo
-from clicks import next_click
 from dataset import read_mask, resize_mask
 from demo import session as sess
 from demo.predictor import Click, Predictor
 from demo.render import to_model_xy
-from synthetic_data import case_stream, make_case
+from interaction.clicks import next_click
+from pipeline.synthetic import case_stream, make_case
 from utils import InputError, run_cli
 
 SAMPLE = ROOT / "demo" / "sample"

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_run_args
 
 import val
-from runlog import read_metrics
+from engine.run_folder import read_metrics
 from utils import InputError, choose_device
 
 ROOT = Path(__file__).resolve().parents[1]

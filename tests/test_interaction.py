@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from augment import augment_batch, dihedral
-from function import initial_click, preference_target
-from function_aespa import update_consistent
-from raters import draw_among, mean_of, raters_agreeing, switch_raters
-from rng import KeyedRandom
+from interaction.aespa import update_consistent
+from interaction.raters import draw_among, mean_of, raters_agreeing, switch_raters
+from interaction.spa import initial_click, preference_target
+from pipeline.augment import augment_batch, dihedral
+from pipeline.rng import KeyedRandom
 
 
 def disk(size: int, radius: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kmeans import batched_kmeans, kmeans_pp_init
+from interaction.kmeans import batched_kmeans, kmeans_pp_init
 
 
 def gen(seed: int) -> torch.Generator:

@@ -9,17 +9,17 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-import interaction
 import train
 import val
-from batch import prepare_batch
-from builders import build_loader, build_model_from_config
 from cfg import parse_config
-from function_aespa import FollowedRaterUser
-from modes import Mode, get_mode, mode_names, register_mode
+from engine.build import build_loader, build_model_from_config
+from engine.optim import PARAM_GROUPS, Stepper, build_optimizer
+from engine.run_folder import read_metrics
+from interaction import rounds as interaction
+from interaction.aespa import FollowedRaterUser
+from interaction.mode import Mode, get_mode, mode_names, register_mode
 from multirater_metrics import neutral_mask
-from optim_step import PARAM_GROUPS, Stepper, build_optimizer
-from runlog import read_metrics
+from pipeline.batch import prepare_batch
 
 
 class ConsensusTargetUser(FollowedRaterUser):

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import paired
-import tables
+from analysis import paired, tables
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

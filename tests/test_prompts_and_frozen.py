@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-import interaction
 import train
-from batch import prepare_batch
-from builders import build_loader, build_model_from_config, freeze_and_cache
 from cfg import parse_config
-from clicks import mask_boxes
-from embedding_cache import EmbeddingCache
-from function_aespa import FollowedRaterUser
-from modes import get_mode
-from optim_step import Stepper, build_optimizer
-from runlog import read_metrics
+from engine.build import build_loader, build_model_from_config, freeze_and_cache
+from engine.optim import Stepper, build_optimizer
+from engine.run_folder import read_metrics
+from interaction import rounds as interaction
+from interaction.aespa import FollowedRaterUser
+from interaction.clicks import mask_boxes
+from interaction.mode import get_mode
+from pipeline.batch import prepare_batch
+from pipeline.embedding_cache import EmbeddingCache
 
 
 def test_the_box_of_a_mask_is_its_extent():

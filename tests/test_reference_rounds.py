@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import val
-from builders import build_model_from_config
 from cfg import parse_config
+from engine.build import build_model_from_config
 from models.reference_format import load_reference_model, predict_rounds
 from utils import InputError
 

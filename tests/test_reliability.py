@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import utils
-from runlog import read_metrics, repair_metrics
+from engine.run_folder import read_metrics, repair_metrics
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 import dataset
-import synthetic_data as sd
 from dataset import build_dataset, default_data_path
+from pipeline import synthetic as sd
 from utils import InputError
 
 

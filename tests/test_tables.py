@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tables
+from analysis import tables
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,7 +320,7 @@ def test_plot_follow_matrix_writes_a_png_of_the_documented_size(tmp_path: Path) 
     by 3.25 * 2 + 1 = 7.5 in."""
     from PIL import Image
 
-    from plots import plot_follow_matrix
+    from engine.figures import plot_follow_matrix
 
     def matrix(r: int, rounds: int) -> dict:
         m = [[0.9 if i == j else 0.4 for j in range(r)] for i in range(r)]

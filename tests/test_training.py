@@ -13,8 +13,8 @@ from datatrees import write_lidc_tree, write_two_style_tree
 
 import train
 import val
+from engine.run_folder import read_metrics
 from multirater_metrics import SET_KEYS
-from runlog import read_metrics
 
 PERSONAL_KEYS = (
     "Dice",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-from builders import build_loader, build_model_from_config
 from cfg import parse_config
-from engine import evaluate
+from engine.build import build_loader, build_model_from_config
+from engine.loops import evaluate
 
 
 def evaluate_with(synthetic_root, tmp_path, *extra: str) -> list[dict]:
@@ -49,9 +49,9 @@ def test_spa_draws_of_an_image_do_not_depend_on_its_batch(synthetic_root, tmp_pa
     """SPA's preference target, first click and latent noise of an image are the same alone or in a batch.
     (Its metrics can still differ in the last digits: batched kernels round differently for other batch
     sizes and k-means may then assign a pixel on a cluster edge differently.)"""
-    from batch import prepare_batch
-    from function import initial_click, preference_target
-    from rng import normal
+    from interaction.spa import initial_click, preference_target
+    from pipeline.batch import prepare_batch
+    from pipeline.rng import normal
 
     cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-b", "3"))
     data = next(iter(build_loader(cfg.with_flags(image_size=64), "test")))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from rng import uniform
+from pipeline.rng import uniform
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:

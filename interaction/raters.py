@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rng import uniform
+from pipeline.rng import uniform
 
 
 def draw_among(mask: torch.Tensor, generator) -> torch.Tensor:

@@ -28,19 +28,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from clicks import mask_boxes, next_click
+from interaction.clicks import mask_boxes, next_click
 
 if TYPE_CHECKING:
-    from batch import Batch
+    from engine.config import LoopConfig
     from models import Decoded
-    from run_config import LoopConfig
+    from pipeline.batch import Batch
 
 # name -> "module" defining `MODE`, or "module:NAME" (imported on first use: listing names imports nothing heavy).
 BUILTIN_MODES = {
-    "AESPA": "function_aespa",
-    "SPA": "function",
-    "consensus": "baselines:CONSENSUS",
-    "click_editor": "baselines:CLICK_EDITOR",
+    "AESPA": "interaction.aespa",
+    "SPA": "interaction.spa",
+    "consensus": "interaction.baselines:CONSENSUS",
+    "click_editor": "interaction.baselines:CLICK_EDITOR",
 }
 
 PURPOSES = ("train", "validate", "figure")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from rng import uniform  # every random draw goes through rng (keyed per image in validation)
+from pipeline.rng import uniform  # every random draw goes through rng (keyed per image in validation)
 
 STRATEGIES = ("topk", "center")
 

@@ -13,15 +13,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from cfg import config_from_flags
 from dataset import build_dataset
 from dataset import has_val_split as dataset_has_val_split
-from embedding_cache import FOLDER_NAME as CACHE_FOLDER
-from embedding_cache import EmbeddingCache
+from engine.checkpoints import ARCHITECTURE_FLAGS, DATA_FLAGS, RESUME_MAY_CHANGE
+from engine.config import RunConfig, default_image_size
 from models import CHECKPOINT_FORMAT, AESPAModel, LoadReport, build_model, load_weights, read_checkpoint
 from models.build import ENCODERS, model_state
 from models.checkpoint import CheckpointError
 from models.lite_medsam import LITE_MEDSAM, bundled_checkpoint, is_lite_medsam_state
 from models.reference_format import build_reference_model, is_reference_checkpoint
-from run_config import RunConfig, default_image_size
-from training_state import ARCHITECTURE_FLAGS, DATA_FLAGS, RESUME_MAY_CHANGE
+from pipeline.embedding_cache import FOLDER_NAME as CACHE_FOLDER
+from pipeline.embedding_cache import EmbeddingCache
 from utils import InputError
 
 

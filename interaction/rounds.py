@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from batch import Batch
-from clicks import ClickState, paint_clicks
-from distributed import mean_over_ranks
+from engine.config import RunConfig
+from engine.distributed import mean_over_ranks
+from engine.optim import Stepper, frozen
+from interaction.clicks import ClickState, paint_clicks
+from interaction.mode import Mode, Selection, User
 from models import AESPAModel, Decoded, Prompts, responsibilities
-from modes import Mode, Selection, User
 from multirater_metrics import dice, personalised_metrics, set_metrics
-from optim_step import Stepper, frozen
-from run_config import RunConfig
+from pipeline.batch import Batch
 
 POS_WEIGHT = 2.0  # BCEWithLogits(pos_weight=2), as the original
 

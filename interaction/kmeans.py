@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from rng import uniform
+from pipeline.rng import uniform
 
 
 def _gram(x: torch.Tensor, init: torch.Tensor | None) -> torch.Tensor:

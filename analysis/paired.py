@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tables import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
+from analysis.tables import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
 from utils import InputError, natural_key
 
 BOOTSTRAP_SEED = 0

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from batch import Batch
-from clicks import paint_clicks
-from function_aespa import FollowedRaterUser
-from modes import Mode
+from interaction.aespa import FollowedRaterUser
+from interaction.clicks import paint_clicks
+from interaction.mode import Mode
 from multirater_metrics import neutral_mask
+from pipeline.batch import Batch
 
 
 def consensus_rule(batch: Batch, user: FollowedRaterUser, state) -> torch.Tensor:

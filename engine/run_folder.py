@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from run_config import RunConfig
+from engine.config import RunConfig
 from utils import InputError, atomic_write_bytes, remove_stale_temporaries
 
 # per_image.csv: one row per (evaluation, image, followed rater, round); followed -1 when the target is not a rater.

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distributed import world_size
+from engine.distributed import world_size
 from models import AESPAModel
 
 PARAM_GROUPS = {

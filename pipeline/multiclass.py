@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rng import uniform
+from pipeline.rng import uniform
 
 
 def binarize_multiclass(

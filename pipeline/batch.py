@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from augment import augment_batch
-from multiclass import binarize_multiclass
-from rng import KeyedRandom
+from pipeline.augment import augment_batch
+from pipeline.multiclass import binarize_multiclass
+from pipeline.rng import KeyedRandom
 
 
 @dataclass

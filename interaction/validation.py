@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from batch import Batch
-from clicks import ClickState
-from interaction import image_embedding, interact, round_metrics
+from engine.config import RunConfig
+from interaction.clicks import ClickState
+from interaction.mode import Mode, User
+from interaction.rounds import image_embedding, interact, round_metrics
 from models import AESPAModel
-from modes import Mode, User
 from multirater_metrics import NOC_THRESHOLDS, dice, noc
-from run_config import RunConfig
+from pipeline.batch import Batch
 
 MATRIX_PREFIX = "matrix/"
 NOI_ROUNDS, NOI_FAILURE = 6, 10.0  # SPA's convention: iterations within 6, a failure counts 10

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.config import RunConfig
 from models import CHECKPOINT_FORMAT, read_checkpoint
 from models.checkpoint import CheckpointError
-from run_config import RunConfig
 from utils import atomic_torch_save
 
 # Flags that define the architecture: val.py takes them from the checkpoint.

@@ -11,18 +11,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import interaction
-import plots
-import validation
-from batch import Batch, prepare_batch
-from distributed import gather_objects, is_main_process
-from embedding_cache import EmbeddingCache
+from engine import figures as plots
+from engine.config import RunConfig
+from engine.distributed import gather_objects, is_main_process
+from engine.optim import Stepper, autocast_context
+from engine.run_folder import RunFolder, read_metrics
+from interaction import rounds as interaction
+from interaction import validation
+from interaction.mode import Mode, get_mode
 from models import AESPAModel
-from modes import Mode, get_mode
 from multirater_metrics import MetricAccumulator
-from optim_step import Stepper, autocast_context
-from run_config import RunConfig
-from runlog import RunFolder, read_metrics
+from pipeline.batch import Batch, prepare_batch
+from pipeline.embedding_cache import EmbeddingCache
 
 ENTRY_MODULES = {"train_batch": interaction, "validate_batch": validation, "qualitative": validation}
 

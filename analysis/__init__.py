@@ -1,0 +1,1 @@
+"""Analysis of finished runs: reading run folders, paper tables, paired comparisons. Never imports torch."""
