@@ -10,15 +10,14 @@ flags come from the checkpoint, as in val.py; the original's published checkpoin
 
 from __future__ import annotations
 
-import argparse
+import sys
 
-from cfg import OneLineParser, build_parser, checked_config, given_flags
+from cfg import Setup, make_config, run_command
 from demo.predictor import Predictor
 from demo.sample import load_sample
-from engine.build import adopt_checkpoint_settings, build_model_from_config, default_run_checkpoint
-from engine.config import RunConfig
-from models import read_checkpoint
-from utils import InputError, choose_device, run_cli
+from engine.build import build_model_from_config, default_run_checkpoint
+from engine.distributed import choose_device
+from utils import InputError, OneLineParser
 
 NO_CHECKPOINT = (
     "no checkpoint to show: pass -weights CKPT, or train one first with `python train.py` "
@@ -27,50 +26,48 @@ NO_CHECKPOINT = (
 )
 
 
-def build_demo_parser(prog: str | None = None) -> OneLineParser:
-    """The project's parser plus the demo's server flags."""
-    parser = build_parser(prog)
+def demo_flags(parser: OneLineParser) -> list[str]:
+    """The demo's server flags (on top of the project's)."""
     demo = parser.add_argument_group("demo")
     demo.add_argument(
         "-host", default="127.0.0.1", help="address to serve on (default loopback only; 0.0.0.0 for every interface)"
     )
     demo.add_argument("-port", type=int, default=7860, help="port to serve on (default 7860)")
     demo.add_argument("-share", action="store_true", help="also open a public gradio.live link (off by default)")
-    return parser
+    return ["host", "port", "share"]
 
 
-def parse_demo_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
-    """-> (the server flags, the run configuration)."""
-    parser = build_demo_parser("aespa_demo.py")
-    args = parser.parse_args(argv)
-    cfg = checked_config(args, parser)
-    if not 1 <= args.port <= 65535:
-        parser.error(f"argument -port: must be in 1..65535, got {args.port}")
-    return args, cfg
+def demo_setup(argv: list[str] | None) -> Setup:
+    """The demo's configuration: -weights (or -sam_ckpt alone: pretrained weights, untrained; or the newest default
+    run's checkpoint)."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    setup = make_config(argv, "demo", prog="aespa_demo.py", extra_flags=demo_flags)
+    if not 1 <= setup.extra.port <= 65535:
+        raise InputError(f"-port: must be in 1..65535, got {setup.extra.port}")
+    m = setup.config.model
+    if m.weights or m.sam_ckpt:
+        if not m.weights:
+            setup.notes.append(
+                f"{m.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)"
+            )
+        return setup
+    found = default_run_checkpoint(setup.config.log_dir)
+    if found is None:
+        raise InputError(NO_CHECKPOINT)
+    return make_config([*argv, "-weights", str(found)], "demo", prog="aespa_demo.py", extra_flags=demo_flags)
 
 
-def load_predictor(cfg: RunConfig, explicit: set[str]) -> tuple[Predictor, RunConfig, list[str]]:
-    """-weights (or -sam_ckpt alone: pretrained weights, untrained; or the newest default run's checkpoint) ->
-    (Predictor on the chosen device, the resolved configuration, notes to print)."""
-    if not cfg.model.weights and not cfg.model.sam_ckpt:
-        found = default_run_checkpoint(cfg.log_dir)
-        if found is None:
-            raise InputError(NO_CHECKPOINT)
-        cfg = cfg.with_flags(weights=str(found))
-    preloaded, notes = {}, []
-    if cfg.model.weights:
-        preloaded = {cfg.model.weights: read_checkpoint(cfg.model.weights)}
-        cfg, notes = adopt_checkpoint_settings(cfg, preloaded[cfg.model.weights], explicit)
-    else:
-        notes = [f"{cfg.model.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)"]
-    model, reports, cfg = build_model_from_config(cfg, preloaded=preloaded)
-    predictor = Predictor(model, choose_device(cfg.device))
-    return predictor, cfg, notes + [r.summary() for r in reports]
+def load_predictor(setup: Setup) -> tuple[Predictor, list[str]]:
+    """The model of the demo's configuration on the chosen device -> (Predictor, notes to print)."""
+    model, reports = build_model_from_config(setup.config, setup.files)
+    predictor = Predictor(model, choose_device(setup.config.device))
+    return predictor, setup.notes + [r.summary() for r in reports]
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, cfg = parse_demo_args(argv)
-    predictor, cfg, notes = load_predictor(cfg, given_flags(argv))
+    setup = demo_setup(argv)
+    cfg, args = setup.config, setup.extra
+    predictor, notes = load_predictor(setup)
     from demo.app import build_app  # gradio is slow to import: after the checkpoint is known to be good
 
     app = build_app(predictor, load_sample())
@@ -100,4 +97,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_command(main)

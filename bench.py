@@ -21,13 +21,16 @@ from contextlib import contextmanager
 
 import torch
 
-from cfg import build_parser, checked_config
+from cfg import make_config, run_command
 from engine.build import build_loader, build_model_from_config, freeze_and_cache, maybe_compile
-from engine.loops import entry, with_embedding
+from engine.checkpoints import seed_everything
+from engine.distributed import choose_device
+from engine.loops import with_embedding
 from engine.optim import Stepper, autocast_context, build_optimizer
-from interaction.mode import get_mode
+from interaction import rounds, validation
+from interaction.registry import MODES
 from pipeline.batch import prepare_batch
-from utils import choose_device, run_cli, seed_everything
+from utils import InputError, OneLineParser
 
 NETWORK_PARTS = ("image_encoder", "prompt_encoder", "mask_decoder", "fcomb", "mean_var_head", "weight_head")
 
@@ -92,24 +95,27 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux: the process's peak
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = build_parser("bench.py")
+def bench_flags(parser: OneLineParser) -> list[str]:
     group = parser.add_argument_group("bench")
     group.add_argument("-warmup", type=int, default=1, help="untimed runs before measuring")
     group.add_argument("-repeats", type=int, default=3, help="timed runs; the median is reported")
-    args = parser.parse_args(argv)
+    return ["warmup", "repeats"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    setup = make_config(argv, "bench", prog="bench.py", extra_flags=bench_flags)
+    cfg, args = setup.config, setup.extra
     if args.repeats < 1 or args.warmup < 0:
-        parser.error(f"argument -repeats must be >= 1 and -warmup >= 0, got {args.repeats} and {args.warmup}")
-    cfg = checked_config(args, parser)
+        raise InputError(f"-repeats must be >= 1 and -warmup >= 0, got {args.repeats} and {args.warmup}")
     device = choose_device(cfg.device)
     seed_everything(cfg.seed)
-    model, _, cfg = build_model_from_config(cfg)
+    model, _ = build_model_from_config(cfg, setup.files)
     model.to(device)
     cache, _ = freeze_and_cache(model, cfg)  # -freeze_encoder: embeddings from the cache (computed in the warm-up)
     maybe_compile(model, cfg)
     stepper = TimedStepper(build_optimizer(model, cfg.lr), device, cfg.amp)
     stepper.clock = clock = NetworkClock(model, device)
-    mode = get_mode(cfg.mode)
+    mode = MODES[cfg.mode]
     generator = torch.Generator().manual_seed(cfg.seed)
     data = next(iter(build_loader(cfg, "train", generator)))
 
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.model.freeze_encoder:
             model.image_encoder.eval()
         batch = with_embedding(prepare_batch(data, device, generator=generator), cache)
-        entry(mode, "train_batch")(model, stepper, batch, cfg, mode)
+        (mode.train_batch or rounds.train_batch)(model, stepper, batch, cfg, mode)
 
     def val_batch(reuse: bool) -> Callable[[], None]:
         run_cfg = cfg.with_flags(no_embedding_reuse=not reuse)
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
             model.eval()
             with torch.no_grad(), autocast_context(device, cfg.amp):
                 batch = with_embedding(prepare_batch(data, device, seed=cfg.seed), cache)
-                entry(mode, "validate_batch")(model, batch, run_cfg, mode)
+                (mode.validate_batch or validation.validate_batch)(model, batch, run_cfg, mode)
 
         return run
 
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": batch,
         "clicks": cfg.loop.clicks,
         "noc_clicks": cfg.loop.noc_clicks,
-        "num_samples": mode.user.latent_samples(cfg.loop),
+        "num_samples": mode.user.latent_samples(cfg.options),
         "device": str(device),
         "amp": stepper.amp,
         "threads": torch.get_num_threads(),
@@ -164,4 +170,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_command(main)

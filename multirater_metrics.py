@@ -291,7 +291,7 @@ def personalised_metrics(
         `B` tensors: Dice_follow = dice(p, r), IoU_follow, Dice_neutral = dice(p, n) with n the
         majority mask, IoU_neutral, Delta_follow_vs_neutral = Dice_follow - Dice_neutral,
         Gain_over_consensus = dice(p, r) - dice(n, r), Dice_personal_mean = mean over valid raters of
-        dice(p, ·), and Dice / IoU (= Dice_neutral / IoU_neutral, the per-round names of §4.4).
+        dice(p, ·) (the names of conf/metrics.py).
     """
     pred = _squeeze_channel(pred, 3, "pred")
     followed = _squeeze_channel(followed, 3, "followed")
@@ -311,8 +311,6 @@ def personalised_metrics(
         "Delta_follow_vs_neutral": dice_follow - dice_neutral,
         "Gain_over_consensus": dice_follow - dice(neutral, followed),
         "Dice_personal_mean": (per_rater * v).sum(1) / v.sum(1),
-        "Dice": dice_neutral,
-        "IoU": iou_neutral,
     }
 
 

@@ -1,12 +1,14 @@
-"""Small helpers shared across the project: errors for bad input, device choice, seeding, atomic saves.
+"""Small helpers shared across the project: errors for bad input, the one-line command-line runner, natural
+sorting, atomic file writes, a one-line argparse parser, matplotlib without a display.
 
-Nothing here runs at import time.
+Nothing here runs at import time, and nothing here imports torch (tables.py and the analysis of finished runs
+use it without torch).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import random
 import re
 import secrets
 import shutil
@@ -16,9 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
-import torch
-
 
 class InputError(Exception):
     """Bad user input (a file, a folder, a flag). The message is one line naming it and the problem.
@@ -27,12 +26,17 @@ class InputError(Exception):
     """
 
 
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a command-line `main(argv)`; turn an `InputError` into one line on stderr and exit 2."""
+def run_cli(
+    main: Callable[[list[str] | None], Any],
+    argv: list[str] | None = None,
+    input_errors: tuple[type[BaseException], ...] = (InputError,),
+) -> None:
+    """Run a command-line `main(argv)`; turn an `InputError` (or another of `input_errors`, e.g. the model
+    package's CheckpointError) into one line on stderr and exit 2."""
     signal.signal(signal.SIGTERM, _terminate)  # a kill unwinds like Ctrl-C: atomic writes remove their temporaries
     try:
         main(argv)
-    except InputError as err:
+    except input_errors as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
@@ -59,34 +63,12 @@ def natural_key(name: str) -> tuple:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
-def choose_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
-    """The one place a device is chosen: `auto` is CUDA when available, else CPU.
-
-    A torchrun process (`local_rank` given) on CUDA takes the GPU of its local rank, one GPU per process.
-    """
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"-device {name}: CUDA is not available on this machine (use -device cpu)")
-    if device.type == "cuda" and local_rank is not None:
-        device = torch.device(device.type, local_rank)
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 # The temporary file of an atomic write: `.{name}.{8 characters}.tmp` beside its target (our hex names, or
 # tempfile.mkstemp's [a-z0-9_] names of earlier versions).
 TEMPORARY_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
     """`write(f)` into a temporary file in the same folder, then rename: a crash never leaves a truncated file.
 
     The temporary is created with mode 0o666, which the umask trims like any file open() creates (mkstemp's
@@ -114,20 +96,15 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> 
         raise
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
 def copy_atomically(source: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Copy a file through a temporary file and a rename (see `atomic_torch_save`)."""
+    """Copy a file through a temporary file and a rename (see `atomic_write`)."""
     with open(source, "rb") as src:
-        _atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
+        atomic_write(path, lambda f: shutil.copyfileobj(src, f, 1 << 20))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` through a temporary file and a rename (see `atomic_torch_save`)."""
-    _atomic_write(path, lambda f: f.write(data))
+    """Write `data` through a temporary file and a rename (see `atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -143,3 +120,20 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (`error: ...`) and exits with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files only (no display); imported on first use (it is slow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

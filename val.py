@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from cfg import given_flags, parse_config
-from engine.build import (
-    adopt_checkpoint_settings,
-    build_loader,
-    build_model_from_config,
-    freeze_and_cache,
-    resolved_image_size,
-)
-from engine.config import RunConfig
-from engine.distributed import cleanup_distributed, is_main_process, setup_distributed
-from engine.loops import evaluate, save_epoch_figures
+from cfg import Setup, make_config, run_command
+from engine.build import build_loader, build_model_from_config, freeze_and_cache
+from engine.distributed import distributed_session, is_main_process
+from engine.loops import evaluate, record_evaluation
 from engine.run_folder import RunFolder, early_warnings, format_table
-from interaction.mode import get_mode
-from models import read_checkpoint
-from utils import InputError, run_cli
+from interaction.registry import MODES
+from utils import InputError
 
 NEEDS_WEIGHTS = (
     "-weights is required: the checkpoint to evaluate (e.g. logs_new/<run>/Model/checkpoint_best.pth); "
@@ -36,44 +28,38 @@ NEEDS_WEIGHTS = (
 )
 
 
-def what_to_evaluate(cfg: RunConfig, explicit: set[str]) -> tuple[RunConfig, int, dict, list[str]]:
-    """-> (the config with the checkpoint's settings, the evaluated model's epochs, preloaded files, notes)."""
+def what_is_evaluated(setup: Setup) -> list[str]:
+    """Notes saying what is evaluated; refuses a learning mode with neither -weights nor -sam_ckpt."""
+    cfg = setup.config
     if cfg.model.weights:
-        obj = read_checkpoint(cfg.model.weights)
-        cfg, notes = adopt_checkpoint_settings(cfg, obj, explicit, evaluating=True)
-        epoch = int(obj.get("epoch", 0) or 0) if isinstance(obj, dict) else 0
-        return cfg, epoch, {cfg.model.weights: obj}, notes
-    if not get_mode(cfg.mode).learns:
-        return cfg, 0, {}, [f"-mode {cfg.mode}: a baseline without a network"]
+        return []
+    if not MODES[cfg.mode].learns:
+        return [f"-mode {cfg.mode}: a baseline without a network"]
     if cfg.model.sam_ckpt:
-        note = f"zero-shot: {cfg.model.sam_ckpt} evaluated untrained (the residual fusion starts as plain SAM)"
-        return cfg, 0, {}, [note]
+        return [f"zero-shot: {cfg.model.sam_ckpt} evaluated untrained (the residual fusion starts as plain SAM)"]
     raise InputError(NEEDS_WEIGHTS)
 
 
-def prepare(cfg: RunConfig, explicit: set[str], device: torch.device):
+def prepare(setup: Setup, device: torch.device):
     """Everything that can refuse bad input, before the run folder: the model (none for a baseline), its cache,
-    the test loader -> (config, epoch, notes, model, reports, cache, loader)."""
-    cfg, epoch, preloaded, notes = what_to_evaluate(cfg, explicit)
-    cfg = cfg.with_flags(epochs=epoch or cfg.epochs)  # val.py trains nothing: args.json records the model's epochs
+    the test loader -> (notes, model, reports, cache, loader)."""
+    cfg = setup.config
+    notes = setup.notes + what_is_evaluated(setup)
     model, reports, cache = None, [], None
-    if get_mode(cfg.mode).learns:
-        model, reports, cfg = build_model_from_config(cfg, preloaded=preloaded)
+    if MODES[cfg.mode].learns:
+        model, reports = build_model_from_config(cfg, setup.files)
         model.to(device).eval()
         cache, cache_notes = freeze_and_cache(model, cfg)
         notes += cache_notes
-    else:
-        cfg = cfg.with_flags(image_size=resolved_image_size(cfg))
-    return cfg, epoch, notes, model, reports, cache, build_loader(cfg, "test")
+    return notes, model, reports, cache, build_loader(cfg, "test")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    cfg = parse_config(argv, prog="val.py")
-    explicit = given_flags(argv)
-    device, _ = setup_distributed(cfg.device)
-    try:
+    setup = make_config(argv, "evaluate", prog="val.py")
+    cfg, epoch = setup.config, setup.epoch
+    with distributed_session(cfg.device) as (device, _):
         with early_warnings() as warnings:
-            cfg, epoch, notes, model, reports, cache, loader = prepare(cfg, explicit, device)
+            notes, model, reports, cache, loader = prepare(setup, device)
         run = RunFolder(cfg, suffix="_val", enabled=is_main_process())  # after everything that can refuse input
         for line in warnings + notes + [report.summary() for report in reports]:
             run.log(line)
@@ -82,23 +68,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"evaluating {what} ({cfg.mode}, {cfg.model.encoder} at {cfg.model.image_size} px) on "
             f"{len(loader.dataset)} test samples of {cfg.data.dataset}"
         )
-        with torch.no_grad():
-            result = evaluate(model, loader, cfg, epoch, device, "test", cache)
-        run.write_metrics(result.rows)
-        run.write_per_image(result.per_image)
-        if result.matrix is not None:
-            run.write_json(f"follow_matrix_test_epoch{epoch:03d}.json", result.matrix)
-        if is_main_process():
-            save_epoch_figures(run, model, loader, cfg, device, epoch, "test", result.matrix, cache)
-        run.log(f"test split ({cfg.mode}, follow {cfg.loop.val_follow}), per round:\n" + format_table(result.rows))
+        result = evaluate(model, loader, cfg, epoch, device, "test", cache)
+        record_evaluation(run, result, cfg, epoch, "test")
+        follow = f", follow {cfg.options.val_follow}" if hasattr(cfg.options, "val_follow") else ""
+        run.log(f"test split ({cfg.mode}{follow}), per round:\n" + format_table(result.rows))
         counts = {k: v for k, v in result.rows[-1].items() if k.startswith(("NoC", "NoF", "NoI"))}
         if counts:
             run.log("  ".join(f"{k} {v:.3f}" for k, v in counts.items()))
         run.close()
-        return result.rows
-    finally:
-        cleanup_distributed()
+    return result.rows
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_command(main)

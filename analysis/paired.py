@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.tables import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
+from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
+from conf.metrics import current_name
 from utils import InputError, natural_key
 
 BOOTSTRAP_SEED = 0
@@ -157,7 +158,8 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
     missing = [c for c in KEY_COLUMNS if c not in header]
     if missing:
         raise InputError(f"{path}: header lacks {', '.join(missing)} (it has: {', '.join(header)})")
-    if metric not in header or metric in NOT_METRICS:
+    column = next((c for c in header if c == metric or current_name(c) == metric), None)  # older runs' names
+    if column is None or metric in NOT_METRICS:
         known = [c for c in header if c not in NOT_METRICS]
         raise InputError(f"-metric {metric}: not a metric column of {path} (it has: {', '.join(known)})")
     if not rows:
@@ -171,7 +173,7 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
         key = (r["image"], parse_int(r["followed"], "followed", path, n), parse_int(r["round"], "round", path, n))
         empty = parse_int(r["empty_followed"], "empty_followed", path, n) if r.get("empty_followed") else None
         clicks = parse_int(r["clicks"], "clicks", path, n)
-        cells[key] = Cell(parse_float(r[metric], metric, path, n), clicks, empty)
+        cells[key] = Cell(parse_float(r[column], column, path, n), clicks, empty)
     return last, cells
 
 

@@ -2,7 +2,7 @@
 
     python tables.py logs_new/                                   # every run folder under logs_new/
     python tables.py logs_new/LIDC_SPA_* -metrics Dice_follow,GED -rounds 1,3,6 -out tables_out/lidc
-    python tables.py -compare logs/AESPA logs/blind -metric Dice_follow -rounds all   # paired, see paired.py
+    python tables.py -compare logs/AESPA logs/blind -metric Dice_follow -rounds all   # paired: analysis/paired.py
 
 Each run contributes the rows of its last epoch that has rows of `-split` (test by default) in
 metrics.jsonl (SPEC §7.1). Runs whose args.json agree on every flag outside `IGNORED_FLAGS` form one
@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,57 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from cfg import OneLineParser
-from engine.figures import pyplot
-from engine.run_folder import read_metrics
-from utils import InputError, natural_key, run_cli
+from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, load_runs, note
+from conf import metrics as metric_table
+from utils import InputError, natural_key, pyplot
 
-DEFAULT_METRICS = ("Dice", "Dice_follow", "Gain_over_consensus", "GED", "Dice_match", "Dice_soft", "NoC@0.90")
-DEFAULT_ROUNDS = "1,3,last"
+DEFAULT_METRICS = (*metric_table.names("paper"), *metric_table.PAPER_DEFAULTS)
 DEFAULT_OUT = "tables_out"
-PER_RUN_PREFIXES = ("NoC@", "NoF@")  # one value per evaluation, repeated on every round's row
-# Flags that say where or how fast a run ran, not what was trained and measured: never split configurations.
-IGNORED_FLAGS = frozenset(
-    {
-        "seed",
-        "data_seed",  # what a configuration averages over: training and data seeds
-        "log_dir",
-        "resume",  # where the run folder is, whether it was restarted
-        "device",
-        "gpu",
-        "gpu_device",
-        "distributed",
-        "w",  # hardware and data-loader workers
-        "max_train_batches",
-        "max_val_batches",  # smoke-test caps
-        "val_freq",  # how often validation ran; the last epoch's rows do not depend on it
-        "compile",
-        "no_embedding_reuse",  # same results, other speed
-    }
-)
 LABEL_FIRST = ("dataset", "mode")  # named first in configuration labels
-# A run-folder timestamp (`_YYYY_MM_DD_HH_MM_SS`, maybe `_2`) and a `_seed<N>` suffix, at the end of a name or of a
-# path part.
-TIMESTAMP = re.compile(r"_\d{4}(?:_\d{2}){5}(?:_\d+)?(?=$|[/\\])")
-SEED_SUFFIX = re.compile(r"[_-]seed[_-]?\d+(?=$|[/\\])", re.IGNORECASE)
-
-
-def note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr)
-
-
-@dataclass
-class Run:
-    """One run folder: its flags and the rows of its last evaluated epoch, by round (1-based)."""
-
-    path: Path
-    args: dict[str, Any]
-    epoch: int
-    rows: dict[int, dict[str, Any]]
-
-    @property
-    def n_rounds(self) -> int:
-        return max(self.rows)
 
 
 @dataclass
@@ -106,89 +61,7 @@ class Table:
 
 
 # ------------------------------------------------------------------------------------------------
-# Reading run folders
-
-
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"{path}: not readable as JSON ({getattr(err, 'msg', err)})") from None
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: expected a JSON object of flags")
-    return obj
-
-
-def find_run_folders(paths: Sequence[str]) -> list[tuple[Path, bool]]:
-    """Run folders (holding args.json) named or found under the given folders -> [(folder, named explicitly)]."""
-    found: dict[Path, tuple[Path, bool]] = {}
-    for p in map(Path, paths):
-        if not p.exists():
-            raise InputError(f"{p}: no such folder")
-        if not p.is_dir():
-            raise InputError(f"{p}: not a folder (expected a run folder or a folder of run folders)")
-        if (p / "args.json").is_file():
-            found[p.resolve()] = (p, True)
-            continue
-        inside = sorted(a.parent for a in p.rglob("args.json"))
-        if not inside:
-            raise InputError(f"{p}: not a run folder (no args.json) and holds no run folders")
-        for q in inside:
-            found.setdefault(q.resolve(), (q, False))
-    return list(found.values())
-
-
-def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
-    """A run's flags and last-epoch `split` rows. A run found inside a parent folder that has no results yet (still
-    running, or stopped before its first evaluation) is skipped with a note; one named explicitly is an error."""
-    metrics_file = folder / "metrics.jsonl"
-    if not metrics_file.is_file():
-        if explicit:
-            raise InputError(f"{folder}: not a run folder with results (no metrics.jsonl)")
-        note(f"skipped {folder}: no metrics.jsonl yet")
-        return None
-    rows = [r for r in read_metrics(metrics_file) if r["split"] == split]
-    if not rows:
-        if explicit:
-            raise InputError(f"{metrics_file}: no {split} rows (the run has not been evaluated yet)")
-        note(f"skipped {folder}: no {split} rows yet")
-        return None
-    epoch = max(r["epoch"] for r in rows)
-    by_round = {r["round"]: r for r in rows if r["epoch"] == epoch}  # a later duplicate (re-evaluation) wins
-    return Run(folder, read_json_object(folder / "args.json"), epoch, dict(sorted(by_round.items())))
-
-
-def load_runs(paths: Sequence[str], split: str = "test", skip_bad: bool = False) -> list[Run]:
-    """Every run with `split` rows; with `skip_bad` an unreadable run (bad args.json, a malformed metrics.jsonl line,
-    ...) is listed on stderr and left out instead of being an error."""
-    runs, skipped = [], 0
-    for folder, explicit in find_run_folders(paths):
-        try:
-            run = load_run(folder, split, explicit)
-        except InputError as err:
-            if not skip_bad:
-                raise
-            note(f"skipped {folder}: {err}")
-            skipped, run = skipped + 1, None
-        if run is not None:
-            runs.append(run)
-    if not runs:
-        reason = f" ({skipped} unreadable run folders skipped)" if skipped else ""
-        raise InputError(f"{', '.join(paths)}: no run folder with {split} rows{reason}")
-    return runs
-
-
-# ------------------------------------------------------------------------------------------------
 # Configurations
-
-
-def normalise(value: Any) -> Any:
-    """Strip run-folder timestamps and `_seed<N>` suffixes from strings (exp_name, checkpoint paths)."""
-    return SEED_SUFFIX.sub("", TIMESTAMP.sub("", value)) if isinstance(value, str) else value
-
-
-def config_flags(run: Run) -> dict[str, Any]:
-    return {k: normalise(v) for k, v in run.args.items() if k not in IGNORED_FLAGS}
 
 
 def label_flags(configs: list[Config], differing: list[str]) -> list[str]:
@@ -233,7 +106,8 @@ def group_configs(runs: list[Run]) -> tuple[list[Config], list[str], list[str]]:
 
 
 def is_per_run(metric: str) -> bool:
-    return metric.startswith(PER_RUN_PREFIXES)
+    """One value per evaluation (NoC@τ, ...), repeated on every round's row (conf/metrics.py)."""
+    return metric_table.is_per_run(metric)
 
 
 def resolve_rounds(text: str, runs: list[Run], explicit: bool) -> list[int]:
@@ -411,105 +285,23 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
     plt.close(fig)
 
 
-# ------------------------------------------------------------------------------------------------
-# Command line
-
-
-def build_parser() -> OneLineParser:
-    p = OneLineParser(
-        prog="tables.py",
-        description="Tables (Markdown, CSV, LaTeX) and round curves from run folders: "
-        "the last epoch's test rows, mean ± std over runs that differ only in -seed and -data_seed. "
-        "With -compare A B: the paired per-image difference of two configurations with a bootstrap interval.",
-    )
-    p.add_argument(
-        "runs",
-        nargs="*",
-        metavar="RUN_DIR",
-        help="run folders (holding args.json), or folders holding run folders (e.g. logs_new/)",
-    )
-    compare = p.add_argument_group("paired comparison (per_image.csv of each run; see paired.py)")
-    compare.add_argument(
-        "-compare",
-        nargs=2,
-        metavar=("A", "B"),
-        default=None,
-        help="two configurations, each a run folder or a folder of its run folders (seeds): "
-        "mean paired difference A - B per round with a 95%% bootstrap interval over images; "
-        "writes compare.md, compare.csv",
-    )
-    compare.add_argument("-metric", default=None, help="column of per_image.csv to compare (default Dice_follow)")
-    compare.add_argument(
-        "-bootstrap", type=int, default=None, help="bootstrap resamples of images (default 2000; fixed seed)"
-    )
-    compare.add_argument(
-        "-empty",
-        choices=("all", "nonempty", "empty"),
-        default=None,
-        help="pairs to use by whether the followed rater's mask is empty (default all)",
-    )
-    p.add_argument(
-        "-metrics",
-        default=None,
-        help=f"comma-separated metric names of metrics.jsonl (default: {','.join(DEFAULT_METRICS)}); "
-        "NoC@/NoF@ values are one per run",
-    )
-    p.add_argument(
-        "-rounds",
-        default=None,
-        help=f"comma-separated 1-based rounds, 'last' = the last round of every run (default: {DEFAULT_ROUNDS}); "
-        "with -compare also 'all'",
-    )
-    p.add_argument(
-        "-split",
-        choices=("test", "val", "train"),
-        default="test",
-        help="rows to read: the last epoch that has rows of this split",
-    )
-    p.add_argument(
-        "-out",
-        default=DEFAULT_OUT,
-        help=f"folder for table.md, table.csv, table.tex, round_curves.png (default {DEFAULT_OUT}/)",
-    )
-    p.add_argument(
-        "-digits", type=int, default=3, help="decimals in the Markdown and LaTeX tables (the CSV keeps full precision)"
-    )
-    p.add_argument(
-        "-skip_bad",
-        action="store_true",
-        help="leave out run folders that cannot be read (listed on stderr) instead of stopping at the first",
-    )
-    return p
-
-
-def main(argv: list[str] | None = None) -> Table | Any:
-    """A table (returns the Table) or, with -compare, a paired comparison (returns a paired.Comparison)."""
-    args = build_parser().parse_args(argv)
-    out = Path(args.out)
-    if args.digits < 0:
-        raise InputError(f"-digits: must not be negative, got {args.digits}")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"-out {out}: exists and is not a folder")
-    if args.compare is not None:
-        return compare_main(args, out)
-    given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
-    if given:
-        raise InputError(f"-{given[0]}: only with -compare A B")
-    if not args.runs:
-        raise InputError("RUN_DIR: give at least one run folder (or -compare A B)")
-    runs = load_runs(args.runs, args.split, args.skip_bad)
-    names = [m.strip() for m in (args.metrics or ",".join(DEFAULT_METRICS)).split(",") if m.strip()]
-    metrics = check_metrics(names, runs, explicit=args.metrics is not None)
-    rounds = resolve_rounds(args.rounds or DEFAULT_ROUNDS, runs, explicit=args.rounds is not None)
-    if not metrics or not rounds:
+def make_table(paths: Sequence[str], split: str, metrics: str | None, rounds: str | None, out: Path, digits: int,
+               skip_bad: bool) -> Table:  # fmt: skip
+    """`tables.py RUN_DIR...`: build the table, write table.md, table.tex, table.csv and round_curves.png into `out`
+    and print the Markdown."""
+    runs = load_runs(paths, split, skip_bad)
+    names = [m.strip() for m in (metrics or ",".join(DEFAULT_METRICS)).split(",") if m.strip()]
+    kept = check_metrics([metric_table.current_name(m) for m in names], runs, explicit=metrics is not None)
+    chosen = resolve_rounds(rounds or DEFAULT_ROUNDS, runs, explicit=rounds is not None)
+    if not kept or not chosen:
         raise InputError("-metrics/-rounds: nothing to tabulate")
-    table = build_table(runs, metrics, rounds)
+    table = build_table(runs, kept, chosen)
     out.mkdir(parents=True, exist_ok=True)
-    markdown = to_markdown(table, args.digits)
+    markdown = to_markdown(table, digits)
     (out / "table.md").write_text(markdown + "\n")
-    (out / "table.tex").write_text(to_latex(table, args.digits))
+    (out / "table.tex").write_text(to_latex(table, digits))
     write_csv(table, out / "table.csv")
-    plot_curves(table, metrics, out / "round_curves.png", args.split)
+    plot_curves(table, kept, out / "round_curves.png", split)
     print(markdown)
     print(
         f"{len(runs)} runs, {len(table.configs)} configurations -> "
@@ -517,29 +309,3 @@ def main(argv: list[str] | None = None) -> Table | Any:
         file=sys.stderr,
     )
     return table
-
-
-def compare_main(args: Any, out: Path) -> Any:
-    """`-compare A B`: the table-only inputs are refused rather than ignored."""
-    from analysis import paired  # imports this module: loaded on use only
-
-    if args.runs:
-        raise InputError(f"{args.runs[0]}: give run folders for a table, or -compare A B, not both")
-    if args.metrics is not None:
-        raise InputError("-metrics: a table flag; with -compare use -metric NAME (one metric)")
-    if args.skip_bad:
-        raise InputError("-skip_bad: a table flag; -compare reads every run of A and B")
-    return paired.run_compare(
-        *args.compare,
-        metric=args.metric or "Dice_follow",
-        split=args.split,
-        rounds=args.rounds,  # None: the default rounds, those beyond the last dropped
-        n_boot=2000 if args.bootstrap is None else args.bootstrap,
-        empty=args.empty or "all",
-        out=out,
-        digits=args.digits,
-    )
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dataset import resize_image
-from interaction.clicks import ClickState, next_click
+from interaction.clicks import NOC_STRATEGY, ClickState, next_click
 from interaction.mode import Selection
 from interaction.rounds import RoundState, mixture_responsibilities, predict_round
 from models import AESPAModel
@@ -109,7 +109,7 @@ class Predictor:
         for c in clicks:
             state.add(*click_tensors([c], torch.device("cpu")))
         points, labels = next_click(
-            "center", torch.from_numpy(probs)[None], torch.from_numpy(rater)[None], exclude=state.exclude
+            NOC_STRATEGY, torch.from_numpy(probs)[None], torch.from_numpy(rater)[None], exclude=state.exclude
         )
         return Click(int(points[0, 0]), int(points[0, 1]), int(labels[0]))
 

@@ -12,14 +12,19 @@ import torch
 from engine.config import RunConfig
 from models import CHECKPOINT_FORMAT, read_checkpoint
 from models.checkpoint import CheckpointError
-from utils import atomic_torch_save
+from utils import atomic_write
 
-# Flags that define the architecture: val.py takes them from the checkpoint.
-ARCHITECTURE_FLAGS = ("encoder", "image_size", "n_components", "fcomb", "multimask_output", "compat", "mode")
-# Flags of the data a model was trained on: val.py takes them from the checkpoint unless named.
-DATA_FLAGS = ("dataset", "data_path", "valid_raters", "keep_empty", "refuge_target", "data_seed", "val_fraction")
-# Flags a resumed run may change (every other flag is the run's own): how long, how often, where it runs.
-RESUME_MAY_CHANGE = ("epochs", "val_freq", "test_every_val", "w", "device", "log_dir")
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_atomically(obj: Any, path: str | Path) -> None:
+    """`torch.save` through a temporary file and a rename: a crash never leaves a truncated file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
@@ -69,7 +74,7 @@ def save_checkpoint(
     """Write `{'format': 'aespa-ckpt/1', 'epoch', 'args', 'model_config', 'model', 'optimizer', 'scheduler', 'rng',
     'best_*'}` (plus `extra` entries, e.g. the fp16 gradient scaler's state). `args` is the run's flags,
     `model_config` the model's configuration, conventions included (click order, multimask output)."""
-    atomic_torch_save(
+    save_atomically(
         {
             "format": CHECKPOINT_FORMAT,
             "epoch": epoch,

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-from utils import choose_device
+from utils import InputError
+
+
+def choose_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    """The one place a device is chosen: `auto` is CUDA when available, else CPU.
+
+    A torchrun process (`local_rank` given) on CUDA takes the GPU of its local rank, one GPU per process.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"-device {name}: CUDA is not available on this machine (use -device cpu)")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device(device.type, local_rank)
+    return device
 
 
 def setup_distributed(device_name: str) -> tuple[torch.device, int]:
@@ -34,13 +51,18 @@ def is_main_process() -> bool:
     return world_size() == 1 or dist.get_rank() == 0
 
 
-def distributed_barrier() -> None:
-    """Wait for every rank (nothing in a single process)."""
-    if world_size() > 1:
-        dist.barrier()
-
-
-def cleanup_distributed() -> None:
+@contextlib.contextmanager
+def distributed_session(device_name: str) -> Iterator[tuple[torch.device, int]]:
+    """`with distributed_session(-device) as (device, rank):` joins torchrun's process group (if any) and leaves it
+    at the end: after a barrier when the body finished, at once when it raised — a rank that fails must not wait
+    in a collective the others never reach (torchrun then stops them), it exits with its error."""
+    device, rank = setup_distributed(device_name)
+    try:
+        yield device, rank
+    except BaseException:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        raise
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -1,5 +1,5 @@
 """Figures a run leaves in `plots/`: per-round metric curves, curves over epochs, a qualitative grid.
-Drawing only: the engine (engine.save_epoch_figures) runs the model and passes tensors in."""
+Drawing only: the engine (engine.loops.record_evaluation) passes the evaluation's rows and tensors in."""
 
 from __future__ import annotations
 
@@ -8,16 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROUND_METRICS = ("Dice_follow", "Dice", "Gain_over_consensus", "Dice_personal_mean", "GED", "Dice_soft")
+from conf import metrics
+from utils import pyplot
 
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
+ROUND_METRICS = metrics.names("plot")  # one panel each (conf/metrics.py)
 
 
 def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = "") -> None:

@@ -1,5 +1,6 @@
-"""Passes over a loader: one training epoch, one evaluation, and the figures of an evaluation; per click round,
-averaged across ranks. The mode (`-mode`) comes from the registry (modes.py)."""
+"""Passes over a loader: one training epoch and one evaluation (with the inputs of its figures), per click round,
+averaged across ranks; and what an evaluation leaves in the run folder (`record_evaluation`, for train.py and
+val.py alike). The mode (`-mode`) comes from the registry (interaction/registry.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from engine import figures as plots
+from engine import figures
 from engine.config import RunConfig
 from engine.distributed import gather_objects, is_main_process
 from engine.optim import Stepper, autocast_context
-from engine.run_folder import RunFolder, read_metrics
-from interaction import rounds as interaction
-from interaction import validation
-from interaction.mode import Mode, get_mode
+from engine.run_folder import RunFolder
+from interaction import rounds, validation
+from interaction.mode import Mode
+from interaction.registry import MODES
 from models import AESPAModel
 from multirater_metrics import MetricAccumulator
 from pipeline.batch import Batch, prepare_batch
 from pipeline.embedding_cache import EmbeddingCache
 
-ENTRY_MODULES = {"train_batch": interaction, "validate_batch": validation, "qualitative": validation}
+FIGURE_IMAGES = 4  # rows of the qualitative grid: the split's first images
 
 
 def progress(iterable, desc: str):
@@ -38,11 +39,6 @@ def progress(iterable, desc: str):
         mininterval=0.1 if interactive else 30.0,
         disable=not is_main_process(),
     )
-
-
-def entry(mode: Mode, name: str):
-    """The mode's own entry point `name` (train_batch, validate_batch, qualitative), else the engine's."""
-    return getattr(mode, name) or getattr(ENTRY_MODULES[name], name)
 
 
 def with_embedding(batch: Batch | None, cache: EmbeddingCache | None) -> Batch | None:
@@ -64,8 +60,8 @@ def metric_rows(
             "split": split,
             "mode": mode.name,
             "round": round_,
-            "clicks": mode.clicks_of_round(round_, cfg.loop),
-            "box": int(cfg.loop.first_prompt == "box"),
+            "clicks": mode.clicks_of_round(round_, cfg.options),
+            "box": int(mode.user.has_box(cfg.options)),
         }
         row.update(
             {
@@ -82,7 +78,7 @@ def metric_rows(
 def follow_matrix(acc: MetricAccumulator, epoch: int, split: str, mode: Mode, cfg: RunConfig, n_raters: int) -> dict:
     """The following matrix of one pass (validation.py): per round, R x R mean Dice (None where no pair) and counts."""
     means, counts = acc.compute(), acc.compute("count")
-    rounds = []
+    per_round = []
     for round_, values in means.items():
         matrix = [[None] * n_raters for _ in range(n_raters)]
         count = [[0] * n_raters for _ in range(n_raters)]
@@ -90,9 +86,9 @@ def follow_matrix(acc: MetricAccumulator, epoch: int, split: str, mode: Mode, cf
             if key.startswith(validation.MATRIX_PREFIX):
                 i, j = map(int, key[len(validation.MATRIX_PREFIX) :].split("/"))
                 matrix[i][j], count[i][j] = float(value), int(counts[round_][key])
-        rounds.append({"round": round_, "clicks": mode.clicks_of_round(round_, cfg.loop), "matrix": matrix,
-                       "counts": count})  # fmt: skip
-    return {"epoch": epoch, "split": split, "raters": [f"rater {k}" for k in range(n_raters)], "rounds": rounds}
+        clicks = mode.clicks_of_round(round_, cfg.options)
+        per_round.append({"round": round_, "clicks": clicks, "matrix": matrix, "counts": count})
+    return {"epoch": epoch, "split": split, "raters": [f"rater {k}" for k in range(n_raters)], "rounds": per_round}
 
 
 def train_one_epoch(
@@ -109,8 +105,8 @@ def train_one_epoch(
     model.train()
     if cfg.model.freeze_encoder:
         model.image_encoder.eval()
-    mode = get_mode(cfg.mode)
-    step = entry(mode, "train_batch")
+    mode = MODES[cfg.mode]
+    step = mode.train_batch or rounds.train_batch
     acc = MetricAccumulator()
     bar = progress(loader, f"epoch {epoch} train")
     for i, data in enumerate(bar):
@@ -132,11 +128,12 @@ def train_one_epoch(
 @dataclass
 class Evaluation:
     """One pass over a split: metrics.jsonl rows, per_image.csv rows, the following matrix (None: no raters
-    followed)."""
+    followed), and the qualitative grid's inputs (the split's first images; None off the main process)."""
 
     rows: list[dict[str, Any]]
     per_image: list[dict[str, Any]]
     matrix: dict | None
+    figure: dict | None = None
 
 
 @torch.no_grad()
@@ -153,11 +150,11 @@ def evaluate(
     does not depend on the batch size or on how the split is sharded across ranks."""
     if model is not None:
         model.eval()
-    mode = get_mode(cfg.mode)
-    validate = entry(mode, "validate_batch")
+    mode = MODES[cfg.mode]
+    validate = mode.validate_batch or validation.validate_batch
     acc, counts = MetricAccumulator(), MetricAccumulator()
     per_image: list[dict[str, Any]] = []
-    n_raters = 0
+    n_raters, figure = 0, None
     bar = progress(loader, f"epoch {epoch} {split}")
     with autocast_context(device, cfg.amp):
         for i, data in enumerate(bar):
@@ -166,6 +163,8 @@ def evaluate(
             batch = with_embedding(prepare_batch(data, device, seed=cfg.seed), cache)
             if batch is None:
                 continue
+            if figure is None and is_main_process() and cfg.plots != "none":
+                figure = qualitative_inputs(model, batch.take(FIGURE_IMAGES), cfg, mode)
             n_raters = max(n_raters, batch.raters.shape[1])
             result = validate(model, batch, cfg, mode)
             for t, values in enumerate(result.rounds, start=1):
@@ -178,48 +177,41 @@ def evaluate(
     has_matrix = any(k.startswith(validation.MATRIX_PREFIX) for values in totals.compute().values() for k in values)
     matrix = follow_matrix(totals, epoch, split, mode, cfg, n_raters) if has_matrix else None
     rows = metric_rows(totals, count_means, epoch, split, mode, cfg)
-    return Evaluation(rows, gather_objects(per_image), matrix)
+    return Evaluation(rows, gather_objects(per_image), matrix, figure)
 
 
-@torch.no_grad()
-def save_epoch_figures(
-    run: RunFolder,
-    model: AESPAModel | None,
-    loader,
-    cfg: RunConfig,
-    device: torch.device,
-    epoch: int,
-    split: str = "test",
-    matrix: dict | None = None,
-    cache: EmbeddingCache | None = None,
-    n_images: int = 4,
-) -> None:
-    """Round curves of this evaluation's rows, curves over epochs, the following matrix and a qualitative grid of
-    the split's first images."""
-    rows = read_metrics(run.metrics_file)
-    this = [r for r in rows if r["split"] == split and r["epoch"] == epoch]
-    plots.plot_round_curves(
-        {f"{split}, epoch {epoch}": this}, run.plot_dir / f"round_curves_{split}.png", f"{cfg.exp_name}: per round"
-    )
-    plots.plot_epoch_curves(rows, run.plot_dir / "epochs.png")
-    if matrix is not None:
-        plots.plot_follow_matrix(matrix, run.plot_dir / f"follow_matrix_{split}_epoch{epoch:03d}.png")
-    batch = with_embedding(prepare_batch(next(iter(loader)), device, seed=cfg.seed), cache)
-    if batch is None:
+def qualitative_inputs(model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode) -> dict[str, Any]:
+    """The qualitative grid's inputs for a few images: each image followed through every round (figures only)."""
+    followed, preds, clicks = (mode.qualitative or validation.qualitative)(model, batch, cfg, mode)
+    return {
+        "images": batch.images,
+        "raters": batch.raters,
+        "valid": batch.valid,
+        "followed": followed,
+        "preds": preds,
+        "points": clicks.points,
+        "labels": clicks.labels,
+        "clicks_before_first": mode.first_round_clicks(cfg.options),
+    }
+
+
+def record_evaluation(run: RunFolder, result: Evaluation, cfg: RunConfig, epoch: int, split: str) -> None:
+    """What an evaluation leaves in the run folder (train.py and val.py alike): its metrics.jsonl and per_image.csv
+    rows, its following matrix, and its figures (round curves, curves over epochs, the following matrix, the
+    qualitative grid), all from the evaluation in memory."""
+    run.write_metrics(result.rows)
+    run.write_per_image(result.per_image)
+    if result.matrix is not None:
+        run.write_json(f"follow_matrix_{split}_epoch{epoch:03d}.json", result.matrix)
+    if not run.enabled or cfg.plots == "none":
         return
-    batch = batch.take(n_images)
-    if model is not None:
-        model.eval()
-    mode = get_mode(cfg.mode)
-    followed, preds, clicks = entry(mode, "qualitative")(model, batch, cfg, mode)
-    plots.qualitative_grid(
-        batch.images,
-        batch.raters,
-        batch.valid,
-        followed,
-        preds,
-        clicks.points,
-        clicks.labels,
-        run.plot_dir / f"qualitative_{split}_epoch{epoch:03d}.png",
-        mode.first_round_clicks(cfg.loop),
+    figures.plot_round_curves(
+        {f"{split}, epoch {epoch}": result.rows},
+        run.plot_dir / f"round_curves_{split}.png",
+        f"{cfg.exp_name}: per round",
     )
+    figures.plot_epoch_curves(run.history, run.plot_dir / "epochs.png")
+    if result.matrix is not None:
+        figures.plot_follow_matrix(result.matrix, run.plot_dir / f"follow_matrix_{split}_epoch{epoch:03d}.png")
+    if result.figure is not None:
+        figures.qualitative_grid(**result.figure, path=run.plot_dir / f"qualitative_{split}_epoch{epoch:03d}.png")

@@ -9,13 +9,11 @@ received a gradient from its loss (Adam skips parameters whose `.grad` is None).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
-from engine.distributed import world_size
+from engine.distributed import mean_over_ranks, world_size
 from models import AESPAModel
 
 PARAM_GROUPS = {
@@ -34,19 +32,6 @@ def build_optimizer(model: AESPAModel, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(
         groups, lr=lr, betas=(0.9, 0.999), fused=True
     )  # fused: one kernel per tensor, 3-4x faster on CPU
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Gradients flow through `modules` but their own parameters get none (and cost nothing)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -99,6 +84,10 @@ class Stepper:
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over the ranks that step together (itself in a single process)."""
+        return mean_over_ranks(tensor)
 
     def state_dict(self) -> dict:
         return {"scaler": self.scaler.state_dict()}

@@ -17,26 +17,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from analysis.run_files import PER_IMAGE_COLUMNS, read_metrics, repair_metrics, repair_per_image
+from conf import metrics
 from engine.config import RunConfig
-from utils import InputError, atomic_write_bytes, remove_stale_temporaries
+from utils import atomic_write_bytes, remove_stale_temporaries
 
-# per_image.csv: one row per (evaluation, image, followed rater, round); followed -1 when the target is not a rater.
-PER_IMAGE_COLUMNS = ("epoch", "split", "mode", "round", "clicks", "image", "followed", "Dice_follow", "Dice",
-                     "Gain_over_consensus", "empty_followed")  # fmt: skip
-# Columns of the per-round table printed after validation (all are in metrics.jsonl).
-TABLE_COLUMNS = (
-    "round",
-    "clicks",
-    "Dice",
-    "IoU",
-    "Dice_follow",
-    "Gain_over_consensus",
-    "Follow_accuracy",
-    "Dice_personal_mean",
-    "GED",
-    "Dice_match",
-    "Dice_soft",
-)
+# Columns of the per-round table printed after an evaluation (all are in metrics.jsonl).
+TABLE_COLUMNS = ("round", "clicks", *metrics.names("console"))
 
 
 DATE = "%Y-%m-%d %H:%M:%S"
@@ -118,15 +105,19 @@ class RunFolder:
         self.metrics_file = self.root / "metrics.jsonl"
         self.per_image_file = self.root / "per_image.csv"
         self._writer = None
+        self.history: list[dict[str, Any]] = []  # every metrics.jsonl row of the run (figures over epochs)
         if enabled:
             for d in (self.model_dir, self.log_dir, self.plot_dir):
                 d.mkdir(parents=True, exist_ok=True)
             if new:
                 (self.root / "args.json").write_text(json.dumps(cfg.flags(), indent=2, sort_keys=True) + "\n")
         self.logger = make_logger(f"aespa.{id(self)}", self.log_dir / "log.txt" if enabled else None, enabled)
-        # warnings of the library modules (dataset, caches, ...) reach the run log as well as stderr
-        self._warnings = [logging.FileHandler(self.log_dir / "log.txt"), logging.StreamHandler(sys.stderr)]
-        for handler in self._warnings if enabled else []:
+        # warnings of the library modules (dataset, caches, ...) reach the run log as well as stderr (on the main
+        # process only: another rank's folder is not there to open)
+        self._warnings: list[logging.Handler] = []
+        if enabled:
+            self._warnings = [logging.FileHandler(self.log_dir / "log.txt"), logging.StreamHandler(sys.stderr)]
+        for handler in self._warnings:
             handler.setLevel(logging.WARNING)
             handler.setFormatter(WARNING_FORMAT)
             logging.getLogger().addHandler(handler)
@@ -140,6 +131,7 @@ class RunFolder:
                  for p in remove_stale_temporaries(folder)]  # fmt: skip
         notes += [f"metrics.jsonl: {note}" for note in repair_metrics(self.metrics_file, through_epoch)]
         notes += [f"per_image.csv: {note}" for note in repair_per_image(self.per_image_file, through_epoch)]
+        self.history = read_metrics(self.metrics_file) if self.metrics_file.exists() else []
         return notes
 
     def record_resume(self, epoch: int, changed: dict[str, tuple]) -> None:
@@ -171,6 +163,7 @@ class RunFolder:
         if not self.enabled:
             return
         rows = list(rows)
+        self.history += rows
         with self.metrics_file.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row, sort_keys=False) + "\n")
@@ -205,19 +198,6 @@ class RunFolder:
             h.close()
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a bad line is reported (InputError) with its 1-based line number."""
-    try:
-        lines = Path(path).read_bytes().splitlines()
-    except OSError as err:
-        raise InputError(f"{path}: not readable ({err})") from None
-    return [_parse_metrics_line(line, path, n) for n, line in enumerate(lines, start=1) if line.strip()]
-
-
 def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLUMNS) -> str:
     """A markdown table of per-round rows (missing values shown as '-')."""
     columns = [c for c in columns if any(c in r for r in rows)]
@@ -229,84 +209,3 @@ def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLU
             cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _parse_metrics_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
-    """The row on metrics.jsonl line `n` (1-based); InputError naming the file and line when it is not one."""
-    try:
-        row = json.loads(line)
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise InputError(f"{path} line {n}: not valid JSON ({getattr(err, 'msg', err)})") from None
-    if not (
-        isinstance(row, dict)
-        and isinstance(row.get("split"), str)
-        and _is_count(row.get("epoch"))
-        and _is_count(row.get("round"))
-    ):
-        raise InputError(f"{path} line {n}: expected an object with an integer epoch and round and a split")
-    return row
-
-
-def repair_metrics(path: Path, through_epoch: int) -> list[str]:
-    """Fit a stopped run's metrics.jsonl for its resume from the checkpoint of epoch `through_epoch`.
-
-    Cuts a partial last line (a kill mid-write leaves one without its newline that does not parse) and drops the
-    rows of later epochs (written by an epoch whose checkpoint was never saved), so that every (split, epoch,
-    round) appears once after the resume. Any other malformed line is an InputError naming the file and line:
-    nothing is skipped silently. The file is rewritten atomically, only when something changed, keeping the
-    bytes of every kept line. Returns human-readable notes of what was done (empty: nothing to repair).
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:  # stopped before its first row
-        return []
-    except OSError as err:
-        raise InputError(f"{path}: not readable ({err})") from None
-    lines = data.split(b"\n")
-    tail = lines.pop()  # what follows the last newline: empty for a file of whole lines
-    notes = []
-    if tail:
-        try:
-            _parse_metrics_line(tail, path, len(lines) + 1)
-            lines.append(tail)
-            notes.append("added the missing newline after the last row")
-        except InputError:
-            notes.append(f"cut a partial last line ({len(tail)} bytes)")
-    kept, dropped = [], {}
-    for n, line in enumerate(lines, start=1):
-        if line.strip():  # blank lines are kept as they are (readers skip them)
-            epoch = _parse_metrics_line(line, path, n)["epoch"]
-            if epoch > through_epoch:
-                dropped[epoch] = dropped.get(epoch, 0) + 1
-                continue
-        kept.append(line)
-    notes += [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
-    if notes:
-        atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
-    return notes
-
-
-def repair_per_image(path: Path, through_epoch: int) -> list[str]:
-    """per_image.csv for a resume after epoch `through_epoch`: a partial last line cut, rows of later epochs dropped
-    (rewritten atomically when something changed) -> notes."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    tail, notes = lines.pop(), []
-    if tail:
-        notes.append(f"cut a partial last line ({len(tail)} bytes)")
-    header, rows = (lines[0], lines[1:]) if lines else (b"", [])
-    try:
-        epoch_at = next(csv.reader([header.decode()])).index("epoch")
-        kept = [row for row in rows if not row or int(next(csv.reader([row.decode()]))[epoch_at]) <= through_epoch]
-    except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
-        raise InputError(f"{path}: not a per_image.csv this project wrote (no readable epoch column)") from None
-    if len(kept) < len(rows):
-        notes.append(f"dropped {len(rows) - len(kept)} rows of epochs after {through_epoch}")
-    if notes:
-        atomic_write_bytes(path, b"".join(line + b"\n" for line in [header, *kept]))
-    return notes

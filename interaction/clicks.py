@@ -19,7 +19,9 @@ from scipy import ndimage
 
 from pipeline.rng import uniform  # every random draw goes through rng (keyed per image in validation)
 
-STRATEGIES = ("topk", "center")
+TOPK, CENTRE = "topk", "center"  # -click_strategy: one of the 20 largest errors; RITM's centre click
+STRATEGIES = (TOPK, CENTRE)
+NOC_STRATEGY = CENTRE  # NoC (SPEC §4.4), first clicks and the demo's suggestions use the centre click
 
 
 def _binary(t: torch.Tensor) -> torch.Tensor:
@@ -213,10 +215,10 @@ def next_click(
     """Dispatch `-click_strategy`: `topk` on |reference - prediction|, or `center` on their binarised
     disagreement. Labels come from `label_source` at the click (default: `reference`), so SPA can click
     on |selected - others| and label from its target. All maps BxHxW; returns points Bx2, labels B."""
-    if strategy == "topk":
+    if strategy == TOPK:
         error = (reference.float() - prediction.float()).abs()
         return topk_click(error, reference if label_source is None else label_source, k, generator, exclude)
-    if strategy == "center":
+    if strategy == CENTRE:
         points, labels = center_click(prediction, reference, exclude)
         if label_source is not None:
             _check("label_source", label_source, reference)

@@ -1,9 +1,9 @@
-"""Interaction modes: what a mode is, the simulated user it brings, and the registry of modes (SPEC §4).
+"""What a mode is: its simulated user, its own settings, and the interaction settings every mode shares (SPEC §4).
 
-A mode is a `Mode`: a name, the number of clicks its first prediction uses, whether it learns anything, and a
-`User` class — the simulated user of its protocol. The round engine (`interaction.py`) runs every mode's
-training, validation and figures with its user; a mode replaces an engine entry point only where its method
-differs. Per round the engine:
+A mode is a `Mode`: a name, a `User` class — the simulated user of its protocol — and the dataclass of the
+settings only it reads (`options`: each field is a flag, see conf/options.py). The round engine
+(interaction/rounds.py) runs every mode's training, validation and figures with its user; a mode replaces an
+engine entry point only where its method differs. Per round the engine:
 
     1. asks the model for the round's prediction from the clicks so far, the previous round's low-resolution
        logits (mask prompt) and mixture weights — `User.noise` says how many latent samples to decode;
@@ -15,35 +15,61 @@ differs. Per round the engine:
 A mode with a `rule` predicts without a network (the baselines): the rule replaces the model's prediction and
 there is nothing to train.
 
-Adding a mode: one file that defines its `User` subclass and `MODE = Mode(...)`, and one line in `BUILTIN_MODES`
-(or `register_mode(MODE)` from your own code, e.g. a test).
+Adding a mode: one file that defines its options dataclass, its `User` subclass and `MODE = Mode(...)`, and one
+line in `interaction.registry.MODES`; its flags then appear in `train.py -h`, and naming one under another mode
+is refused.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from interaction.clicks import mask_boxes, next_click
+from conf.options import non_negative, option, positive
+from interaction.clicks import CENTRE, STRATEGIES, next_click
 
 if TYPE_CHECKING:
-    from engine.config import LoopConfig
     from models import Decoded
     from pipeline.batch import Batch
 
-# name -> "module" defining `MODE`, or "module:NAME" (imported on first use: listing names imports nothing heavy).
-BUILTIN_MODES = {
-    "AESPA": "interaction.aespa",
-    "SPA": "interaction.spa",
-    "consensus": "interaction.baselines:CONSENSUS",
-    "click_editor": "interaction.baselines:CLICK_EDITOR",
-}
-
 PURPOSES = ("train", "validate", "figure")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The interaction settings every mode reads: rounds, click rules, NoC, evaluation variants, caps."""
+
+    clicks: int = option(6, "interaction rounds T per image", check=positive)
+    click_strategy: str = option(
+        CENTRE,
+        "training clicks: center (RITM, as validation clicks) or topk (the original: one of the 20 largest errors)",
+        choices=STRATEGIES,
+    )
+    val_click_strategy: str = option(CENTRE, "validation clicks (NoC always uses center)", choices=STRATEGIES)
+    paint_clicks: int = option(
+        0,
+        "evaluation variant: after each prediction, pixels within this many px of a click take the click's label, "
+        "as the click editor paints (0: off, the method as specified)",
+        check=non_negative,
+    )
+    noc_clicks: int = option(20, "click budget for NoC@0.80/0.85/0.90 (0 turns NoC off)", check=non_negative)
+    no_embedding_reuse: bool = option(False, "recompute the image embedding at every round (for comparison)")
+    max_train_batches: int = option(
+        0, "train on the first N batches of each epoch only (0: all; for smoke tests)", check=non_negative
+    )
+    max_val_batches: int = option(0, "validate on the first N batches only (0: all)", check=non_negative)
+    test_every_val: bool = option(
+        False,
+        "evaluate the test split at every validation too (default: once, with the best checkpoint, at the end)",
+    )
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A mode without settings of its own."""
 
 
 @dataclass
@@ -87,28 +113,29 @@ class User:
     rater: torch.Tensor | None = None
     source: object
 
-    def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
+    def __init__(self, batch: Batch, loop: LoopConfig, options: Any, purpose: str) -> None:
+        """`loop`: the settings every mode shares; `options`: the mode's own (its `Mode.options` dataclass)."""
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-        self.batch, self.loop, self.purpose = batch, loop, purpose
+        self.batch, self.loop, self.options, self.purpose = batch, loop, options, purpose
 
     @classmethod
-    def first_round_clicks(cls, loop: LoopConfig) -> int:
+    def first_round_clicks(cls, options: Any) -> int:
         """Clicks the first prediction uses."""
         return 0
 
     @classmethod
-    def check(cls, loop: LoopConfig) -> str | None:
-        """Why these loop settings cannot run this user (one line naming the flag), or None."""
-        return None
+    def has_box(cls, options: Any) -> bool:
+        """Whether every round's prompt holds a box."""
+        return False
 
     @classmethod
-    def latent_samples(cls, loop: LoopConfig) -> int | None:
+    def latent_samples(cls, options: Any) -> int | None:
         """Latent samples decoded per round: None for the single deterministic prediction (ε = 0)."""
         return None
 
     @classmethod
-    def trains_prompt(cls, loop: LoopConfig) -> bool:
+    def trains_prompt(cls, options: Any) -> bool:
         """Whether training takes the prompt step (SPEC §4.2 step 3) after each click."""
         return False
 
@@ -122,16 +149,12 @@ class User:
         return None
 
     def first_box(self) -> torch.Tensor | None:
-        """With `-first_prompt box`: the bounding box Px4 (x0, y0, x1, y1) of the followed mask, each side moved by
-        up to `-box_jitter` px in training (exact otherwise); it stays in the prompt for every round."""
-        if self.loop.first_prompt != "box":
-            return None
-        jitter = self.loop.box_jitter if self.purpose == "train" else 0
-        return mask_boxes(self.followed, jitter, self.source)
+        """A box Px4 (x0, y0, x1, y1) kept in the prompt of every round, or None."""
+        return None
 
     def centre_click_on_followed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The centre click on the followed mask against an empty prediction (a first click)."""
-        return next_click("center", torch.zeros_like(self.followed), self.followed)
+        return next_click(CENTRE, torch.zeros_like(self.followed), self.followed)
 
     def noise(self, latent_dim: int) -> torch.Tensor | None:
         """ε PxMxL for the round's latent samples (drawn from `source`), or None for ε = 0."""
@@ -152,17 +175,22 @@ class User:
 
 @dataclass(frozen=True)
 class Mode:
-    """An interaction mode: its simulated user and the facts the rest of the program needs about it.
+    """An interaction mode: its simulated user, its settings, and the facts the rest of the program needs.
 
-    rule     a prediction without a network, rule(batch, user, clicks) -> PxSxS probabilities (the baselines);
-             such a mode learns nothing, and val.py evaluates it without -weights
+    options   the dataclass of the settings only this mode reads (its fields are its flags); an instance is
+              `RunConfig.options` and reaches the user as `User.options`
+    defaults  {flag: value} for shared flags whose default differs under this mode (e.g. SPA's fusion); a flag
+              named on the command line wins
+    rule      a prediction without a network, rule(batch, user, state) -> PxSxS probabilities (the baselines);
+              such a mode learns nothing, and val.py evaluates it without -weights
     train_batch, validate_batch, qualitative   entry points replacing the engine's (None: the engine's)
-    The clicks of the first prediction are the user's (`User.first_round_clicks`).
     """
 
     name: str
     summary: str
     user: type[User]
+    options: type = NoOptions
+    defaults: Mapping[str, Any] = field(default_factory=dict)
     rule: Callable | None = None
     train_batch: Callable | None = None
     validate_batch: Callable | None = None
@@ -172,33 +200,9 @@ class Mode:
     def learns(self) -> bool:
         return self.rule is None
 
-    def first_round_clicks(self, loop: LoopConfig) -> int:
-        return self.user.first_round_clicks(loop)
+    def first_round_clicks(self, options: Any) -> int:
+        return self.user.first_round_clicks(options)
 
-    def clicks_of_round(self, round_: int, loop: LoopConfig) -> int:
+    def clicks_of_round(self, round_: int, options: Any) -> int:
         """Clicks the round-th prediction (1-based) used."""
-        return round_ - 1 + self.first_round_clicks(loop)
-
-
-_REGISTERED: dict[str, Mode] = {}
-
-
-def register_mode(mode: Mode) -> Mode:
-    """Make a mode available to the command line (`-mode NAME`) and the loops."""
-    _REGISTERED[mode.name] = mode
-    return mode
-
-
-def mode_names() -> list[str]:
-    """Every mode the command line offers: the built-in ones, then those registered."""
-    return list(BUILTIN_MODES) + [name for name in _REGISTERED if name not in BUILTIN_MODES]
-
-
-def get_mode(name: str) -> Mode:
-    """The mode called `name` (a built-in one is imported on first use)."""
-    if name not in _REGISTERED and name in BUILTIN_MODES:
-        module, _, attribute = BUILTIN_MODES[name].partition(":")
-        register_mode(getattr(importlib.import_module(module), attribute or "MODE"))
-    if name not in _REGISTERED:
-        raise KeyError(f"unknown mode '{name}' (known: {', '.join(mode_names())})")
-    return _REGISTERED[name]
+        return round_ - 1 + self.first_round_clicks(options)

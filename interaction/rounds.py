@@ -9,20 +9,25 @@ baseline's rule, which predicts without a network). Validation's bookkeeping is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from engine.config import RunConfig
-from engine.distributed import mean_over_ranks
-from engine.optim import Stepper, frozen
 from interaction.clicks import ClickState, paint_clicks
 from interaction.mode import Mode, Selection, User
 from models import AESPAModel, Decoded, Prompts, responsibilities
 from multirater_metrics import dice, personalised_metrics, set_metrics
 from pipeline.batch import Batch
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
+    from engine.optim import Stepper
 
 POS_WEIGHT = 2.0  # BCEWithLogits(pos_weight=2), as the original
 
@@ -93,6 +98,19 @@ def predict_round(
 # --- training steps ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Gradients flow through `modules` but their own parameters get none (and cost nothing)."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def weight_head_step(
     model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
 ) -> torch.Tensor | None:
@@ -131,13 +149,13 @@ def prompt_step(
     stepper.step(loss)
 
 
-def update_mixture(model: AESPAModel, prompts: Prompts) -> None:
+def update_mixture(model: AESPAModel, stepper: Stepper, prompts: Prompts) -> None:
     """Move the stored mixture towards the last round's per-image mixture, averaged over the batch and the
     ranks (one collective for all three)."""
     if not model.uses_latent:
         return
     batch = [t.detach().float().mean(0) for t in (prompts.weights, prompts.means, prompts.variances)]  # K each
-    flat = mean_over_ranks(torch.cat(batch))
+    flat = stepper.mean_over_ranks(torch.cat(batch))
     model.update_mixture_state(*flat.split([b.numel() for b in batch]))
 
 
@@ -162,7 +180,7 @@ def train_batch(
 ) -> list[dict[str, torch.Tensor]]:
     """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
     the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""
-    user = mode.user(batch, cfg.loop, "train")
+    user = mode.user(batch, cfg.loop, cfg.options, "train")
     state = RoundState.for_user(user, batch.images.shape[-1], batch.images.device)
     rows = []
     for _ in range(cfg.loop.clicks):
@@ -181,10 +199,10 @@ def train_batch(
         rows.append(row)
         state.clicks.add(*user.click(selection, state.clicks.exclude, cfg.loop.click_strategy))  # 2. next click
         state.prev_low = selection.mask_prompt
-        if user.trains_prompt(cfg.loop):  # 3. prompt step
+        if user.trains_prompt(cfg.options):  # 3. prompt step
             prompt_step(model, stepper, state, embedding.detach(), prompts.weights.detach(), eps, user.target)
         state.em_weights = weight_head_step(model, stepper, selection.feedback, user.target, prompts)  # 4.
-    update_mixture(model, prompts)
+    update_mixture(model, stepper, prompts)
     return rows
 
 

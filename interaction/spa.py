@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.config import LoopConfig
+from conf.options import option, positive
 from interaction.clicks import next_click
 from interaction.kmeans import batched_kmeans
 from interaction.mode import Mode, Selection, User
@@ -18,6 +18,17 @@ from pipeline.batch import Batch
 from pipeline.rng import KeyedRandom, normal, uniform
 
 Source = torch.Generator | KeyedRandom
+
+
+@dataclass(frozen=True)
+class SPAOptions:
+    num_samples: int = option(48, "latent samples per image", check=positive)
+    n_clusters: int = option(4, "candidate segmentations (k-means clusters)", check=positive)
+
+    def check(self) -> str | None:
+        if self.n_clusters > self.num_samples:
+            return f"argument -n_clusters: {self.n_clusters} clusters need as many -num_samples ({self.num_samples})"
+        return None
 
 
 def preference_target(raters: torch.Tensor, valid: torch.Tensor, source: Source) -> torch.Tensor:
@@ -106,8 +117,10 @@ class PreferenceUser(User):
     where it differs from the other samples (`candidate_click`). SPA reports the mean of the samples (scored as
     Dice_follow against the target); the oracle-selected candidate is scored as Dice_selected."""
 
-    def __init__(self, batch: Batch, loop: LoopConfig, purpose: str) -> None:
-        super().__init__(batch, loop, purpose)
+    options: SPAOptions
+
+    def __init__(self, batch: Batch, loop, options: SPAOptions, purpose: str) -> None:
+        super().__init__(batch, loop, options, purpose)
         self.rows = torch.arange(batch.size, device=batch.images.device)
         self.source = batch.source
         self.target = preference_target(batch.raters, batch.valid, self.source)
@@ -115,21 +128,15 @@ class PreferenceUser(User):
         self._first_click = initial_click(batch.raters, batch.valid, self.target, self.source)
 
     @classmethod
-    def check(cls, loop: LoopConfig) -> str | None:
-        if loop.n_clusters > loop.num_samples:
-            return f"argument -n_clusters: {loop.n_clusters} clusters need as many -num_samples ({loop.num_samples})"
-        return None
+    def latent_samples(cls, options: SPAOptions) -> int:
+        return options.num_samples
 
     @classmethod
-    def latent_samples(cls, loop: LoopConfig) -> int:
-        return loop.num_samples
-
-    @classmethod
-    def trains_prompt(cls, loop: LoopConfig) -> bool:
+    def trains_prompt(cls, options: SPAOptions) -> bool:
         return True
 
     @classmethod
-    def first_round_clicks(cls, loop: LoopConfig) -> int:
+    def first_round_clicks(cls, options: SPAOptions) -> int:
         return 1  # the initial click, drawn where every rater agrees
 
     def restart(self) -> None:
@@ -139,10 +146,10 @@ class PreferenceUser(User):
         return self._first_click
 
     def noise(self, latent_dim: int) -> torch.Tensor:
-        return normal((len(self.rows), self.loop.num_samples, latent_dim), self.batch.images.device, self.source)
+        return normal((len(self.rows), self.options.num_samples, latent_dim), self.batch.images.device, self.source)
 
     def select(self, decoded: Decoded) -> Candidates:
-        return find_candidates(decoded, self.target, self.loop.n_clusters, self.source)
+        return find_candidates(decoded, self.target, self.options.n_clusters, self.source)
 
     def click(self, selection: Candidates, exclude: torch.Tensor, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
         return candidate_click(strategy, selection, self.target, exclude, self.source)
@@ -155,4 +162,5 @@ MODE = Mode(
     name="SPA",
     summary="a preference target per image; latent samples clustered into candidates, clicks on the selected one",
     user=PreferenceUser,
+    options=SPAOptions,
 )

@@ -14,16 +14,20 @@ Keys written per round besides SPEC §6's (averaged by the accumulator, each ove
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from engine.config import RunConfig
-from interaction.clicks import ClickState
+from conf import metrics
+from interaction.clicks import NOC_STRATEGY, ClickState
 from interaction.mode import Mode, User
 from interaction.rounds import image_embedding, interact, round_metrics
 from models import AESPAModel
 from multirater_metrics import NOC_THRESHOLDS, dice, noc
 from pipeline.batch import Batch
+
+if TYPE_CHECKING:
+    from engine.config import RunConfig
 
 MATRIX_PREFIX = "matrix/"
 NOI_ROUNDS, NOI_FAILURE = 6, 10.0  # SPA's convention: iterations within 6, a failure counts 10
@@ -95,7 +99,7 @@ def empty_split(values: dict[str, torch.Tensor], empty: torch.Tensor) -> dict[st
     }
 
 
-PER_IMAGE_KEYS = ("Dice_follow", "Dice", "Gain_over_consensus")
+PER_IMAGE_KEYS = metrics.names("per_image")  # per_image.csv columns (conf/metrics.py)
 
 
 def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunConfig, rounds: list[dict]) -> list[dict]:
@@ -106,7 +110,7 @@ def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunConfig, rounds:
     out = []
     for t, values in enumerate(rounds, start=1):
         columns = {k: values[k].tolist() for k in PER_IMAGE_KEYS}
-        clicks = mode.clicks_of_round(t, cfg.loop)
+        clicks = mode.clicks_of_round(t, cfg.options)
         for i, name in enumerate(names):
             row = {"mode": mode.name, "round": t, "clicks": clicks, "image": name, "followed": followed[i]}
             row.update({k: columns[k][i] for k in PER_IMAGE_KEYS})
@@ -127,10 +131,10 @@ def validate_batch(
     loop = cfg.loop
     if embedding is None and not loop.no_embedding_reuse and model is not None:
         embedding = image_embedding(model, batch)
-    first = mode.first_round_clicks(loop)
-    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == "center"
+    first = mode.first_round_clicks(cfg.options)
+    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == NOC_STRATEGY
     rounds = max(loop.clicks, noc_rounds(first, loop.noc_clicks) if noc_here else 0)
-    user = mode.user(batch, loop, "validate")
+    user = mode.user(batch, loop, cfg.options, "validate")
     run = interact(model, batch, embedding, user, rounds, loop.val_click_strategy, mode)
     empty = ~user.followed.flatten(1).gt(0.5).any(1)
     per_round = []
@@ -145,7 +149,7 @@ def validate_batch(
     if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
         user.restart()
         dice_follow = interact(
-            model, batch, embedding, user, noc_rounds(first, loop.noc_clicks), "center", mode
+            model, batch, embedding, user, noc_rounds(first, loop.noc_clicks), NOC_STRATEGY, mode
         ).dice_follow
     counts = noc_of(dice_follow, first, loop.noc_clicks) if loop.noc_clicks else {}
     if len(run.dice_follow) >= NOI_ROUNDS:
@@ -158,7 +162,7 @@ def qualitative(
     model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode
 ) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
     """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
-    user = mode.user(batch, cfg.loop, "figure")
+    user = mode.user(batch, cfg.loop, cfg.options, "figure")
     embedding = None if model is None else image_embedding(model, batch)
     run = interact(model, batch, embedding, user, cfg.loop.clicks, cfg.loop.val_click_strategy, mode)
     return user.followed, [s.pred for s in run.selections], run.clicks

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .aespa_model import PREFERENCE_PREFIXES, AESPAModel, aespa_config
-from .checkpoint import LoadReport, load_weights, read_checkpoint, unwrap_state_dict
-from .lite_medsam import lite_medsam_config
+from .checkpoint import CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
+from .lite_medsam import LITE_MEDSAM, is_lite_medsam_state, lite_medsam_config
 from .reference_format import convert_reference_checkpoint, is_reference_checkpoint
 from .sam import CONFIG_KEYS, OFFICIAL_PROMPT_DECODER, Sam, build_sam_parts
 
@@ -43,6 +43,32 @@ ENCODERS: dict[str, dict[str, Any]] = {
         iou_head_hidden_dim=128,
     ),
 }
+
+
+# -encoder choices: `auto` (the size of the checkpoint loaded), a named ViT size, or LiteMedSAM's TinyViT.
+ENCODER_NAMES = ("auto", *ENCODERS, LITE_MEDSAM)
+
+
+def encoder_of_state(state: Mapping[str, Any], source: str) -> str:
+    """The named encoder whose patch embedding and depth match a state dict (vit_b / vit_l / vit_h / vit_t), or
+    lite_medsam for LiteMedSAM's keys; `CheckpointError` naming `source` when none does."""
+    if is_lite_medsam_state(state):
+        return LITE_MEDSAM
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        raise CheckpointError(f"{source}: no '{key}': not a SAM/MedSAM or AESPA checkpoint")
+    width, depth = state[key].shape[0], len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    name = encoder_of_shape(width, depth)
+    if name is None:
+        raise CheckpointError(
+            f"{source}: its image encoder (width {width}, depth {depth}) matches none of {', '.join(ENCODERS)}"
+        )
+    return name
+
+
+def encoder_of_shape(embed_dim: int, depth: int) -> str | None:
+    """The named ViT size of that width and depth, or None."""
+    return next((k for k, v in ENCODERS.items() if (v["embed_dim"], v["depth"]) == (embed_dim, depth)), None)
 
 
 def sam_config(encoder: str = "vit_b", image_size: int = 1024, **overrides: Any) -> dict[str, Any]:

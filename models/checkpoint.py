@@ -23,15 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils import InputError
-
 from .image_encoder import resample_rel_pos
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(InputError):
-    """A checkpoint that cannot be used; the message is one line naming the file or key."""
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line naming the file or key (the command lines print
+    it as `error: <message>`, like any bad input)."""
 
 
 def _numpy_safe_globals() -> list[Any]:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import WRAPPER_PREFIXES, CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
+from .checkpoint import WRAPPER_PREFIXES, CheckpointError
 from .sam import OFFICIAL_PROMPT_DECODER, Sam, build_sam_parts
 
 LITE_MEDSAM = "lite_medsam"  # the encoder's name (-encoder) and the name of the bundled weights (-sam_ckpt)
@@ -79,10 +79,3 @@ def is_lite_medsam_state(state: Mapping[str, Any]) -> bool:
     """True when a state dict has LiteMedSAM's TinyViT encoder keys (wrapper prefixes such as `module.` ignored)."""
     keys = {_strip_wrappers(str(k)) for k in state}
     return all(marker in keys for marker in _MARKER_KEYS)
-
-
-def load_lite_medsam_weights(sam: Sam, checkpoint: str | Path | None = None) -> LoadReport:
-    """Load a LiteMedSAM state dict (default: the bundled file) into `sam`, every tensor consumed or refused."""
-    path = bundled_checkpoint() if checkpoint is None else Path(checkpoint)
-    state = unwrap_state_dict(read_checkpoint(path), source=str(path))
-    return load_weights(sam, state, source=str(path))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils import atomic_torch_save
+from utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class EmbeddingCache:
         if self.folder is None:
             return
         try:
-            atomic_torch_save(embedding, self._path(key))
+            atomic_write(self._path(key), lambda f: torch.save(embedding, f))
         except OSError as err:  # e.g. a read-only data folder: keep going in memory, say so once
             log.warning("%s: cannot write cached embeddings (%s); keeping them in memory only", self.folder, err)
             self.folder = None

@@ -17,7 +17,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
     """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t at 64 px, 3 rounds, no validation
-    split (the tests of the validation split pass -val_fraction themselves: a later flag wins)."""
+    split (the tests of the validation split pass -val_fraction themselves: a later flag wins); under -mode SPA
+    6 latent samples in 2 clusters; no figures (the tests of figures pass -plots all)."""
+    spa = ["-num_samples", "6", "-n_clusters", "2"] if "SPA" in extra else []
     return [
         "-val_fraction",
         "0",
@@ -39,9 +41,8 @@ def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
         "1",
         "-log_dir",
         str(log_dir),
-        "-num_samples",
-        "6",
-        "-n_clusters",
-        "2",
+        "-plots",
+        "none",
+        *spa,
         *extra,
     ]

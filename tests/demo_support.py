@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cfg import parse_config
+from cfg import make_config
 from dataset import read_image, resize_image
 from engine.checkpoints import save_checkpoint
 from models import AESPAModel, build_model, responsibilities
@@ -39,7 +39,8 @@ def make_checkpoint(
         for mlp in model.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(sharpen)
             mlp.layers[-1].bias.mul_(sharpen)
-    cfg = parse_config(["-encoder", encoder, "-image_size", str(size)])
+    setup = make_config(["-encoder", encoder, "-image_size", str(size)])
+    cfg = setup.config
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
     save_checkpoint(

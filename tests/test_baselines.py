@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_run_args
 
 import val
+from analysis.run_files import read_metrics
 from engine import loops as engine
-from engine.run_folder import read_metrics
 from interaction import validation
 from interaction.clicks import paint_clicks
 from interaction.spa import candidate_click, find_candidates
@@ -76,9 +76,9 @@ def test_val_py_runs_a_baseline_without_weights(synthetic_root, tmp_path, mode):
     rows = val.main(tiny_run_args(synthetic_root, tmp_path, "-mode", mode))
     assert [r["clicks"] for r in rows] == [0, 1, 2]
     assert all(r["mode"] == mode and "loss" not in r for r in rows)
-    assert rows[0]["Dice"] == pytest.approx(1.0)  # round 1 is the majority mask itself
+    assert rows[0]["Dice_neutral"] == pytest.approx(1.0)  # round 1 is the majority mask itself
     if mode == "consensus":
-        assert all(r["Dice"] == pytest.approx(1.0) for r in rows)  # whatever the clicks
+        assert all(r["Dice_neutral"] == pytest.approx(1.0) for r in rows)  # whatever the clicks
     run = next(tmp_path.glob(f"*{mode}_val_*"))
     assert [r["split"] for r in read_metrics(run / "metrics.jsonl")] == ["test"] * 3
     assert (run / "per_image.csv").is_file() and list(run.glob("follow_matrix_test_*.json"))
@@ -90,7 +90,7 @@ def test_paint_clicks_on_the_consensus_is_the_click_editor(synthetic_root, tmp_p
     painted = val.main(tiny_run_args(synthetic_root, tmp_path / "a", "-mode", "consensus", "-paint_clicks", "2"))
     editor = val.main(tiny_run_args(synthetic_root, tmp_path / "b", "-mode", "click_editor", "-editor_radius", "2"))
     assert [r["Dice_follow"] for r in painted] == pytest.approx([r["Dice_follow"] for r in editor], abs=1e-6)
-    assert painted[-1]["Dice"] < 1.0  # the clicks changed the consensus
+    assert painted[-1]["Dice_neutral"] < 1.0  # the clicks changed the consensus
 
 
 def test_follow_accuracy_and_the_following_matrix():
@@ -106,8 +106,8 @@ def test_follow_accuracy_and_the_following_matrix():
     assert values["Dice_follow@rater1"].tolist() == pytest.approx([0.4])
     acc = MetricAccumulator()
     acc.update(values, round=1)
-    cfg = SimpleNamespace(loop=SimpleNamespace(first_prompt="none"))
-    mode = SimpleNamespace(clicks_of_round=lambda r, loop: r - 1)
+    cfg = SimpleNamespace(options=None)
+    mode = SimpleNamespace(clicks_of_round=lambda r, options: r - 1)
     matrix = engine.follow_matrix(acc, 3, "test", mode, cfg, n_raters=3)["rounds"][0]["matrix"]
     expected = [[1.0, 0.4, 0.0], [1.0, 0.4, 0.0], [0.0, 0.0, 1.0]]
     assert matrix == [[pytest.approx(v, abs=1e-6) for v in row] for row in expected]

@@ -244,8 +244,7 @@ def test_newest_default_run_is_used(checkpoint, tmp_path):
         path.parent.mkdir(parents=True)
         shutil.copy(checkpoint, path)
         os.utime(path, (time.time() - age, time.time() - age))
-    _, cfg = aespa_demo.parse_demo_args(["-log_dir", str(tmp_path / "logs")])
-    _, cfg, _ = aespa_demo.load_predictor(cfg, set())
+    cfg = aespa_demo.demo_setup(["-log_dir", str(tmp_path / "logs")]).config
     assert cfg.model.weights == str(runs[1]) and (cfg.model.encoder, cfg.model.image_size) == ("vit_t", S)
 
 
@@ -354,12 +353,11 @@ def test_bad_checkpoint_is_one_line(case, tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_flags_and_no_checkpoint(tmp_path, capsys):
-    args, _ = aespa_demo.parse_demo_args([])
+def test_flags_and_no_checkpoint(checkpoint, tmp_path, capsys):
+    args = aespa_demo.demo_setup(["-weights", str(checkpoint)]).extra
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)  # loopback, no public link
-    with pytest.raises(SystemExit):
-        aespa_demo.parse_demo_args(["-port", "70000"])
-    assert "-port" in capsys.readouterr().err
+    with pytest.raises(InputError, match="-port"):
+        aespa_demo.demo_setup(["-weights", str(checkpoint), "-port", "70000"])
     with pytest.raises(SystemExit) as exit_info:
         run_cli(aespa_demo.main, ["-log_dir", str(tmp_path / "no_runs_here")])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -386,8 +384,9 @@ def test_reference_checkpoint_runs_its_conventions(tmp_path, model, image):
         },
         path,
     )
-    _, cfg = aespa_demo.parse_demo_args(["-weights", str(path)])
-    predictor, cfg, _ = aespa_demo.load_predictor(cfg, set())
+    setup = aespa_demo.demo_setup(["-weights", str(path)])
+    cfg = setup.config
+    predictor, _ = aespa_demo.load_predictor(setup)
     m = cfg.model
     assert (m.compat, m.fcomb, m.encoder, predictor.model.point_order) == ("reference", "reference", "vit_b", "yx")
 

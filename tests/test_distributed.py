@@ -13,8 +13,9 @@ import torch
 from conftest import tiny_run_args
 
 import val
-from engine.run_folder import read_metrics
-from utils import InputError, choose_device
+from analysis.run_files import read_metrics
+from engine.distributed import choose_device
+from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 

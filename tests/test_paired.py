@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import paired, tables
+import tables
+from analysis import paired
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

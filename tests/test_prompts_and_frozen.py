@@ -11,14 +11,14 @@ import torch
 from conftest import tiny_run_args
 
 import train
-from cfg import parse_config
+from analysis.run_files import read_metrics
+from cfg import make_config
 from engine.build import build_loader, build_model_from_config, freeze_and_cache
 from engine.optim import Stepper, build_optimizer
-from engine.run_folder import read_metrics
 from interaction import rounds as interaction
 from interaction.aespa import FollowedRaterUser
 from interaction.clicks import mask_boxes
-from interaction.mode import get_mode
+from interaction.registry import MODES
 from pipeline.batch import prepare_batch
 from pipeline.embedding_cache import EmbeddingCache
 
@@ -41,14 +41,15 @@ def test_jittered_boxes_stay_within_the_jitter_and_the_image():
 
 
 def test_validation_boxes_are_exact_and_training_boxes_jittered(synthetic_root, tmp_path):
-    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-first_prompt", "box", "-box_jitter", "4"))
+    setup = make_config(tiny_run_args(synthetic_root, tmp_path, "-first_prompt", "box", "-box_jitter", "4"))
+    cfg = setup.config
     data = next(iter(build_loader(cfg.with_flags(image_size=64), "test")))
     for _ in range(2):  # deterministic
         batch = prepare_batch(data, torch.device("cpu"), seed=0)
-        user = FollowedRaterUser(batch, cfg.loop, "validate")
+        user = FollowedRaterUser(batch, cfg.loop, cfg.options, "validate")
         assert torch.equal(user.first_box(), mask_boxes(user.followed))
     train_batch = prepare_batch(data, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
-    user = FollowedRaterUser(train_batch, cfg.loop, "train")
+    user = FollowedRaterUser(train_batch, cfg.loop, cfg.options, "train")
     box = user.first_box()
     assert bool(((box - mask_boxes(user.followed)).abs() <= 4).all())
 
@@ -59,9 +60,10 @@ def test_a_box_run_goes_end_to_end(synthetic_root, tmp_path):
 
 
 def frozen_setup(synthetic_root, tmp_path, *extra):
-    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-freeze_encoder", "-b", "2", *extra))
+    setup = make_config(tiny_run_args(synthetic_root, tmp_path, "-freeze_encoder", "-b", "2", *extra))
+    cfg = setup.config
     torch.manual_seed(0)
-    model, _, cfg = build_model_from_config(cfg)
+    model, _ = build_model_from_config(cfg, setup.files)
     return model, cfg
 
 
@@ -78,7 +80,7 @@ def test_a_frozen_encoder_does_not_change_and_its_embeddings_are_reused(syntheti
         model.train()
         model.image_encoder.eval()
         stepper = Stepper(build_optimizer(model, 1e-3), torch.device("cpu"))
-        interaction.train_batch(model, stepper, batch, cfg, get_mode("AESPA"))
+        interaction.train_batch(model, stepper, batch, cfg, MODES["AESPA"])
         assert (cache.misses, cache.hits) == ((2, 0) if epoch == 0 else (2, 2))  # computed once, then reused
     after = model.image_encoder.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

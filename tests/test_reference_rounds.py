@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import val
-from cfg import parse_config
+from cfg import make_config
 from engine.build import build_model_from_config
 from models.reference_format import load_reference_model, predict_rounds
 from utils import InputError
@@ -31,8 +31,9 @@ def fx():
 @pytest.fixture(scope="module")
 def model():
     """Loaded as `val.py -weights checkpoint.pth` loads it (the architecture read from the file)."""
-    cfg = parse_config(["-weights", str(CHECKPOINT), "-image_size", "64"])
-    model, reports, cfg = build_model_from_config(cfg)
+    setup = make_config(["-weights", str(CHECKPOINT), "-image_size", "64"])
+    cfg = setup.config
+    model, reports = build_model_from_config(cfg, setup.files)
     assert (cfg.model.compat, cfg.model.fcomb, cfg.model.n_components) == ("reference", "reference", 16)
     assert len(reports[0].loaded) + len(reports[0].resampled) == len(model.state_dict())  # every tensor
     return model.eval()

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import utils
-from engine.run_folder import read_metrics, repair_metrics
+from analysis.run_files import read_metrics, repair_metrics
+from engine.checkpoints import save_atomically
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ def test_a_checkpoint_gets_the_mode_of_an_ordinary_file(tmp_path, umask):
     old = os.umask(umask)
     try:
         (tmp_path / "plain.txt").write_bytes(b"x")  # what open() gives every other file of a run
-        utils.atomic_torch_save({"w": torch.zeros(2)}, tmp_path / "checkpoint_last.pth")
+        save_atomically({"w": torch.zeros(2)}, tmp_path / "checkpoint_last.pth")
     finally:
         os.umask(old)
     plain = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
@@ -44,8 +45,9 @@ def killed_during_save(folder: Path) -> None:
     """A process killed (os._exit, no cleanup runs) after writing the temporary file, before the rename."""
     code = (
         "import os, sys, torch, utils\n"
+        "from engine.checkpoints import save_atomically\n"
         "utils.os.replace = lambda *a: os._exit(9)\n"
-        "utils.atomic_torch_save({'w': torch.zeros(3)}, sys.argv[1])\n"
+        "save_atomically({'w': torch.zeros(3)}, sys.argv[1])\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(folder / "checkpoint_last.pth")],

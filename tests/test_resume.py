@@ -16,7 +16,7 @@ from PIL import Image
 
 import train
 import val
-from engine.run_folder import read_metrics
+from analysis.run_files import read_metrics
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -64,7 +64,7 @@ def test_reuse_and_refusal(tmp_path):
 
 def test_loader_reads_the_generated_files(tmp_path):
     root = tmp_path / "synthetic"
-    ds = build_dataset("synthetic", root, "test", 64, seed=5, n_train=4, n_test=3, n_val=1)
+    ds = build_dataset("synthetic", root, "test", 64, data_seed=5, n_train=4, n_test=3, n_val=1)
     assert len(ds) == 3 and ds.n_raters == 4
     sample = ds[0]
     assert sample["image"].shape == (3, 64, 64) and sample["multi_rater"].shape == (4, 1, 64, 64)
@@ -75,7 +75,7 @@ def test_loader_reads_the_generated_files(tmp_path):
         assert np.array_equal(on_disk == 255, case.raters[k]) and set(np.unique(on_disk)) <= {0, 255}
     assert np.array_equal(np.asarray(Image.open(root / "test" / "images" / "p000" / "slice_00.png")), case.image)
     # native 128 px read at 128: the masks are the files' pixels
-    full = build_dataset("synthetic", root, "test", 128, seed=5, n_train=4, n_test=3, n_val=1)[0]
+    full = build_dataset("synthetic", root, "test", 128, data_seed=5, n_train=4, n_test=3, n_val=1)[0]
     assert np.array_equal(full["multi_rater"][:, 0].numpy().astype(bool), case.raters)
 
 
@@ -145,7 +145,7 @@ def test_train_and_test_cases_are_those_of_the_released_generator():
 def test_val_split_has_its_own_stream(tmp_path):
     root = tmp_path / "synthetic"
     sizes = {"n_train": 12, "n_val": 12, "n_test": 12}
-    val = build_dataset("synthetic", root, "val", 128, seed=2, keep_empty=True, **sizes)
+    val = build_dataset("synthetic", root, "val", 128, data_seed=2, keep_empty=True, **sizes)
     assert len(val) == 12 and json.loads((root / "synthetic.json").read_text())["n_val"] == 12
     images = {
         s: [np.asarray(Image.open(p)) for p in sorted((root / s / "images").rglob("*.png"))] for s in sd.SPLIT_STREAM
@@ -155,9 +155,9 @@ def test_val_split_has_its_own_stream(tmp_path):
         assert np.array_equal(image, sd.make_case(sd.case_stream(2, "val", i)).image)
         assert not any(np.array_equal(image, other) for other in images["train"] + images["test"])
     # val_fraction does not carve synthetic data: train is the whole train folder, val the generated one
-    train = build_dataset("synthetic", root, "train", 64, seed=2, keep_empty=True, val_fraction=0.5, **sizes)
+    train = build_dataset("synthetic", root, "train", 64, data_seed=2, keep_empty=True, val_fraction=0.5, **sizes)
     assert len(train) == 12
-    assert len(build_dataset("synthetic", root, "val", 64, seed=2, keep_empty=True, val_fraction=0, **sizes)) == 12
+    assert len(build_dataset("synthetic", root, "val", 64, data_seed=2, keep_empty=True, val_fraction=0, **sizes)) == 12
 
 
 def _old_tree(root: Path, seed: int, n_train: int, n_test: int) -> Path:
@@ -224,10 +224,10 @@ def test_default_folder_per_data_seed(tmp_path, monkeypatch):
             default_data_path("synthetic", bad)
     monkeypatch.chdir(tmp_path)
     sizes = {"n_train": 2, "n_val": 1, "n_test": 1}
-    ds = build_dataset("synthetic", None, "val", 32, seed=3, keep_empty=True, **sizes)
+    ds = build_dataset("synthetic", None, "val", 32, data_seed=3, keep_empty=True, **sizes)
     assert len(ds) == 1 and json.loads(Path("data/synthetic_seed3/synthetic.json").read_text())["seed"] == 3
     assert not Path("data/synthetic").exists()
     assert dataset.DATASETS["synthetic"].default_path == "data/synthetic"
     with pytest.raises(InputError) as err:  # a folder of another seed stays refused
-        build_dataset("synthetic", "data/synthetic_seed3", "val", 32, seed=4, **sizes)
+        build_dataset("synthetic", "data/synthetic_seed3", "val", 32, data_seed=4, **sizes)
     assert "seed=3 (asked 4)" in str(err.value)

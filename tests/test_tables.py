@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import tables
+import tables
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,9 +149,9 @@ def test_defaults_single_run_and_ignored_flags(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     table = tables.main([str(tmp_path / "val_0"), str(tmp_path / "val_1"), str(tmp_path / "other"), "-out", str(out)])
     assert [h for h, _, _ in table.columns] == [
-        "Dice@1",
-        "Dice@3",
-        "Dice@4",
+        "Dice_neutral@1",
+        "Dice_neutral@3",
+        "Dice_neutral@4",
         "Dice_follow@1",
         "Dice_follow@3",
         "Dice_follow@4",

@@ -6,15 +6,16 @@ import pytest
 import torch
 from conftest import tiny_run_args
 
-from cfg import parse_config
+from cfg import make_config
 from engine.build import build_loader, build_model_from_config
 from engine.loops import evaluate
 
 
 def evaluate_with(synthetic_root, tmp_path, *extra: str) -> list[dict]:
-    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-noc_clicks", "4", *extra))
+    setup = make_config(tiny_run_args(synthetic_root, tmp_path, "-noc_clicks", "4", *extra))
+    cfg = setup.config
     torch.manual_seed(0)
-    model, _, cfg = build_model_from_config(cfg)
+    model, _ = build_model_from_config(cfg, setup.files)
     torch.nn.init.normal_(model.fcomb.layers[-1].weight, std=0.05)  # let the latent matter
     return evaluate(model.eval(), build_loader(cfg, "test"), cfg, 0, torch.device("cpu")).rows
 
@@ -53,7 +54,8 @@ def test_spa_draws_of_an_image_do_not_depend_on_its_batch(synthetic_root, tmp_pa
     from pipeline.batch import prepare_batch
     from pipeline.rng import normal
 
-    cfg = parse_config(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-b", "3"))
+    setup = make_config(tiny_run_args(synthetic_root, tmp_path, "-mode", "SPA", "-b", "3"))
+    cfg = setup.config
     data = next(iter(build_loader(cfg.with_flags(image_size=64), "test")))
 
     def draws(batch):
