@@ -22,9 +22,10 @@ is refused.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -65,6 +66,24 @@ class LoopConfig:
         False,
         "evaluate the test split at every validation too (default: once, with the best checkpoint, at the end)",
     )
+
+
+class RunSettings(Protocol):
+    """What the round engine reads of a run's configuration (engine.config.RunConfig is one)."""
+
+    loop: LoopConfig
+    options: Any  # the mode's own settings
+    amp: str
+
+
+class Optimiser(Protocol):
+    """What a training round asks of the optimisation side (engine.optim.Stepper is one)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+
+    def step(self, loss: torch.Tensor) -> None: ...
+
+    def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

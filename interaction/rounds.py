@@ -13,21 +13,16 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from interaction.clicks import ClickState, paint_clicks
-from interaction.mode import Mode, Selection, User
+from interaction.mode import Mode, Optimiser, RunSettings, Selection, User
 from models import AESPAModel, Decoded, Prompts, responsibilities
 from multirater_metrics import dice, personalised_metrics, set_metrics
 from pipeline.batch import Batch
-
-if TYPE_CHECKING:
-    from engine.config import RunConfig
-    from engine.optim import Stepper
 
 POS_WEIGHT = 2.0  # BCEWithLogits(pos_weight=2), as the original
 
@@ -112,7 +107,7 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 def weight_head_step(
-    model: AESPAModel, stepper: Stepper, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
+    model: AESPAModel, stepper: Optimiser, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
 ) -> torch.Tensor | None:
     """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
     target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK (None and no
@@ -128,7 +123,7 @@ def weight_head_step(
 
 def prompt_step(
     model: AESPAModel,
-    stepper: Stepper,
+    stepper: Optimiser,
     state: RoundState,
     embedding: torch.Tensor,
     weights: torch.Tensor,
@@ -149,7 +144,7 @@ def prompt_step(
     stepper.step(loss)
 
 
-def update_mixture(model: AESPAModel, stepper: Stepper, prompts: Prompts) -> None:
+def update_mixture(model: AESPAModel, stepper: Optimiser, prompts: Prompts) -> None:
     """Move the stored mixture towards the last round's per-image mixture, averaged over the batch and the
     ranks (one collective for all three)."""
     if not model.uses_latent:
@@ -176,7 +171,7 @@ def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
 
 
 def train_batch(
-    model: AESPAModel, stepper: Stepper, batch: Batch, cfg: RunConfig, mode: Mode
+    model: AESPAModel, stepper: Optimiser, batch: Batch, cfg: RunSettings, mode: Mode
 ) -> list[dict[str, torch.Tensor]]:
     """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
     the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""

@@ -14,20 +14,16 @@ Keys written per round besides SPEC §6's (averaged by the accumulator, each ove
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from conf import metrics
 from interaction.clicks import NOC_STRATEGY, ClickState
-from interaction.mode import Mode, User
+from interaction.mode import Mode, RunSettings, User
 from interaction.rounds import image_embedding, interact, round_metrics
 from models import AESPAModel
 from multirater_metrics import NOC_THRESHOLDS, dice, noc
 from pipeline.batch import Batch
-
-if TYPE_CHECKING:
-    from engine.config import RunConfig
 
 MATRIX_PREFIX = "matrix/"
 NOI_ROUNDS, NOI_FAILURE = 6, 10.0  # SPA's convention: iterations within 6, a failure counts 10
@@ -102,7 +98,7 @@ def empty_split(values: dict[str, torch.Tensor], empty: torch.Tensor) -> dict[st
 PER_IMAGE_KEYS = metrics.names("per_image")  # per_image.csv columns (conf/metrics.py)
 
 
-def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunConfig, rounds: list[dict]) -> list[dict]:
+def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunSettings, rounds: list[dict]) -> list[dict]:
     """Rows of per_image.csv: one per (image, followed rater, round)."""
     names = [batch.names[i] for i in user.rows.tolist()]
     followed = user.rater.tolist() if user.rater is not None else [-1] * len(names)
@@ -121,7 +117,7 @@ def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunConfig, rounds:
 
 @torch.no_grad()
 def validate_batch(
-    model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode, embedding: torch.Tensor | None = None
+    model: AESPAModel | None, batch: Batch, cfg: RunSettings, mode: Mode, embedding: torch.Tensor | None = None
 ) -> ValidatedBatch:
     """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction, the set metrics of
     every image's candidate set, how it follows its rater; NoC with centre clicks and NoI.
@@ -159,7 +155,7 @@ def validate_batch(
 
 @torch.no_grad()
 def qualitative(
-    model: AESPAModel | None, batch: Batch, cfg: RunConfig, mode: Mode
+    model: AESPAModel | None, batch: Batch, cfg: RunSettings, mode: Mode
 ) -> tuple[torch.Tensor, list[torch.Tensor], ClickState]:
     """For figures: the followed masks BxSxS, the prediction of every round, the clicks (one row per image)."""
     user = mode.user(batch, cfg.loop, cfg.options, "figure")
