@@ -29,6 +29,7 @@ from engine.run_folder import RunFolder, early_warnings, format_table
 from utils import copy_atomically
 
 BEST_METRIC = "Dice_follow"  # at the last round of the validation split: does the model follow the user?
+COLLAPSED_SPREAD = 1e-3  # Sample_spread (mean std of the samples' probabilities) below this: a collapsed latent
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,6 +60,7 @@ def train(setup: Setup, device: torch.device, rank: int) -> dict:
         check_in_sync(model)
         run.write_metrics(train_rows)
         log_training(run, cfg, epoch, train_rows, state, time.time() - start)
+        warn_if_samples_collapsed(run, epoch, train_rows)
         improved = validate(run, model, data, cfg, epoch, device, cache, state)
         save(run, model, cfg, epoch, state, improved)
 
@@ -185,6 +187,17 @@ def log_training(run: RunFolder, cfg: RunConfig, epoch: int, rows: list[dict], s
         f"Dice_follow {last_round(rows, 'Dice_follow'):.4f} lr {state.scheduler.get_last_lr()[0]:.2e} "
         f"({seconds:.0f} s)"
     )
+
+
+def warn_if_samples_collapsed(run: RunFolder, epoch: int, rows: list[dict]) -> None:
+    """SPA's candidates need latent samples that differ: say so in the log when they do not (a collapse would
+    otherwise pass for a weak model)."""
+    spread = rows[-1].get("Sample_spread")
+    if spread is not None and spread < COLLAPSED_SPREAD:
+        run.warning(
+            f"epoch {epoch}: the latent samples do not differ (Sample_spread {spread:.2e} at the last round): "
+            "SPA's candidates are one prediction and its clicks carry no information"
+        )
 
 
 def evaluate_split(run: RunFolder, model, loader, cfg: RunConfig, epoch: int, device, split: str, cache) -> list[dict]:

@@ -145,6 +145,10 @@ class RunFolder:
     def log(self, message: str) -> None:
         self.logger.info(message)
 
+    def warning(self, message: str) -> None:
+        """A WARNING line in the log (and on stdout): grep WARNING."""
+        self.logger.warning(message)
+
     @property
     def writer(self):
         """tensorboardX writer, created on first use (its import is slow)."""

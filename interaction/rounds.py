@@ -107,18 +107,16 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 def weight_head_step(
-    model: AESPAModel, stepper: Optimiser, pred: torch.Tensor, target: torch.Tensor, prompts: Prompts
-) -> torch.Tensor | None:
+    model: AESPAModel, stepper: Optimiser, pred: torch.Tensor, target: torch.Tensor, mixture: Prompts
+) -> None:
     """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
-    target's responsibilities; only the weight head learns. -> the prediction's responsibilities PxK (None and no
-    step without a latent)."""
+    target's responsibilities under `mixture`; only the weight head learns (no step without a latent)."""
     if not model.uses_latent:
-        return None
+        return
     with torch.no_grad():
-        em_pred = mixture_responsibilities(model, pred, prompts)
-        em_target = mixture_responsibilities(model, target, prompts)
+        em_pred = mixture_responsibilities(model, pred, mixture)
+        em_target = mixture_responsibilities(model, target, mixture)
     stepper.step(F.mse_loss(model.weight_head(em_pred), em_target))
-    return em_pred
 
 
 def prompt_step(
@@ -126,22 +124,26 @@ def prompt_step(
     stepper: Optimiser,
     state: RoundState,
     embedding: torch.Tensor,
-    weights: torch.Tensor,
-    eps: torch.Tensor | None,
-    target: torch.Tensor,
-) -> None:
-    """SPEC §4.2 step 3: recompute the prediction with the new clicks; only the prompt encoder and the
-    mean/variance head learn (fusion, decoder and weight head frozen).
-
-    `state` already holds the new clicks and the new mask prompt — what the next round will see; the mixture
-    weights are this round's (the weight head has not stepped yet), the latent samples `eps` this round's,
-    and `embedding` is this round's SAM embedding, detached (the encoder is frozen here; reusing it saves a
-    ViT pass per round).
+    em_selected: torch.Tensor | None,
+    prompts: Prompts,
+    user: User,
+) -> Prompts:
+    """SPEC §4.2 step 3, as the published SPA takes it: recompute the prediction with the new clicks and fresh
+    latent samples; only the prompt encoder and the mean/variance head learn (fusion, decoder and weight head
+    frozen). The mixture weights are the weight head's map of the selection's responsibilities `em_selected`
+    (under this round's mixture); `state` already holds the new clicks and mask prompt, and `embedding` is this
+    round's SAM embedding, detached (the encoder is frozen here; reusing it saves a ViT pass per round).
+    -> the mixture after the click (μ, σ² recomputed from the new prompts, these weights) for the weight-head step.
     """
+    with torch.no_grad():
+        weights = prompts.weights if em_selected is None else model.weight_head(em_selected)
+    eps = user.noise(model.latent_dim)  # fresh samples
     with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.weight_head):
-        prompts = state.prompts(model, weights=weights)
-        loss = bce_loss(model.decode_round(embedding, prompts, eps).logits.mean(1), target)
+        loss = bce_loss(model.decode_round(embedding, state.prompts(model, weights=weights), eps).logits.mean(1),
+                        user.target)  # fmt: skip
     stepper.step(loss)
+    with torch.no_grad():
+        return state.prompts(model, weights=weights)
 
 
 def update_mixture(model: AESPAModel, stepper: Optimiser, prompts: Prompts) -> None:
@@ -194,9 +196,13 @@ def train_batch(
         rows.append(row)
         state.clicks.add(*user.click(selection, state.clicks.exclude, cfg.loop.click_strategy))  # 2. next click
         state.prev_low = selection.mask_prompt
-        if user.trains_prompt(cfg.options):  # 3. prompt step
-            prompt_step(model, stepper, state, embedding.detach(), prompts.weights.detach(), eps, user.target)
-        state.em_weights = weight_head_step(model, stepper, selection.feedback, user.target, prompts)  # 4.
+        with torch.no_grad():  # 3. the mixture update: the next round's weight-head input
+            em_selected = mixture_responsibilities(model, selection.feedback, prompts)
+        mixture = prompts
+        if user.trains_prompt(cfg.options):  # the prompt step
+            mixture = prompt_step(model, stepper, state, embedding.detach(), em_selected, prompts, user)
+        weight_head_step(model, stepper, selection.feedback, user.target, mixture)  # 4.
+        state.em_weights = em_selected
     update_mixture(model, stepper, prompts)
     return rows
 

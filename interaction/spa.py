@@ -82,22 +82,41 @@ class Candidates(Selection):
     others_mean: torch.Tensor  # BxSxS mean of the other samples (the selected centre when there is none)
 
 
+EMPTY_CLICK_MAP = 1e-3  # |selected - others| below this everywhere: the click map says nothing
+
+
 def find_candidates(decoded: Decoded, target: torch.Tensor, k: int, source: Source) -> Candidates:
-    """Per-image k-means of the BxMxSxS sample probabilities; the user picks the centre nearest to the target."""
+    """Per-image k-means of the BxMxSxS sample probabilities; the user picks, among the clusters that hold a
+    sample, the centre nearest to the target.
+
+    Beside Dice_selected, the round reports whether the samples are alive: `Sample_spread` (the mean over pixels
+    of the samples' standard deviation of probability), `Empty_click_map` (1 when |selected - others| stays below
+    EMPTY_CLICK_MAP everywhere: the click carries no information) and `Selected_minus_follow` (Dice of the selected
+    candidate minus Dice of the recommended mean: > 0 only when the candidates differ)."""
     probs = decoded.probs
     b, m, s, _ = probs.shape
     labels, centres = batched_kmeans(probs.reshape(b, m, s * s), k, generator=source)
     centres = centres.reshape(b, k, s, s)
-    selected = (centres - target[:, None]).pow(2).flatten(2).sum(2).argmin(1)  # B
+    held = torch.zeros(b, k, dtype=torch.bool, device=probs.device).scatter_(1, labels, True)  # BxK: has samples
+    distance = (centres - target[:, None]).pow(2).flatten(2).sum(2).masked_fill(~held, float("inf"))
+    selected = distance.argmin(1)  # B: never an empty cluster (its centre is not a candidate)
     members = labels == selected[:, None]  # BxM
     chosen = pick(centres, selected)
     others = ~members
     others_mean = torch.where(others.any(1)[:, None, None], mean_of(probs, others), chosen)
+    pred = probs.mean(1)
+    selected_dice = dice(chosen, target)
+    extra = {
+        "Dice_selected": selected_dice,
+        "Selected_minus_follow": selected_dice - dice(pred, target),
+        "Sample_spread": probs.std(1, unbiased=False).flatten(1).mean(1),
+        "Empty_click_map": ((chosen - others_mean).abs().flatten(1).amax(1) < EMPTY_CLICK_MAP).float(),
+    }
     return Candidates(
-        pred=probs.mean(1),
+        pred=pred,
         mask_prompt=mean_of(decoded.low, members)[:, None],
         feedback=chosen,
-        extra={"Dice_selected": dice(chosen, target)},
+        extra=extra,
         centres=centres,
         members=members,
         others_mean=others_mean,
@@ -163,4 +182,8 @@ MODE = Mode(
     summary="a preference target per image; latent samples clustered into candidates, clicks on the selected one",
     user=PreferenceUser,
     options=SPAOptions,
+    # the published method's own: the fusion whose output replaces the embedding (orthogonally initialised, so
+    # latent samples differ from the first step) and the click among the 20 largest differences of probabilities
+    # (a spread below 0.5 is invisible to a centre click on binarised maps)
+    defaults={"fcomb": "reference", "click_strategy": "topk", "val_click_strategy": "topk"},
 )

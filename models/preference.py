@@ -64,7 +64,10 @@ class WeightHead(nn.Module):
 class Fusion(nn.Module):
     """ "Fcomb": the latent z (BxL) tiled over the grid and combined with the image embedding BxCxGxG.
 
-    `reference`: ReLU(conv(ReLU(conv(ReLU(conv([emb, z])))))) as in the original.
+    `reference`: ReLU(conv(ReLU(conv(ReLU(conv([emb, z])))))) as in the original and the published SPA, whose
+    output replaces the embedding; initialised as they are: orthogonal weights (gain 1), biases from a normal of
+    std 0.001 truncated at two standard deviations. The random projection of [emb, z] makes the latent samples
+    differ from the first step.
     `residual`: emb + the same stack without the final ReLU and with its last convolution zero-initialised,
     so that at initialisation the fused embedding is SAM's embedding.
     `none`: no fusion, no parameters: the embedding passes unchanged and the latent has no effect (the
@@ -88,6 +91,9 @@ class Fusion(nn.Module):
         ]
         if layout == "reference":
             layers.append(nn.ReLU())
+            for conv in layers[::2]:
+                nn.init.orthogonal_(conv.weight)
+                nn.init.trunc_normal_(conv.bias, std=0.001, a=-0.002, b=0.002)
         else:
             nn.init.zeros_(layers[-1].weight)
             nn.init.zeros_(layers[-1].bias)

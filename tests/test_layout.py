@@ -48,7 +48,7 @@ def test_each_layer_imports_only_the_layers_below_it(layer):
 
 
 def test_tables_runs_without_torch():
-    code = "import sys, tables; tables.build_parser().format_help(); print(sorted(m for m in sys.modules if m.startswith('torch')))"
+    code = "import sys, tables; tables.build_parser().format_help(); print([m for m in sys.modules if 'torch' in m])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
     help_run = subprocess.run(

@@ -16,7 +16,8 @@ def evaluate_with(synthetic_root, tmp_path, *extra: str) -> list[dict]:
     cfg = setup.config
     torch.manual_seed(0)
     model, _ = build_model_from_config(cfg, setup.files)
-    torch.nn.init.normal_(model.fcomb.layers[-1].weight, std=0.05)  # let the latent matter
+    last_conv = [m for m in model.fcomb.layers if isinstance(m, torch.nn.Conv2d)][-1]
+    torch.nn.init.normal_(last_conv.weight, std=0.05)  # let the latent matter
     return evaluate(model.eval(), build_loader(cfg, "test"), cfg, 0, torch.device("cpu")).rows
 
 
