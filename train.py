@@ -164,7 +164,10 @@ def log_model_and_data(run: RunFolder, model, cfg: RunConfig, data: Data, state:
         f"({trained / 1e6:.2f} M trained), mode {cfg.mode}"
     )
     if cfg.amp != state.stepper.amp:
-        run.log(f"-amp {cfg.amp}: mixed precision runs on CUDA only; this run uses float32")
+        run.log(
+            f"-amp {cfg.amp}: not available on this {cfg.device} device (bf16 needs CUDA or a CPU with bf16 units, "
+            "fp16 CUDA); this run uses float32"
+        )
     val_size = len(data.val.dataset) if data.val is not None else 0
     run.log(
         f"data {cfg.data.dataset} at {cfg.data.data_path}: {len(data.train.dataset)} train, {val_size} val, "

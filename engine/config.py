@@ -120,7 +120,9 @@ class RunConfig:
     log_dir: str = option(settings.LOG_DIR, "parent folder of run folders")
     val_freq: int = option(settings.VAL_FREQ, "validate every N epochs and after the last", check=positive)
     lr: float = option(1e-4, "Adam learning rate (StepLR: x0.5 every 10 epochs)", check=finite_positive)
-    amp: str = option("off", "mixed precision on CUDA (always off on CPU)", choices=AMP_MODES)
+    amp: str = option(
+        "off", "mixed precision: bf16 on CUDA or on a CPU with bf16 units (detected), fp16 on CUDA", choices=AMP_MODES
+    )
     compile: bool = option(False, "torch.compile the image encoder and decoder")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
     plots: str = option(

@@ -37,11 +37,29 @@ def build_optimizer(model: AESPAModel, lr: float) -> torch.optim.Adam:
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX, through oneDNN)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an older torch without the query: assume not
+        return False
+
+
+def effective_amp(device: torch.device, amp: str) -> str:
+    """The mixed precision a run gets: `-amp bf16|fp16` on CUDA; `-amp bf16` on a CPU with bf16 units; else off."""
+    if device.type == "cuda" and amp in AMP_DTYPES:
+        return amp
+    if device.type == "cpu" and amp == "bf16" and cpu_has_bf16():
+        return amp
+    return "off"
+
+
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """Mixed precision for `-amp bf16|fp16` on CUDA; float32 otherwise (CPU autocast is not used)."""
-    if device.type != "cuda" or amp not in AMP_DTYPES:
+    """Autocast for the mixed precision `effective_amp` gives; float32 (no autocast) otherwise."""
+    amp = effective_amp(device, amp)
+    if amp == "off":
         return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=AMP_DTYPES[amp])
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
 class Stepper:
@@ -50,7 +68,7 @@ class Stepper:
     def __init__(self, optimizer: torch.optim.Optimizer, device: torch.device, amp: str = "off"):
         self.optimizer = optimizer
         self.device = device
-        self.amp = amp if device.type == "cuda" else "off"  # mixed precision is a CUDA feature here
+        self.amp = effective_amp(device, amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.distributed = world_size() > 1
 
