@@ -14,6 +14,7 @@ mode or a dataset uses, which flags a checkpoint sets, which a resume may change
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -28,6 +29,7 @@ from dataset import DATASETS
 from engine.build import read_weights, weights_to_load
 from engine.checkpoints import load_training_checkpoint
 from engine.config import PARTS, DataConfig, RunConfig, config_from_flags, default_image_size
+from engine.run_folder import LAST_CHECKPOINT, SUMMARY
 from interaction.registry import MODES
 from models import CHECKPOINT_FORMAT, CheckpointError, encoder_of_shape, encoder_of_state
 from models.reference_format import is_reference_checkpoint, reference_model_config
@@ -261,9 +263,15 @@ def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) ->
     (`RESUME_MAY_CHANGE`). A named flag that would change the data, the method or the architecture is refused in
     one line; so is a run with nothing left to do."""
     source = flags["resume"]
+    run = Path(source).resolve().parent.parent
+    if not (run / "args.json").is_file():
+        raise InputError(f"-resume {source}: not inside a run folder (expected <run>/Model/checkpoint_last.pth)")
+    if Path(source).name != LAST_CHECKPOINT:
+        raise InputError(
+            f"-resume {source}: a run continues from its last checkpoint, {run / 'Model' / LAST_CHECKPOINT} "
+            "(any other would rewind the run and drop the epochs after it)"
+        )
     checkpoint = load_training_checkpoint(source)
-    if not (Path(source).resolve().parent.parent / "args.json").is_file():
-        raise InputError(f"-resume {source}: not inside a run folder (expected <run>/Model/<checkpoint>)")
     old = config_from_flags(checkpoint["args"]).flags()
     named = {"device" if f in LEGACY_FLAGS else f for f in explicit} - {"resume"}
     changed = {f: (old.get(f), flags[f]) for f in sorted(named) if f in flags and flags[f] != old.get(f)}
@@ -277,12 +285,25 @@ def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) ->
         )
     resumed = {**old, **{f: new for f, (_, new) in changed.items()}, "resume": source, "sam_ckpt": None}
     if resumed["epochs"] <= checkpoint["epoch"]:
-        raise InputError(
-            f"-resume {source}: nothing left to do, the run has trained {checkpoint['epoch']} of {resumed['epochs']} "
-            f"epochs (pass -epochs N > {checkpoint['epoch']} to train longer)"
-        )
+        if final_test_done(run, checkpoint):
+            raise InputError(
+                f"-resume {source}: nothing left to do, the run has trained {checkpoint['epoch']} of "
+                f"{resumed['epochs']} epochs and has its final test (pass -epochs N > {checkpoint['epoch']} to train "
+                "longer)"
+            )
+        resumed["epochs"] = checkpoint["epoch"]
+        setup.notes.append("every epoch is trained but the final test is missing or stale: running it")
     setup.resume, setup.changed = checkpoint, changed
     return resumed
+
+
+def final_test_done(run: Path, checkpoint: Mapping[str, Any]) -> bool:
+    """Whether a run folder holds the final test of its checkpoint's best epoch (summary.json, written last)."""
+    try:
+        summary = json.loads((run / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("test_epoch") == checkpoint.get("best_epoch")
 
 
 def adopt_checkpoint(
@@ -346,12 +367,27 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
     sources, _ = weights_to_load(m, setup.files)  # reads -sam_ckpt unless -weights holds every tensor
     if m.encoder == "auto":
         changes["encoder"] = encoder_of_state(sources[-1][1], sources[-1][0]) if sources else "vit_t"
+    for source, state, _ in sources if m.encoder != "auto" else ():
+        found = recognised_encoder(state, source)
+        if found not in (None, m.encoder):
+            raise InputError(
+                f"-encoder {m.encoder}: {source} holds a {found} model (its keys say so); "
+                f"use -encoder {found} or -encoder auto"
+            )
     if m.image_size is None:
         changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
     if m.compat == "reference" and m.fcomb != "reference":
         setup.notes.append("-compat reference: using the reference Fcomb")
         changes["fcomb"] = "reference"
     return cfg.with_flags(**changes) if changes else cfg
+
+
+def recognised_encoder(state: Mapping[str, Any], source: str) -> str | None:
+    """The named encoder a state dict's keys and shapes say it holds, or None for a layout none matches."""
+    try:
+        return encoder_of_state(state, source)
+    except CheckpointError:
+        return None
 
 
 def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> RunConfig:

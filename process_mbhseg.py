@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from utils import InputError, atomic_write_bytes, one_line, run_cli
+from utils import InputError, atomic_write_bytes, run_cli
+from volumes.nifti import N_CLASSES, display_slice, load_image, load_label, window
 
-N_CLASSES = 6
 SPLITS = ("train", "test")
 OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
 LABEL_RE = re.compile(r"label_annot_(?P<rater>.+)\.nii(\.gz)?")
@@ -51,40 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window_width", type=float, default=80.0, help="CT window width in HU (> 0)")
     parser.add_argument("--keep_empty", action="store_true", help="also keep slices no rater marks")
     return parser.parse_args(argv)
-
-
-def load_canonical(path: Path, labels: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(XxYxZ array, 4x4 affine) of a NIfTI file in closest-canonical (RAS+) orientation; the array is
-    float32 HU, or int16 labels."""
-    import nibabel as nib  # imported here: only this tool needs it
-
-    try:
-        image = nib.as_closest_canonical(nib.load(path))
-        data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
-        affine = image.affine
-    except Exception as err:  # nibabel, gzip and zlib raise many types for a bad file
-        raise InputError(f"{path}: unreadable NIfTI ({one_line(err)})") from err
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    if not labels:
-        return data, affine
-    values = np.rint(data).astype(np.int16)
-    if values.min() < 0 or values.max() >= N_CLASSES:
-        raise InputError(f"{path}: label values must lie in 0..{N_CLASSES - 1}, found {values.min()}..{values.max()}")
-    return values, affine
-
-
-def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
-    """HU -> uint8 through the CT window [level - width/2, level + width/2]."""
-    scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
-    return np.rint(scaled).astype(np.uint8)
-
-
-def display_slice(volume: np.ndarray, z: int) -> np.ndarray:
-    """Axial slice z of an XxYxZ[xC] canonical volume as YxX[xC] rows/columns (see module docstring)."""
-    return np.swapaxes(volume[:, :, z], 0, 1)[::-1, ::-1]
 
 
 def find_cases(src: Path) -> list[tuple[str, Path, Path, list[tuple[str, Path]]]]:
@@ -141,15 +107,9 @@ def case_outputs(
     image: Path, raters: list[tuple[str, Path]], level: float, width: float, keep_empty: bool
 ) -> dict[str, dict[str, bytes]]:
     """{'binary'|'multi': {relative file name: bytes}} of one case (names relative to imgs|gt/<case>/)."""
-    hu, affine = load_canonical(image, labels=False)  # XxYxZ
-    labels = []
-    for _, path in raters:
-        label, label_affine = load_canonical(path, labels=True)
-        if label.shape != hu.shape:
-            raise InputError(f"{path}: label shape {label.shape} does not match image shape {hu.shape} ({image})")
-        if not np.allclose(label_affine, affine, atol=1e-2):  # same grid, other placement: say so, go on
-            tqdm.write(f"warning: {path}: affine differs from {image}'s; using the voxel grid as is")
-        labels.append(label)
+    volume = load_image(image)
+    hu = volume.data  # XxYxZ, canonical
+    labels = [load_label(path, volume).data for _, path in raters]  # on the image's voxel grid
     marked = np.stack([label > 0 for label in labels]).any(axis=(0, 1, 2))  # Z: some rater marks the slice
     one_hot = np.eye(N_CLASSES, dtype=np.uint8) * 255  # label value -> 0/255 one-hot row
     out: dict[str, dict[str, bytes]] = {"binary": {}, "multi": {}}

@@ -25,8 +25,8 @@ from engine.config import RunConfig
 from engine.distributed import broadcast_state, check_in_sync, distributed_session, is_main_process
 from engine.loops import evaluate, record_evaluation, train_one_epoch
 from engine.optim import Stepper, build_optimizer
-from engine.run_folder import RunFolder, early_warnings, format_table
-from utils import copy_atomically
+from engine.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, SUMMARY, RunFolder, early_warnings, format_table
+from utils import InputError, copy_atomically
 
 BEST_METRIC = "Dice_follow"  # at the last round of the validation split: does the model follow the user?
 COLLAPSED_SPREAD = 1e-3  # Sample_spread (mean std of the samples' probabilities) below this: a collapsed latent
@@ -106,6 +106,8 @@ def open_run_folder(cfg: RunConfig, setup: Setup, notes: list[str], device: torc
     run = RunFolder(cfg, root=root, enabled=is_main_process())
     run.log(f"{'resuming' if resume else 'starting'} run {run.root} on {device} (rank {rank})")
     notes = notes + setup.notes + run.clean_up(resume["epoch"] if resume is not None else 0)
+    if resume is not None and is_main_process():
+        notes += restore_best_checkpoint(run, resume)
     if resume is not None:
         changes = "".join(f"; -{f} {old} -> {new}" for f, (old, new) in setup.changed.items())
         notes.append(f"resumed after epoch {resume['epoch']} with the run's flags{changes}")
@@ -113,6 +115,23 @@ def open_run_folder(cfg: RunConfig, setup: Setup, notes: list[str], device: torc
     for line in notes:
         run.log(line)
     return run
+
+
+def restore_best_checkpoint(run: RunFolder, resume: dict) -> list[str]:
+    """checkpoint_best.pth must hold the epoch the last checkpoint names as best. When that epoch is the last one,
+    the last checkpoint holds its weights: a best file that a kill left missing or older is restored from it. Any
+    other mismatch is an InputError naming both files (the best weights are gone)."""
+    best, last = run.model_dir / BEST_CHECKPOINT, run.model_dir / LAST_CHECKPOINT
+    want = resume["best_epoch"]
+    held = load_training_checkpoint(best)["epoch"] if best.is_file() else None
+    if want is None or held == want:
+        return []
+    if want == resume["epoch"]:
+        copy_atomically(last, best)
+        return [f"{best}: restored from {last} (epoch {want}; a kill had left {held or 'no file'})"]
+    raise InputError(
+        f"{best}: holds epoch {held}, but {last} names epoch {want} as the best; the best weights are lost"
+    )
 
 
 def set_up_cache(run: RunFolder, model, cfg: RunConfig):
@@ -135,13 +154,12 @@ class TrainingState:
     best_metric: float | None = None
     best_epoch: int | None = None
     best_state: dict | None = None
-    tested: dict[int, list[dict]] | None = None  # test rows by epoch (-test_every_val)
 
     @classmethod
     def start(cls, model, cfg: RunConfig, device: torch.device, rank: int, resume: dict | None) -> TrainingState:
         optimizer = build_optimizer(model, cfg.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, settings.STEP_SIZE, settings.GAMMA)
-        state = cls(optimizer, scheduler, Stepper(optimizer, device, cfg.amp), torch.Generator(), tested={})
+        state = cls(optimizer, scheduler, Stepper(optimizer, device, cfg.amp), torch.Generator())
         state.generator.manual_seed(cfg.seed * 1000 + rank)  # clicks, raters, latent samples
         seed_everything(cfg.seed + rank)  # from here on each rank draws its own numbers
         if resume is not None:
@@ -203,11 +221,13 @@ def warn_if_samples_collapsed(run: RunFolder, epoch: int, rows: list[dict]) -> N
         )
 
 
-def evaluate_split(run: RunFolder, model, loader, cfg: RunConfig, epoch: int, device, split: str, cache) -> list[dict]:
+def evaluate_split(
+    run: RunFolder, model, loader, cfg: RunConfig, epoch: int, device, split: str, cache, final: bool = False
+) -> list[dict]:
     """Evaluate a split and record it in the run folder (rows, per-image values, following matrix, figures)."""
     start = time.time()
     result = evaluate(model, loader, cfg, epoch, device, split, cache)
-    record_evaluation(run, result, cfg, epoch, split)
+    record_evaluation(run, result, cfg, epoch, split, final)
     follow = result.rows[-1].get("Follow_accuracy", float("nan"))
     run.log(
         f"epoch {epoch} {split} {BEST_METRIC} {last_round(result.rows, BEST_METRIC):.4f} Follow_accuracy "
@@ -230,7 +250,7 @@ def validate(
             if improved:
                 state.best_metric, state.best_epoch = score, epoch
         if cfg.loop.test_every_val:
-            state.tested[epoch] = evaluate_split(run, model, data.test, cfg, epoch, device, "test", cache)
+            evaluate_split(run, model, data.test, cfg, epoch, device, "test", cache)
     if data.val is None and epoch == cfg.epochs:
         state.best_epoch, improved = epoch, True
     if improved:  # every rank keeps the best weights (all ranks hold the same ones)
@@ -243,7 +263,7 @@ def save(run: RunFolder, model, cfg: RunConfig, epoch: int, state: TrainingState
     if not is_main_process():
         return
     save_checkpoint(
-        run.model_dir / "checkpoint_last.pth",
+        run.model_dir / LAST_CHECKPOINT,
         epoch=epoch,
         cfg=cfg,
         model=model,
@@ -254,30 +274,30 @@ def save(run: RunFolder, model, cfg: RunConfig, epoch: int, state: TrainingState
         generators={"train": state.generator},
         extra={"amp": state.stepper.state_dict()},
     )
-    if improved:
-        copy_atomically(run.model_dir / "checkpoint_last.pth", run.model_dir / "checkpoint_best.pth")
+    if improved:  # after the last checkpoint, which then holds these weights: a kill between leaves it to restore from
+        copy_atomically(run.model_dir / LAST_CHECKPOINT, run.model_dir / BEST_CHECKPOINT)
 
 
 # --- the end ----------------------------------------------------------------------------------------------------
 
 
 def final_test(run: RunFolder, model, data: Data, cfg: RunConfig, device, state: TrainingState, cache) -> list[dict]:
-    """The test split, evaluated once with the best checkpoint (chosen on the validation split); reused when
-    -test_every_val already evaluated that epoch."""
+    """The test split, evaluated once with the best checkpoint (chosen on the validation split), part of the run:
+    its rows (marked final) replace an earlier final test's, and summary.json, written last, says it is complete."""
     best_epoch = state.best_epoch
     if best_epoch is None:
         return []
-    if best_epoch in state.tested:
-        rows = state.tested[best_epoch]
-    else:
-        best = state.best_state
-        if best is None:  # a resumed run whose best epoch came before the resume: its file, on every rank
-            best = load_training_checkpoint(run.model_dir / "checkpoint_best.pth")["model"]
-        model.load_state_dict(best)
-        rows = evaluate_split(run, model, data.test, cfg, best_epoch, device, "test", cache)
+    best = state.best_state
+    if best is None:  # a resumed run whose best epoch came before the resume: its file, on every rank
+        best = load_training_checkpoint(run.model_dir / BEST_CHECKPOINT)["model"]
+    model.load_state_dict(best)
+    stale = run.final_test_epoch()
+    rows = evaluate_split(run, model, data.test, cfg, best_epoch, device, "test", cache, final=True)
+    if stale not in (None, best_epoch) and not cfg.loop.test_every_val:
+        run.remove_test_files(stale)  # an earlier final test's matrix and figures, of another epoch
     selected_on = "val" if data.val is not None else "last epoch"
     summary = {"best_epoch": best_epoch, "selected_on": selected_on, "test_epoch": best_epoch, "metric": BEST_METRIC}
-    run.write_json("summary.json", summary)
+    run.write_json(SUMMARY, summary)
     run.log(f"test split, best checkpoint (epoch {best_epoch}, {cfg.mode}), per round:\n" + format_table(rows))
     if state.best_metric is not None:
         run.log(f"best val {BEST_METRIC} {state.best_metric:.4f} at epoch {best_epoch}; run folder {run.root}")

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,13 +40,21 @@ def run_cli(
     except input_errors as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + getattr(stop, "signum", signal.SIGINT))  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM), unwound like Ctrl-C; `signum` gives the exit status 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise Terminated(signum)
 
 
 def one_line(err: BaseException) -> str:
@@ -94,6 +103,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)  # the rename itself durable: a file written after this one never lands before it
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles (Windows): the rename is as durable as it gets
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def copy_atomically(source: str | os.PathLike, path: str | os.PathLike) -> None:
@@ -107,15 +130,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> list[Path]:
     """Delete the temporary files that interrupted atomic writes left in `folder` (plain files named exactly
-    `.{name}.{8 characters}.tmp`, nothing else); the paths removed. Call it when no write to `folder` is under way
-    (a run starting or resuming)."""
+    `.{name}.{8 characters}.tmp`, nothing else; with `older_than` only those not modified for that many seconds);
+    the paths removed. Call it when no write to `folder` is under way (a run starting or resuming), or with
+    `older_than` for a folder other processes may be writing."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
+    now = time.time()
     stale = sorted(
-        p for p in folder.iterdir() if TEMPORARY_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()
+        p
+        for p in folder.iterdir()
+        if TEMPORARY_NAME.fullmatch(p.name)
+        and p.is_file()
+        and not p.is_symlink()
+        and now - p.stat().st_mtime >= older_than
     )
     for path in stale:
         path.unlink(missing_ok=True)

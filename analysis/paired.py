@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.run_files import is_final
 from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
 from conf.metrics import current_name
 from utils import InputError, natural_key
@@ -62,6 +63,7 @@ class Side:
     data_seeds: list[int]
     epochs: list[int]
     cells: dict[Key, Cell]
+    datasets: list[str] = field(default_factory=list)
 
     @property
     def n_rounds(self) -> int:
@@ -143,18 +145,13 @@ def parse_float(text: str | None, column: str, path: Path, line: int) -> float:
 
 
 def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tuple[str, int, int], Cell]]:
-    """The last epoch with `split` rows of folder/per_image.csv -> (epoch, {(image, followed, round): Cell}).
-    A later row of the same key in that epoch (a re-evaluation) wins."""
+    """folder/per_image.csv's `split` rows of the final test (rows marked final), else of the last epoch that has
+    such rows -> (epoch, {(image, followed, round): Cell}). A key that appears twice among them, a row cut short (a
+    kill while writing) or a row with the wrong number of fields is an InputError naming the file and line."""
     path = folder / "per_image.csv"
     if not path.is_file():
         raise InputError(f"{folder}: no per_image.csv (a run folder of an evaluation that writes per-image values)")
-    try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            rows = [(n, r) for n, r in enumerate(reader, start=2) if r.get("split") == split]
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"{path}: not readable as CSV ({err})") from None
+    header, numbered = read_csv_rows(path)
     missing = [c for c in KEY_COLUMNS if c not in header]
     if missing:
         raise InputError(f"{path}: header lacks {', '.join(missing)} (it has: {', '.join(header)})")
@@ -162,6 +159,8 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
     if column is None or metric in NOT_METRICS:
         known = [c for c in header if c not in NOT_METRICS]
         raise InputError(f"-metric {metric}: not a metric column of {path} (it has: {', '.join(known)})")
+    rows = [(n, r) for n, r in numbered if r.get("split") == split]
+    rows = [(n, r) for n, r in rows if is_final(r)] or rows
     if not rows:
         raise InputError(f"{path}: no {split} rows")
     epochs = [parse_int(r["epoch"], "epoch", path, n) for n, r in rows]
@@ -171,10 +170,38 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
         if epoch != last:
             continue
         key = (r["image"], parse_int(r["followed"], "followed", path, n), parse_int(r["round"], "round", path, n))
+        if key in cells:
+            raise InputError(f"{path} line {n}: image {key[0]}, rater {key[1]}, round {key[2]} appears twice")
         empty = parse_int(r["empty_followed"], "empty_followed", path, n) if r.get("empty_followed") else None
         clicks = parse_int(r["clicks"], "clicks", path, n)
         cells[key] = Cell(parse_float(r[column], column, path, n), clicks, empty)
     return last, cells
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, row)]) of a CSV file; every row must have the header's number of fields (a last
+    line without its newline is named as cut short: a kill while writing)."""
+    try:
+        text = path.read_text(newline="")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not readable as CSV ({err})") from None
+    lines = text.splitlines()
+    try:
+        parsed = list(csv.reader(lines))
+    except csv.Error as err:
+        raise InputError(f"{path}: not readable as CSV ({err})") from None
+    if not parsed:
+        raise InputError(f"{path}: empty")
+    header, out = parsed[0], []
+    for n, fields in enumerate(parsed[1:], start=2):
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            cut = n == len(lines) and not text.endswith(("\n", "\r"))
+            why = "cut short (a kill while writing?)" if cut else f"{len(fields)} fields, the header has {len(header)}"
+            raise InputError(f"{path} line {n}: {why}")
+        out.append((n, dict(zip(header, fields))))
+    return header, out
 
 
 def one_configuration(folder: Path, runs: list[Run]) -> None:
@@ -235,7 +262,8 @@ def load_side(path: str, split: str, metric: str) -> Side:
         note(f"{folder}: runs evaluated at different epochs ({listed})")
     seeds = sorted({str(r.args.get("seed")) for r in runs}, key=natural_key)
     data_seeds = sorted({d for _, d, _ in per_run})
-    return Side(folder, [r.path for r in runs], seeds, data_seeds, epochs, average_runs(folder, per_run))
+    datasets = sorted({str(r.args.get("dataset")) for r in runs})
+    return Side(folder, [r.path for r in runs], seeds, data_seeds, epochs, average_runs(folder, per_run), datasets)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,7 +311,8 @@ def paired_keys(a: Side, b: Side, rounds: list[int], empty: str) -> list[Key]:
         raise InputError(
             f"{a.path} and {b.path}: no (data_seed, image, followed, round) in common at rounds {rounds} "
             f"(data seeds {a.data_seeds} vs {b.data_seeds}, followed {fa} vs {fb}, "
-            f"{len({k[:2] for k in ka} & {k[:2] for k in kb})} images in common)"
+            f"{len({k[:2] for k in ka} & {k[:2] for k in kb})} images in common; datasets {a.datasets} vs "
+            f"{b.datasets})"
         )
     if ka != kb:
         first = min(ka ^ kb, key=lambda k: (k[0], natural_key(k[1]), k[2], k[3]))
@@ -323,6 +352,8 @@ def compare(
     if empty not in EMPTY_CHOICES:
         raise InputError(f"-empty: one of {', '.join(EMPTY_CHOICES)}, got '{empty}'")
     a, b = load_side(path_a, split, metric), load_side(path_b, split, metric)
+    if {p.resolve() for p in a.runs} & {p.resolve() for p in b.runs}:
+        raise InputError(f"{path_a} and {path_b}: A and B share run folders: a paired difference of a run with itself")
     rounds = resolve_rounds(rounds_text, a, b)
     keys = paired_keys(a, b, rounds, empty)
     result = Comparison(a, b, metric, split, n_boot, empty)

@@ -5,7 +5,9 @@ repaired. No torch: tables.py and the paired comparisons read run folders with t
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ PER_IMAGE_COLUMNS = (
     "followed",
     *metrics.names("per_image"),
     "empty_followed",
+    "final",
 )
+FINAL = "final"  # rows of the final test carry final: true (metrics.jsonl) / 1 (per_image.csv)
 
 
 def _is_count(value: Any) -> bool:
@@ -32,11 +36,16 @@ def _is_count(value: Any) -> bool:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """metrics.jsonl rows; a bad line is reported (InputError) with its 1-based line number."""
+    return [row for _, row in read_numbered_metrics(path)]
+
+
+def read_numbered_metrics(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """metrics.jsonl rows with their 1-based line numbers."""
     try:
         lines = Path(path).read_bytes().splitlines()
     except OSError as err:
         raise InputError(f"{path}: not readable ({err})") from None
-    return [_parse_metrics_line(line, path, n) for n, line in enumerate(lines, start=1) if line.strip()]
+    return [(n, _parse_metrics_line(line, path, n)) for n, line in enumerate(lines, start=1) if line.strip()]
 
 
 def _parse_metrics_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
@@ -55,66 +64,129 @@ def _parse_metrics_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
     return row
 
 
-def repair_metrics(path: Path, through_epoch: int) -> list[str]:
-    """Fit a stopped run's metrics.jsonl for its resume from the checkpoint of epoch `through_epoch`.
-
-    Cuts a partial last line (a kill mid-write leaves one without its newline that does not parse) and drops the
-    rows of later epochs (written by an epoch whose checkpoint was never saved), so that every (split, epoch,
-    round) appears once after the resume. Any other malformed line is an InputError naming the file and line:
-    nothing is skipped silently. The file is rewritten atomically, only when something changed, keeping the
-    bytes of every kept line. Returns human-readable notes of what was done (empty: nothing to repair).
-    """
-    path = Path(path)
+def _whole_lines(path: Path, parse: Callable[[bytes, int], Any] | None) -> tuple[list[bytes], list[str]]:
+    """A file's complete lines (a partial last line cut: a kill mid-write leaves one without its newline; with
+    `parse` a last line that parses only lacks its newline and is kept) and notes saying what was cut."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:  # stopped before its first row
-        return []
+        return [], []
     except OSError as err:
         raise InputError(f"{path}: not readable ({err})") from None
     lines = data.split(b"\n")
     tail = lines.pop()  # what follows the last newline: empty for a file of whole lines
-    notes = []
-    if tail:
+    if not tail:
+        return lines, []
+    if parse is not None:
         try:
-            _parse_metrics_line(tail, path, len(lines) + 1)
-            lines.append(tail)
-            notes.append("added the missing newline after the last row")
+            parse(tail, len(lines) + 1)
+            return [*lines, tail], ["added the missing newline after the last row"]
         except InputError:
-            notes.append(f"cut a partial last line ({len(tail)} bytes)")
+            pass
+    return lines, [f"cut a partial last line ({len(tail)} bytes)"]
+
+
+def is_final(row: Mapping[str, Any]) -> bool:
+    """Whether a metrics.jsonl / per_image.csv row belongs to the run's final test (the test split evaluated once
+    with the best checkpoint)."""
+    return str(row.get(FINAL, "")).lower() in ("true", "1")
+
+
+def rewrite_metrics(
+    path: Path, drop: Callable[[dict], bool], extra: list[dict] | None = None
+) -> tuple[dict, list[str]]:
+    """Rewrite metrics.jsonl atomically without the rows `drop` selects (and with `extra` rows appended), a partial
+    last line cut; every kept line keeps its bytes. Any other malformed line is an InputError naming the file and
+    line: nothing is skipped silently. -> ({epoch: rows dropped}, notes on cut lines); not rewritten when nothing
+    changes."""
+    path = Path(path)
+    lines, notes = _whole_lines(path, lambda line, n: _parse_metrics_line(line, path, n))
     kept, dropped = [], {}
     for n, line in enumerate(lines, start=1):
         if line.strip():  # blank lines are kept as they are (readers skip them)
-            epoch = _parse_metrics_line(line, path, n)["epoch"]
-            if epoch > through_epoch:
-                dropped[epoch] = dropped.get(epoch, 0) + 1
+            row = _parse_metrics_line(line, path, n)
+            if drop(row):
+                dropped[row["epoch"]] = dropped.get(row["epoch"], 0) + 1
                 continue
         kept.append(line)
-    notes += [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
-    if notes:
+    kept += [json.dumps(row).encode() for row in extra or []]
+    if notes or dropped or extra:
         atomic_write_bytes(path, b"".join(line + b"\n" for line in kept))
-    return notes
+    return dropped, notes
+
+
+def repair_metrics(path: Path, through_epoch: int) -> list[str]:
+    """Fit a stopped run's metrics.jsonl for its resume from the checkpoint of epoch `through_epoch`: a partial
+    last line cut, the rows of later epochs dropped (written by an epoch whose checkpoint was never saved), so that
+    every (split, epoch, round, final) appears once after the resume. -> notes (empty: nothing to repair)."""
+    dropped, notes = rewrite_metrics(path, lambda row: row["epoch"] > through_epoch)
+    return notes + [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
+
+
+def _csv_rows(path: Path) -> tuple[bytes, list[tuple[bytes, dict[str, str]]], list[str]]:
+    """per_image.csv as (header line, [(line, row)], notes on a cut last line); a row whose field count is not the
+    header's is an InputError naming the file and line."""
+    lines, notes = _whole_lines(path, None)
+    if not lines:
+        return b"", [], notes
+    try:
+        header = next(csv.reader([lines[0].decode()]))
+        rows = []
+        for n, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            fields = next(csv.reader([line.decode()]))
+            if len(fields) != len(header):
+                raise InputError(f"{path} line {n}: {len(fields)} fields, the header has {len(header)}")
+            rows.append((line, dict(zip(header, fields))))
+    except (UnicodeDecodeError, csv.Error, StopIteration) as err:
+        raise InputError(f"{path}: not a per_image.csv this project wrote ({err})") from None
+    if "epoch" not in header:
+        raise InputError(f"{path}: not a per_image.csv this project wrote (no epoch column)")
+    return lines[0], rows, notes
+
+
+def rewrite_per_image(
+    path: Path, drop: Callable[[dict], bool], extra: list[dict] | None = None
+) -> tuple[int, list[str]]:
+    """per_image.csv rewritten atomically without the rows `drop` selects (`extra` rows appended; a new file gets
+    the header) -> (rows dropped, notes on a cut last line)."""
+    path = Path(path)
+    header, rows, notes = _csv_rows(path)
+    try:
+        kept = [line for line, row in rows if not drop(row)]
+    except ValueError as err:
+        raise InputError(f"{path}: a row with an unreadable epoch ({err})") from None
+    dropped = len(rows) - len(kept)
+    if notes or dropped or extra:
+        body = b"".join(line + b"\n" for line in ([header] if header else []) + kept)
+        atomic_write_bytes(path, body + csv_lines(extra or [], header).encode())
+    return dropped, notes
+
+
+def csv_lines(rows: list[dict], header: bytes = b"") -> str:
+    """per_image.csv lines of `rows`: in the columns of an existing file's `header` (an older run's names mapped to
+    today's), or, for a new file, PER_IMAGE_COLUMNS with the header line first."""
+    out = io.StringIO()
+    columns = next(csv.reader([header.decode()])) if header else list(PER_IMAGE_COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # \r\n, as csv writes
+    if not header:
+        writer.writeheader()
+    writer.writerows({c: row.get(c, row.get(metrics.current_name(c), "")) for c in columns} for row in rows)
+    return out.getvalue()
+
+
+def per_image_header(path: Path) -> bytes:
+    """The header line of an existing per_image.csv (b"" when there is none yet)."""
+    try:
+        with Path(path).open("rb") as f:
+            return f.readline().rstrip(b"\r\n")
+    except FileNotFoundError:
+        return b""
 
 
 def repair_per_image(path: Path, through_epoch: int) -> list[str]:
     """per_image.csv for a resume after epoch `through_epoch`: a partial last line cut, rows of later epochs dropped
     (rewritten atomically when something changed) -> notes."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data.split(b"\n")
-    tail, notes = lines.pop(), []
-    if tail:
-        notes.append(f"cut a partial last line ({len(tail)} bytes)")
-    header, rows = (lines[0], lines[1:]) if lines else (b"", [])
-    try:
-        epoch_at = next(csv.reader([header.decode()])).index("epoch")
-        kept = [row for row in rows if not row or int(next(csv.reader([row.decode()]))[epoch_at]) <= through_epoch]
-    except (UnicodeDecodeError, ValueError, IndexError, StopIteration):
-        raise InputError(f"{path}: not a per_image.csv this project wrote (no readable epoch column)") from None
-    if len(kept) < len(rows):
-        notes.append(f"dropped {len(rows) - len(kept)} rows of epochs after {through_epoch}")
-    if notes:
-        atomic_write_bytes(path, b"".join(line + b"\n" for line in [header, *kept]))
-    return notes
+    dropped, notes = rewrite_per_image(path, lambda row: int(row["epoch"]) > through_epoch)
+    return notes + ([f"dropped {dropped} rows of epochs after {through_epoch}"] if dropped else [])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.run_files import read_metrics
+from analysis.run_files import is_final, read_numbered_metrics
 from conf.metrics import current_name
 from utils import InputError
 
@@ -90,7 +90,9 @@ def find_run_folders(paths: Sequence[str]) -> list[tuple[Path, bool]]:
 
 
 def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
-    """A run's flags and last-epoch `split` rows. A run found inside a parent folder that has no results yet (still
+    """A run's flags and its `split` rows: the final test's (rows marked final) when it has one, else the last
+    evaluated epoch's. A (split, epoch, round) that appears twice among them is an InputError naming the file and
+    the line (a run folder written twice over). A run found inside a parent folder that has no results yet (still
     running, or stopped before its first evaluation) is skipped with a note; one named explicitly is an error."""
     metrics_file = folder / "metrics.jsonl"
     if not metrics_file.is_file():
@@ -98,14 +100,24 @@ def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
             raise InputError(f"{folder}: not a run folder with results (no metrics.jsonl)")
         note(f"skipped {folder}: no metrics.jsonl yet")
         return None
-    rows = [r for r in read_metrics(metrics_file) if r["split"] == split]
+    rows = [{**r, "line": n} for n, r in read_numbered_metrics(metrics_file) if r["split"] == split]
     if not rows:
         if explicit:
             raise InputError(f"{metrics_file}: no {split} rows (the run has not been evaluated yet)")
         note(f"skipped {folder}: no {split} rows yet")
         return None
+    final = [r for r in rows if is_final(r)]
+    rows = final or rows
     epoch = max(r["epoch"] for r in rows)
-    by_round = {r["round"]: with_current_names(r) for r in rows if r["epoch"] == epoch}  # a later duplicate wins
+    by_round: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["epoch"] == epoch:
+            if r["round"] in by_round:
+                raise InputError(
+                    f"{metrics_file}: {split} rows of epoch {epoch}, round {r['round']} appear twice (line "
+                    f"{r['line']}): a run folder written over by two processes or an older version's resume"
+                )
+            by_round[r["round"]] = with_current_names({k: v for k, v in r.items() if k != "line"})
     return Run(folder, read_json_object(folder / "args.json"), epoch, dict(sorted(by_round.items())))
 
 

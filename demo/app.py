@@ -43,11 +43,19 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         return s, r.view, r.caption, r.gallery, r.clicks_text, r.mask
 
     def action(step: Callable[..., sess.Session]) -> Callable:
-        return lambda s, *values: show(step(s, *values))
+        """An endpoint: bad values from the page or the API (None, NaN, text) end in one message, not a traceback."""
+
+        def run(s: sess.Session, *values) -> tuple:
+            try:
+                return show(step(s, *values))
+            except InputError as err:
+                raise gr.Error(str(err), print_exception=False) from None
+
+        return run
 
     def on_select(s: sess.Session, label: str, evt: gr.SelectData) -> tuple:
         x, y = evt.index[:2]
-        return show(sess.add_display_click(s, x, y, label))
+        return action(sess.add_display_click)(s, x, y, label)
 
     def on_upload(s: sess.Session, path: str | None) -> tuple:
         if path is None:  # the upload box was cleared
@@ -62,8 +70,8 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
     def load_sample() -> tuple:
         return show(start)
 
-    def on_suggest(s: sess.Session, rater: int) -> tuple:
-        return show(sess.suggest(predictor, s, int(rater)))
+    def suggest(s: sess.Session, rater: int) -> sess.Session:
+        return sess.suggest(predictor, s, rater)
 
     with gr.Blocks(title="AESPA demo", analytics_enabled=False) as app:
         state = gr.State(start)
@@ -146,7 +154,7 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         redo_btn.click(action(sess.redo), [state], outputs, api_name="redo", **queue)
         clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
         box_btn.click(action(sess.set_box), [state, *box_in], outputs, api_name="set_box", **queue)
-        suggest_btn.click(on_suggest, [state, target], outputs, api_name="suggest", **queue)
+        suggest_btn.click(action(suggest), [state, target], outputs, api_name="suggest", **queue)
         upload.upload(on_upload, [state, upload], outputs + [upload_note], api_name="upload", **queue)
         sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)
     return app

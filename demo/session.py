@@ -7,6 +7,7 @@ The prediction depends only on (image, clicks), so undo gives back exactly the e
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,13 +118,21 @@ def read_upload(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"Upload refused: {name} could not be decoded ({reason})") from None
 
 
+def model_pixel(value: object, name: str, size: int) -> int:
+    """A coordinate from the page or the API as a model pixel, clamped to 0..size-1; InputError (one line naming
+    the coordinate) for anything that is not a finite number (None, NaN, text)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{name}: expected a pixel coordinate (a number in 0..{size - 1}), got {value!r}")
+    return min(max(int(value), 0), size - 1)
+
+
 def add_click(s: Session, x: int, y: int, label: str | int) -> Session:
     """Append a click at model pixel (x, y); a new click forgets the undone ones."""
-    value = LABELS.get(label, label) if isinstance(label, str) else int(label)
-    if value not in (0, 1):
-        raise ValueError(f"click label must be positive/negative or 1/0, got {label!r}")
-    x, y = min(max(int(x), 0), s.size - 1), min(max(int(y), 0), s.size - 1)
-    return replace(s, clicks=s.clicks + (Click(x, y, value),), redo_stack=())
+    value = LABELS.get(label, label) if isinstance(label, str) else label
+    if value not in (0, 1) or isinstance(value, bool):
+        raise InputError(f"label: a click is positive or negative (1 or 0), got {label!r}")
+    x, y = model_pixel(x, "x", s.size), model_pixel(y, "y", s.size)
+    return replace(s, clicks=s.clicks + (Click(x, y, int(value)),), redo_stack=())
 
 
 def add_display_click(s: Session, x: float, y: float, label: str | int) -> Session:
@@ -135,7 +144,7 @@ def add_display_click(s: Session, x: float, y: float, label: str | int) -> Sessi
 
 def add_corner(s: Session, x: int, y: int) -> Session:
     """The first corner of a box, or the opposite one, which sets the box (replacing an earlier one)."""
-    x, y = min(max(int(x), 0), s.size - 1), min(max(int(y), 0), s.size - 1)
+    x, y = model_pixel(x, "x", s.size), model_pixel(y, "y", s.size)
     if s.corner is None:
         return replace(s, corner=(x, y))
     return set_box(replace(s, corner=None), s.corner[0], s.corner[1], x, y)
@@ -143,8 +152,8 @@ def add_corner(s: Session, x: int, y: int) -> Session:
 
 def set_box(s: Session, x0: int, y0: int, x1: int, y1: int) -> Session:
     """A box from two opposite corners (model pixels, any order), clamped to the image."""
-    xs = sorted(min(max(int(v), 0), s.size - 1) for v in (x0, x1))
-    ys = sorted(min(max(int(v), 0), s.size - 1) for v in (y0, y1))
+    xs = sorted(model_pixel(v, name, s.size) for v, name in ((x0, "x0"), (x1, "x1")))
+    ys = sorted(model_pixel(v, name, s.size) for v, name in ((y0, "y0"), (y1, "y1")))
     return replace(s, box=(xs[0], ys[0], xs[1], ys[1]), corner=None)
 
 
@@ -167,6 +176,8 @@ def clear(s: Session) -> Session:
 
 def suggest(predictor: Predictor, s: Session, rater: int) -> Session:
     """Add the simulated user's next click toward `rater` (nothing changes for an image without raters)."""
+    if isinstance(rater, bool) or not isinstance(rater, int):
+        raise InputError(f"rater: expected a rater number, got {rater!r}")
     if s.raters is None or not 0 <= rater < len(s.raters):
         return s
     probs = predictor.predict(to_tensor(s), s.clicks, s.box)

@@ -147,7 +147,8 @@ def evaluate(
     cache: EmbeddingCache | None = None,
 ) -> Evaluation:
     """SPEC §4.4 validation over a loader; every random draw is keyed per image (seed `-seed`), so the result
-    does not depend on the batch size or on how the split is sharded across ranks."""
+    does not depend on the batch size or on how the split is sharded across ranks. NoC is counted on every split
+    but the validation split, which only chooses the checkpoint (its 20-click interactions cost 3x the rounds)."""
     if model is not None:
         model.eval()
     mode = MODES[cfg.mode]
@@ -166,7 +167,7 @@ def evaluate(
             if figure is None and is_main_process() and cfg.plots != "none":
                 figure = qualitative_inputs(model, batch.take(FIGURE_IMAGES), cfg, mode)
             n_raters = max(n_raters, batch.raters.shape[1])
-            result = validate(model, batch, cfg, mode)
+            result = validate(model, batch, cfg, mode, noc=split != "val")
             for t, values in enumerate(result.rounds, start=1):
                 acc.update(values, round=t)
             counts.update(result.counts)
@@ -195,12 +196,17 @@ def qualitative_inputs(model: AESPAModel | None, batch: Batch, cfg: RunConfig, m
     }
 
 
-def record_evaluation(run: RunFolder, result: Evaluation, cfg: RunConfig, epoch: int, split: str) -> None:
+def record_evaluation(
+    run: RunFolder, result: Evaluation, cfg: RunConfig, epoch: int, split: str, final: bool = False
+) -> None:
     """What an evaluation leaves in the run folder (train.py and val.py alike): its metrics.jsonl and per_image.csv
-    rows, its following matrix, and its figures (round curves, curves over epochs, the following matrix, the
-    qualitative grid), all from the evaluation in memory."""
-    run.write_metrics(result.rows)
-    run.write_per_image(result.per_image)
+    rows (a `final` test's replacing an earlier final test's), its following matrix, and its figures (round
+    curves, curves over epochs, the following matrix, the qualitative grid), all from the evaluation in memory."""
+    if final:
+        run.replace_final_test(result.rows, result.per_image)
+    else:
+        run.write_metrics(result.rows)
+        run.write_per_image(result.per_image)
     if result.matrix is not None:
         run.write_json(f"follow_matrix_{split}_epoch{epoch:03d}.json", result.matrix)
     if not run.enabled or cfg.plots == "none":

@@ -7,20 +7,35 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from analysis.run_files import PER_IMAGE_COLUMNS, read_metrics, repair_metrics, repair_per_image
+try:  # POSIX: a run folder's lock; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+from analysis.run_files import (
+    FINAL,
+    csv_lines,
+    is_final,
+    per_image_header,
+    read_metrics,
+    repair_metrics,
+    repair_per_image,
+    rewrite_metrics,
+    rewrite_per_image,
+)
 from conf import metrics
 from engine.config import RunConfig
-from utils import atomic_write_bytes, remove_stale_temporaries
+from utils import InputError, atomic_write_bytes, remove_stale_temporaries
 
 # Columns of the per-round table printed after an evaluation (all are in metrics.jsonl).
 TABLE_COLUMNS = ("round", "clicks", *metrics.names("console"))
@@ -85,6 +100,29 @@ def claim_folder(path: Path) -> Path:
     raise FileExistsError(f"{path}: could not create a fresh run folder")
 
 
+LOCK_FILE = ".lock"
+LAST_CHECKPOINT, BEST_CHECKPOINT = "checkpoint_last.pth", "checkpoint_best.pth"  # in Model/
+SUMMARY = "summary.json"  # written last by the final test: its presence says the run is complete
+
+
+def lock_run_folder(root: Path) -> int | None:
+    """One process per run folder: an exclusive lock on <run>/.lock (holding the owner's pid), released by the
+    operating system when the process ends, so a killed run leaves nothing stuck. -> the lock's file descriptor
+    (keep it open); InputError naming the folder when another process holds it."""
+    if fcntl is None:
+        return None
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(f"{root}: another process (pid {owner}) is running this run; wait for it or stop it") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class RunFolder:
     """Creates (or, on resume, reopens) a run folder and writes everything a run leaves behind.
 
@@ -101,6 +139,7 @@ class RunFolder:
             root = Path(cfg.log_dir) / f"{cfg.exp_name}{suffix}_{stamp}"
             root = claim_folder(root) if enabled else root
         self.root = Path(root)
+        self._lock = lock_run_folder(self.root) if enabled else None
         self.model_dir, self.log_dir, self.plot_dir = self.root / "Model", self.root / "Log", self.root / "plots"
         self.metrics_file = self.root / "metrics.jsonl"
         self.per_image_file = self.root / "per_image.csv"
@@ -171,21 +210,51 @@ class RunFolder:
         with self.metrics_file.open("a") as f:
             for row in rows:
                 f.write(json.dumps(row, sort_keys=False) + "\n")
+        self._mirror(rows)
+
+    def _mirror(self, rows: list[dict[str, Any]]) -> None:
+        """Metric rows as tensorboard scalars."""
         for row in rows:
             for key, value in row.items():
                 if isinstance(value, float) and key not in ("epoch", "round", "clicks"):
                     self.scalar(f"{row['split']}/{key}/round_{row['round']}", value, row["epoch"])
 
+    def final_test_epoch(self) -> int | None:
+        """The epoch an earlier final test evaluated (summary.json), or None."""
+        try:
+            return json.loads((self.root / SUMMARY).read_text()).get("test_epoch")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def remove_test_files(self, epoch: int) -> None:
+        """The test split's following matrix and figures of `epoch` (an earlier final test's, now replaced)."""
+        if self.enabled:
+            for path in (
+                self.root / f"follow_matrix_test_epoch{epoch:03d}.json",
+                self.plot_dir / f"follow_matrix_test_epoch{epoch:03d}.png",
+                self.plot_dir / f"qualitative_test_epoch{epoch:03d}.png",
+            ):
+                path.unlink(missing_ok=True)
+
     def write_per_image(self, rows: list[dict[str, Any]]) -> None:
         """Append rows to per_image.csv (one per image, followed rater and round; the header when new)."""
         if not self.enabled or not rows:
             return
-        new = not self.per_image_file.exists()
+        text = csv_lines(rows, per_image_header(self.per_image_file))
         with self.per_image_file.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+            f.write(text)
+
+    def replace_final_test(self, rows: list[dict[str, Any]], per_image: list[dict[str, Any]]) -> None:
+        """The final test's rows (marked `final`) in metrics.jsonl and per_image.csv, replacing an earlier final
+        test's (a resumed run tests again): each file rewritten atomically, so a kill leaves the old test or the new
+        one, never both and never half."""
+        if not self.enabled:
+            return
+        rows = [{**row, FINAL: True} for row in rows]
+        rewrite_metrics(self.metrics_file, is_final, rows)
+        rewrite_per_image(self.per_image_file, is_final, [{**row, FINAL: 1} for row in per_image])
+        self.history = [r for r in self.history if not is_final(r)] + rows
+        self._mirror(rows)
 
     def write_json(self, name: str, obj: dict) -> None:
         """Write a JSON file into the run folder (atomically)."""
@@ -193,6 +262,9 @@ class RunFolder:
             atomic_write_bytes(self.root / name, (json.dumps(obj, indent=1) + "\n").encode())
 
     def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
         for handler in self._warnings:
             logging.getLogger().removeHandler(handler)
             handler.close()

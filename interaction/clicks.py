@@ -269,7 +269,8 @@ class ClickState:
 def mask_boxes(masks: torch.Tensor, jitter: int = 0, generator=None) -> torch.Tensor:
     """Bounding boxes Bx4 float (x0, y0, x1, y1), SAM's convention, of BxHxW masks: the extreme columns and rows of
     the foreground pixels (inclusive). With `jitter` each coordinate moves by a uniform integer in [-jitter, jitter]
-    (MedSAM's training perturbation), clamped to the image and kept ordered. An empty mask gets the whole image."""
+    (MedSAM's training perturbation), clamped to the image and kept ordered. An empty mask has no box: its row is
+    NaN (the prompt encoder then stands padding tokens in for the box: the first prediction has no prompt)."""
     fg = _binary(masks)
     b, h, w = fg.shape
     cols, rows = fg.any(1), fg.any(2)  # BxW, BxH
@@ -281,7 +282,7 @@ def mask_boxes(masks: torch.Tensor, jitter: int = 0, generator=None) -> torch.Te
     y1 = torch.where(rows, row_idx, -1).amax(1)
     empty = ~cols.any(1)
     boxes = torch.stack([x0, y0, x1, y1], 1).float()
-    boxes[empty] = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0], device=fg.device)
+    boxes[empty] = float("nan")
     if jitter > 0:
         shift = torch.floor(uniform((b, 4), fg.device, generator) * (2 * jitter + 1)).float() - jitter
         boxes = boxes + shift

@@ -117,19 +117,26 @@ def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunSettings, round
 
 @torch.no_grad()
 def validate_batch(
-    model: AESPAModel | None, batch: Batch, cfg: RunSettings, mode: Mode, embedding: torch.Tensor | None = None
+    model: AESPAModel | None,
+    batch: Batch,
+    cfg: RunSettings,
+    mode: Mode,
+    embedding: torch.Tensor | None = None,
+    noc: bool = True,
 ) -> ValidatedBatch:
     """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction, the set metrics of
-    every image's candidate set, how it follows its rater; NoC with centre clicks and NoI.
+    every image's candidate set, how it follows its rater; NoC with centre clicks and NoI (`noc` False: no NoC,
+    e.g. on the validation split, where only the checkpoint choice is made).
 
     The SAM embedding is computed once and reused by every round and row (unless `-no_embedding_reuse`).
     """
     loop = cfg.loop
+    budget = loop.noc_clicks if noc else 0
     if embedding is None and not loop.no_embedding_reuse and model is not None:
         embedding = image_embedding(model, batch)
     first = mode.first_round_clicks(cfg.options)
-    noc_here = loop.noc_clicks > 0 and loop.val_click_strategy == NOC_STRATEGY
-    rounds = max(loop.clicks, noc_rounds(first, loop.noc_clicks) if noc_here else 0)
+    noc_here = budget > 0 and loop.val_click_strategy == NOC_STRATEGY
+    rounds = max(loop.clicks, noc_rounds(first, budget) if noc_here else 0)
     user = mode.user(batch, loop, cfg.options, "validate")
     run = interact(model, batch, embedding, user, rounds, loop.val_click_strategy, mode)
     empty = ~user.followed.flatten(1).gt(0.5).any(1)
@@ -142,12 +149,12 @@ def validate_batch(
         values.update(empty_split(values, empty))
         per_round.append(values)
     dice_follow = run.dice_follow
-    if loop.noc_clicks > 0 and not noc_here:  # NoC always uses centre clicks
+    if budget > 0 and not noc_here:  # NoC always uses centre clicks
         user.restart()
         dice_follow = interact(
-            model, batch, embedding, user, noc_rounds(first, loop.noc_clicks), NOC_STRATEGY, mode
+            model, batch, embedding, user, noc_rounds(first, budget), NOC_STRATEGY, mode
         ).dice_follow
-    counts = noc_of(dice_follow, first, loop.noc_clicks) if loop.noc_clicks else {}
+    counts = noc_of(dice_follow, first, budget) if budget else {}
     if len(run.dice_follow) >= NOI_ROUNDS:
         counts.update(noi_of(run.dice_follow))
     return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round))

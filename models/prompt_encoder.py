@@ -87,10 +87,13 @@ class PromptEncoder(nn.Module):
         return emb + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        corners = (boxes + 0.5).reshape(-1, 2, 2)  # Bx4 -> Bx2x2 corners as (x, y)
+        """Bx4 boxes -> Bx2xD corner tokens; a row of NaN (no box for that image) gets two padding tokens instead
+        (an extension: official SAM takes a box for every image of a batch or for none)."""
+        missing = torch.isnan(boxes).any(1)  # B
+        corners = (torch.nan_to_num(boxes) + 0.5).reshape(-1, 2, 2)  # Bx4 -> Bx2x2 corners as (x, y)
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)  # Bx2xD
         corner_type = torch.cat([self.point_embeddings[2].weight, self.point_embeddings[3].weight])  # 2xD
-        return emb + corner_type
+        return torch.where(missing[:, None, None], self.not_a_point_embed.weight, emb + corner_type)
 
     @staticmethod
     def _batch_size(points, boxes, masks) -> int:

@@ -6,6 +6,11 @@ checkpoint, image size or image content therefore can never reuse a stale embedd
 is simply another key. Entries live in memory and, with a folder, on disk as
 `<folder>/<encoder digest>/<image digest>.pt` (written atomically, read with weights_only=True), so that later
 epochs and later runs on the same data reuse them.
+
+A disk entry carries its shape and the sha256 of its values: an entry whose bytes changed, whose shape is not the
+encoder's, or that holds a non-finite value is never used — it is reported (warning), recomputed and rewritten.
+Temporaries that a killed write left behind are removed when the cache opens (those older than a few minutes:
+another run may be writing the same folder).
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils import atomic_write
+from utils import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "aespa-embeddings/1"  # part of every key: bump when the encoder's code changes its output
+CACHE_FORMAT = "aespa-embeddings/2"  # part of every key: bump when the encoder's code or the entry format changes
+STALE_TEMPORARY_S = 600  # a temporary older than this was left by a killed write
 FOLDER_NAME = ".aespa_embeddings"  # under the data folder
 
 
@@ -56,12 +62,17 @@ class EmbeddingCache:
         self.folder = None if folder is None else Path(folder) / self.digest[:32]
         self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.memory_bytes, self.memory_limit = 0, int(memory_mb * 2**20)
-        self.hits = self.disk_hits = self.misses = 0
+        self.hits = self.disk_hits = self.misses = self.rejected = 0
+        self.shape: tuple[int, ...] | None = None  # of one embedding, learnt from the encoder
+        if self.folder is not None:
+            remove_stale_temporaries(self.folder, older_than=STALE_TEMPORARY_S)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         keys = [image_digest(image) for image in images]
         found: dict[int, torch.Tensor] = {}
+        if self.shape is None:  # what a valid entry looks like: the encoder's output at this input size
+            self.shape = tuple(self.encoder(torch.zeros_like(images[:1])).shape[1:])
         for i, key in enumerate(keys):
             if key in self.memory:
                 self.memory.move_to_end(key)
@@ -87,23 +98,29 @@ class EmbeddingCache:
             self.memory_bytes -= old.numel() * old.element_size()
         return embedding
 
-    def _path(self, key: str) -> Path:
-        return self.folder / f"{key}.pt"
-
     def _read(self, key: str) -> torch.Tensor | None:
-        if self.folder is None or not self._path(key).is_file():
+        """A disk entry that passes every check, else None (reported, then recomputed and rewritten)."""
+        path = self.folder / f"{key}.pt" if self.folder is not None else None
+        if path is None or not path.is_file():
             return None
         try:
-            return torch.load(self._path(key), map_location="cpu", weights_only=True)
-        except Exception as err:  # a damaged entry is recomputed (and rewritten), never used
-            log.warning("%s: unreadable cached embedding, recomputing it (%s)", self._path(key), type(err).__name__)
-            return None
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # the unpickler raises anything on garbage
+            problem = f"unreadable ({type(err).__name__})"
+        else:
+            problem = entry_problem(entry, self.shape)
+        if problem is None:
+            return entry["embedding"]
+        log.warning("%s: cached embedding %s; recomputing it", path, problem)
+        self.rejected += 1
+        return None
 
     def _write(self, key: str, embedding: torch.Tensor) -> None:
         if self.folder is None:
             return
+        entry = {"embedding": embedding, "shape": list(embedding.shape), "sha256": tensor_digest(embedding)}
         try:
-            atomic_write(self._path(key), lambda f: torch.save(embedding, f))
+            atomic_write(self.folder / f"{key}.pt", lambda f: torch.save(entry, f))
         except OSError as err:  # e.g. a read-only data folder: keep going in memory, say so once
             log.warning("%s: cannot write cached embeddings (%s); keeping them in memory only", self.folder, err)
             self.folder = None
@@ -111,4 +128,24 @@ class EmbeddingCache:
     def summary(self) -> str:
         where = f"memory and {self.folder}" if self.folder is not None else "memory"
         return (f"embedding cache ({where}): {self.misses} computed, {self.hits} reused from memory, "
-                f"{self.disk_hits} from disk")  # fmt: skip
+                f"{self.disk_hits} from disk, {self.rejected} damaged entries recomputed")  # fmt: skip
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a float32 tensor's shape and values."""
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.numpy().tobytes()).hexdigest()
+
+
+def entry_problem(entry: object, shape: tuple[int, ...] | None) -> str | None:
+    """Why a loaded disk entry must not be used (one phrase), or None."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("embedding"), torch.Tensor):
+        return "is not an entry of this cache format"
+    t = entry["embedding"]
+    if list(t.shape) != entry.get("shape") or (shape is not None and tuple(t.shape) != tuple(shape)):
+        return f"has shape {tuple(t.shape)}, the encoder's is {shape}"
+    if t.dtype != torch.float32 or tensor_digest(t) != entry.get("sha256"):
+        return "does not match its checksum (its bytes changed)"
+    if not bool(torch.isfinite(t).all()):
+        return "holds non-finite values"
+    return None

@@ -19,6 +19,7 @@ from interaction import rounds as interaction
 from interaction.aespa import FollowedRaterUser
 from interaction.clicks import mask_boxes
 from interaction.registry import MODES
+from models import build_sam
 from pipeline.batch import prepare_batch
 from pipeline.embedding_cache import EmbeddingCache
 
@@ -26,14 +27,30 @@ from pipeline.embedding_cache import EmbeddingCache
 def test_the_box_of_a_mask_is_its_extent():
     mask = torch.zeros(2, 8, 10)
     mask[0, 2:5, 1:6] = 1  # rows 2-4, columns 1-5
-    assert mask_boxes(mask).tolist() == [[1.0, 2.0, 5.0, 4.0], [0.0, 0.0, 9.0, 7.0]]  # an empty mask: the image
+    boxes = mask_boxes(mask)
+    assert boxes[0].tolist() == [1.0, 2.0, 5.0, 4.0] and bool(boxes[1].isnan().all())  # an empty mask: no box
+
+
+def test_a_nan_box_row_is_padding_tokens_and_leaves_the_other_rows_alone():
+    """-first_prompt box for a pair whose followed rater marks nothing: no box (NaN row) -> two padding tokens in
+    the box's place; the rows with a box embed exactly as when the batch holds only them."""
+    sam = build_sam("vit_t", 64)
+    boxes = torch.tensor([[4.0, 6.0, 30.0, 40.0], [float("nan")] * 4])
+    sparse, _ = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    alone, _ = sam.prompt_encoder(points=None, boxes=boxes[:1], masks=None)
+    torch.testing.assert_close(sparse[:1], alone, atol=1e-5, rtol=0)  # batched sin/cos: float noise
+    pad = sam.prompt_encoder.not_a_point_embed.weight
+    assert torch.equal(sparse[1], pad.expand(2, -1)) and bool(torch.isfinite(sparse).all())
 
 
 def test_jittered_boxes_stay_within_the_jitter_and_the_image():
     g = torch.Generator().manual_seed(0)
     masks = (torch.rand(500, 16, 16, generator=g) > 0.97).float()
+    masks[0] = 0  # an empty mask has no box, jittered or not
     exact = mask_boxes(masks)
     jittered = mask_boxes(masks, jitter=3, generator=g)
+    assert bool(jittered[0].isnan().all())
+    exact, jittered = exact[1:], jittered[1:]
     assert bool(((jittered - exact).abs() <= 3).all())
     assert bool((jittered >= 0).all() and (jittered <= 15).all())
     assert bool((jittered[:, :2] <= jittered[:, 2:]).all())
@@ -47,11 +64,12 @@ def test_validation_boxes_are_exact_and_training_boxes_jittered(synthetic_root, 
     for _ in range(2):  # deterministic
         batch = prepare_batch(data, torch.device("cpu"), seed=0)
         user = FollowedRaterUser(batch, cfg.loop, cfg.options, "validate")
-        assert torch.equal(user.first_box(), mask_boxes(user.followed))
+        assert torch.allclose(user.first_box(), mask_boxes(user.followed), equal_nan=True)
     train_batch = prepare_batch(data, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
     user = FollowedRaterUser(train_batch, cfg.loop, cfg.options, "train")
-    box = user.first_box()
-    assert bool(((box - mask_boxes(user.followed)).abs() <= 4).all())
+    box, exact = user.first_box(), mask_boxes(user.followed)
+    assert torch.equal(box.isnan(), exact.isnan())  # no box for an empty followed mask, in training as well
+    assert bool(((box - exact).abs() <= 4)[~exact.isnan()].all())
 
 
 def test_a_box_run_goes_end_to_end(synthetic_root, tmp_path):
@@ -156,5 +174,7 @@ def test_the_best_checkpoint_is_chosen_on_the_validation_split(synthetic_root, t
     assert out["best_epoch"] == best
     assert torch.load(run / "Model" / "checkpoint_best.pth", weights_only=True)["epoch"] == best
     assert json.loads((run / "summary.json").read_text())["test_epoch"] == best
-    assert sorted(e for (split, e) in last if split == "test") == [1, 2, 3]  # -test_every_val: once each
-    assert out["test"] == [r for r in rows if r["split"] == "test" and r["epoch"] == best]  # the best's rows
+    every_val = [r for r in rows if r["split"] == "test" and not r.get("final")]
+    assert sorted({r["epoch"] for r in every_val}) == [1, 2, 3] and len(every_val) == 9  # -test_every_val: once each
+    final = [{k: v for k, v in r.items() if k != "final"} for r in rows if r.get("final")]
+    assert out["test"] == final == [r for r in every_val if r["epoch"] == best]  # the final test: the best's rows

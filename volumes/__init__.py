@@ -1,0 +1,1 @@
+"""MBH-Seg as whole cases: NIfTI volumes in and out (nifti), scoring per case as the challenge does (scoring)."""

@@ -1,0 +1,131 @@
+"""MBH-Seg volumes: NIfTI files read into one canonical orientation, and predictions written back in each case's
+own geometry.
+
+Every volume is brought to the closest canonical (RAS+) orientation, so array axes run to the patient's Right,
+Anterior and Superior; z is the index along the third axis. A rater's label is taken on its image's voxel grid:
+it is reoriented with the image's transform (not its own), so a label whose affine disagrees with the image's
+still lands on the voxels it was drawn on (the disagreement is reported). `to_file_order` undoes the
+reorientation, and `save_like` writes an array with a case's shape, affine and header (uint8, no scaling).
+
+Slices are shown in the radiological convention: rows anterior -> posterior, columns patient's right -> left,
+i.e. slice[row, col] = volume[X-1-col, Y-1-row, z] (`display_slice`, `from_display`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+from utils import InputError, atomic_write_bytes, one_line
+
+log = logging.getLogger(__name__)
+
+N_CLASSES = 6  # MBH-Seg labels: 0 background, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH
+CANONICAL = axcodes2ornt(("R", "A", "S"))
+
+
+@dataclass
+class Volume:
+    """A volume in canonical orientation (`data` XxYxZ) and its file: the image object (shape, affine, header) and
+    the orientation transform from the file's voxel order to the canonical one."""
+
+    data: np.ndarray
+    image: nib.Nifti1Image
+    ornt: np.ndarray
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The file's own array shape."""
+        return tuple(self.image.shape[:3])
+
+
+def _read(path: Path) -> nib.Nifti1Image:
+    try:
+        image = nib.load(path)
+        image.get_data_dtype()
+    except Exception as err:  # nibabel, gzip and zlib raise many types for a bad file
+        raise InputError(f"{path}: unreadable NIfTI ({one_line(err)})") from err
+    return image
+
+
+def _array(image: nib.Nifti1Image, path: Path, labels: bool) -> np.ndarray:
+    try:
+        data = np.asanyarray(image.dataobj) if labels else image.get_fdata(dtype=np.float32)
+    except Exception as err:
+        raise InputError(f"{path}: unreadable NIfTI ({one_line(err)})") from err
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {data.shape}")
+    return data
+
+
+def load_image(path: str | Path) -> Volume:
+    """A CT image, float32 HU, in canonical orientation."""
+    path = Path(path)
+    image = _read(path)
+    ornt = io_orientation(image.affine)
+    return Volume(apply_orientation(_array(image, path, labels=False), ornt), image, ornt, path)
+
+
+def load_label(path: str | Path, image: Volume) -> Volume:
+    """A rater's label (int16 classes 0..5) on `image`'s voxel grid, in the image's canonical orientation. Refuses
+    (one line naming the file) another shape, non-finite values and values outside 0..5; an affine that disagrees
+    with the image's is reported (warning naming both files) and the voxel grid is used as is."""
+    path = Path(path)
+    label = _read(path)
+    data = _array(label, path, labels=True)
+    if data.shape != image.shape:
+        raise InputError(f"{path}: label shape {data.shape} does not match image shape {image.shape} ({image.path})")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} label voxels are not finite (NaN or inf)")
+    values = np.rint(data).astype(np.int16)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= N_CLASSES:
+        raise InputError(f"{path}: label values must lie in 0..{N_CLASSES - 1}, found {low}..{high}")
+    if not np.allclose(label.affine, image.image.affine, atol=1e-2):
+        log.warning("%s: affine differs from %s's; using the voxel grid as is (the image's orientation)", path,
+                    image.path)  # fmt: skip
+    return Volume(apply_orientation(values, image.ornt), label, image.ornt, path)
+
+
+def to_file_order(canonical: np.ndarray, volume: Volume) -> np.ndarray:
+    """A canonical-orientation array (XxYxZ) back in `volume`'s file voxel order and shape."""
+    return apply_orientation(canonical, ornt_transform(CANONICAL, volume.ornt))
+
+
+def save_like(array: np.ndarray, volume: Volume, path: str | Path) -> None:
+    """Write a file-order uint8 array as a NIfTI with `volume`'s shape, affine and header (data type uint8, scaling
+    reset), atomically (gzip when the name ends in .gz)."""
+    if tuple(array.shape) != volume.shape:
+        raise ValueError(f"array of shape {array.shape} for a volume of shape {volume.shape}")
+    header = volume.image.header.copy()
+    header.set_data_dtype(np.uint8)
+    out = nib.Nifti1Image(np.ascontiguousarray(array, dtype=np.uint8), volume.image.affine, header)
+    out.header.set_slope_inter(1.0, 0.0)
+    data = out.to_bytes()
+    path = Path(path)
+    atomic_write_bytes(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+
+
+def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """HU -> uint8 through the CT window [level - width/2, level + width/2] (rounding half to even)."""
+    scaled = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0) * 255.0
+    return np.rint(scaled).astype(np.uint8)
+
+
+def display_slice(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z of an XxYxZ[xC] canonical volume as YxX[xC] rows/columns (see the module docstring)."""
+    return np.swapaxes(volume[:, :, z], 0, 1)[::-1, ::-1]
+
+
+def from_display(plane: np.ndarray) -> np.ndarray:
+    """A YxX displayed slice back as the XxY plane of the canonical volume (the inverse of `display_slice`)."""
+    return np.swapaxes(plane[::-1, ::-1], 0, 1)
