@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             inbrowser=False,
             prevent_thread_lock=True,
             quiet=True,
+            show_error=True,  # a refused value's one-line message reaches the page and API clients
         )
     except OSError:  # gradio found the port taken (or the address cannot be bound)
         raise InputError(

@@ -179,7 +179,7 @@ def make_config(
     explicit = given_flags(argv, parser_of) - set(own)
     setup = Setup(extra=argparse.Namespace(**{k: getattr(args, k) for k in own}))
     flags = {k: v for k, v in vars(args).items() if k not in own}
-    problem = value_problem(flags)
+    problem = value_problem(flags) or weights_problem(flags, explicit)
     if problem:
         parser.error(problem)
     flags = device_of_legacy_flags(flags)
@@ -245,10 +245,9 @@ def with_mode_defaults(flags: Mapping[str, Any], explicit: set[str]) -> dict[str
 def usage_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
     """A flag named that the run's mode or dataset does not use, or the mode's own cross-flag rule."""
     mode, dataset = flags["mode"], flags["dataset"]
-    if not MODES[mode].learns:
-        named = [f for f in ("weights", "sam_ckpt") if f in explicit]
-        if named:
-            return f"argument -{named[0]}: -mode {mode} is a baseline without a network: it uses no weights"
+    problem = weights_problem(flags, explicit)
+    if problem:
+        return problem
     for registry, chosen, what in ((MODES, mode, "-mode"), (DATASETS, dataset, "-dataset")):
         used = set(flag_names(registry[chosen].options))
         for flag, users in owners(registry).items():
@@ -256,6 +255,15 @@ def usage_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
                 return f"argument -{flag}: not used by {what} {chosen} (only by {', '.join(users)})"
     options = config_from_flags(flags).options
     return options.check() if hasattr(options, "check") else None
+
+
+def weights_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
+    """Weights named for a baseline, which has no network (before any file is read)."""
+    mode = flags["mode"]
+    named = [f for f in ("weights", "sam_ckpt") if f in explicit]
+    if named and not MODES[mode].learns:
+        return f"argument -{named[0]}: -mode {mode} is a baseline without a network: it uses no weights"
+    return None
 
 
 def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""Multi-rater, personalised and interactive segmentation metrics (SPEC §6).
+"""Multi-rater, personalised and interactive segmentation metrics (SPEC §6); as a command, the per-case scorer of
+whole MBH-Seg predictions (volumes/scoring.py):
+
+    python multirater_metrics.py -pred PRED -gt DIR [-convention challenge|plain]
+
+scores PRED/<case>.nii.gz against DIR/<case>/label_annot_<id>.nii.gz for every case of DIR, writes PRED/scores.csv
+(one row per case, then the mean), prints the mean, and stops (exit status 2) naming the first case without a
+prediction or with one of another shape.
 
 Three groups, all batched tensor code on the inputs' device (no Python loop over pixels or pairs):
 
@@ -19,13 +26,19 @@ pixels per mask, and computed with autocast disabled (bf16 counts would be wrong
 
 from __future__ import annotations
 
+import argparse
 import copy
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
+
+from utils import OneLineParser, run_cli
+from volumes.scoring import CONVENTIONS, KEYS, mean_row, score_folder, write_scores
 
 EPS = 1e-8
 SOFT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)  # the challenge's Dice_soft thresholds
@@ -441,3 +454,36 @@ class MetricAccumulator:
         if list(per_round) in ([], [None]):
             return per_round.get(None, {})
         return {rnd: per_round[rnd] for rnd in sorted(per_round)}
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line: whole-case scores of a prediction folder
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = OneLineParser(prog="multirater_metrics.py", description="Score MBH-Seg predictions per case, then the mean.")
+    p.add_argument("-pred", required=True, help="prediction folder: <case>.nii.gz per case (uint8 classes 0..5)")
+    p.add_argument("-gt", required=True, help="ground truth: <case>/label_annot_<id>.nii.gz (and image.nii.gz)")
+    p.add_argument(
+        "-convention",
+        choices=CONVENTIONS,
+        default="challenge",
+        help="challenge: the MBH-Seg 2025 evaluator's rules (class-averaged Dice, empty-label rule, GED over 5 "
+        "classes); plain: this project's definitions on foreground masks",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rows = score_folder(args.pred, args.gt, args.convention)
+    path = Path(args.pred) / "scores.csv"
+    write_scores(rows, path)
+    mean = mean_row(rows)
+    print(f"{len(rows)} cases ({args.convention} convention) -> {path}")
+    print("  ".join(f"{k} {mean[k]:.4f}" for k in KEYS), file=sys.stdout)
+    return mean
+
+
+if __name__ == "__main__":
+    run_cli(main)

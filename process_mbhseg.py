@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
 import re
 from pathlib import Path
 
@@ -35,11 +34,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import InputError, atomic_write_bytes, run_cli
-from volumes.nifti import N_CLASSES, display_slice, load_image, load_label, window
+from volumes.nifti import N_CLASSES, display_slice, load_image, load_label, read_case, window
 
 SPLITS = ("train", "test")
 OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
-LABEL_RE = re.compile(r"label_annot_(?P<rater>.+)\.nii(\.gz)?")
 OUTPUT_RE = re.compile(r"slice_\d+(_r.+\.npy|\.png)")
 
 
@@ -63,18 +61,7 @@ def find_cases(src: Path) -> list[tuple[str, Path, Path, list[tuple[str, Path]]]
     cases = []
     for split in splits:
         for case in sorted(p for p in (src / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
-            images = [case / n for n in ("image.nii.gz", "image.nii") if (case / n).is_file()]
-            if not images:
-                raise InputError(f"{case}: no image.nii.gz")
-            if len(images) > 1:
-                raise InputError(f"{case}: two images, {images[0]} and {images[1]}: keep one")
-            raters = sorted((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n)))
-            if not raters:
-                raise InputError(f"{case}: no label_annot_<id>.nii.gz files")
-            for (rater, first), (other, second) in zip(raters, raters[1:]):  # sorted: a shared id is adjacent
-                if rater == other:
-                    raise InputError(f"{case}: {first} and {second} are both rater {rater}: keep one")
-            cases.append((split, case, images[0], raters))
+            cases.append((split, case, *read_case(case)))
     if not cases:
         raise InputError(f"--src {src}: no cases in {', '.join(splits)}")
     return cases

@@ -182,7 +182,7 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]
     """(header, [(line number, row)]) of a CSV file; every row must have the header's number of fields (a last
     line without its newline is named as cut short: a kill while writing)."""
     try:
-        text = path.read_text(newline="")
+        text = path.read_bytes().decode()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not readable as CSV ({err})") from None
     lines = text.splitlines()

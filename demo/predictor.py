@@ -20,8 +20,7 @@ import torch
 
 from dataset import resize_image
 from interaction.clicks import NOC_STRATEGY, ClickState, next_click
-from interaction.mode import Selection
-from interaction.rounds import RoundState, mixture_responsibilities, predict_round
+from interaction.rounds import RoundState, deterministic_round
 from models import AESPAModel
 from multirater_metrics import dice, iou
 
@@ -63,10 +62,7 @@ def replay(
     for i in range(len(clicks) + 1):
         if i:
             state.clicks.add(points[i - 1 : i], labels[i - 1 : i])  # 1x2, 1
-        prompts, decoded = predict_round(model, state, embedding)
-        seen = Selection(decoded.probs[:, 0], decoded.low)
-        state.advance(seen, mixture_responsibilities(model, seen.pred, prompts))
-        rounds.append(seen.pred[0])
+        rounds.append(deterministic_round(model, state, embedding)[0])
     return torch.stack(rounds)
 
 

@@ -90,6 +90,17 @@ def predict_round(
     return prompts, model.decode_round(embedding, prompts, eps)
 
 
+@torch.no_grad()
+def deterministic_round(model: AESPAModel, state: RoundState, embedding: torch.Tensor) -> torch.Tensor:
+    """One round of the deterministic prediction (ε = 0) from `state`, which then advances (its mask prompt and
+    responsibilities become the next round's) -> probabilities PxSxS. The demo and whole-volume interaction use
+    it; the validation protocol's rounds are the same prediction."""
+    prompts, decoded = predict_round(model, state, embedding)
+    seen = Selection(decoded.probs[:, 0], decoded.low)
+    state.advance(seen, mixture_responsibilities(model, seen.pred, prompts))
+    return seen.pred
+
+
 # --- training steps ----------------------------------------------------------------------------------
 
 

@@ -151,9 +151,7 @@ def validate_batch(
     dice_follow = run.dice_follow
     if budget > 0 and not noc_here:  # NoC always uses centre clicks
         user.restart()
-        dice_follow = interact(
-            model, batch, embedding, user, noc_rounds(first, budget), NOC_STRATEGY, mode
-        ).dice_follow
+        dice_follow = interact(model, batch, embedding, user, noc_rounds(first, budget), NOC_STRATEGY, mode).dice_follow
     counts = noc_of(dice_follow, first, budget) if budget else {}
     if len(run.dice_follow) >= NOI_ROUNDS:
         counts.update(noi_of(run.dice_follow))

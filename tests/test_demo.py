@@ -238,6 +238,39 @@ def test_api_sets_a_box(server, model, image, tmp_path):
     assert_mask(np.asarray(Image.open(mask_file)) > 127, oracle(model, image, [], (8, 9, 40, 44)))
 
 
+@pytest.mark.parametrize(
+    "endpoint, args, named",
+    [
+        ("/add_click", (3, None, "positive"), "y: "),
+        ("/add_click", ("abc", 3, "positive"), "'abc'"),  # refused by gradio's Number itself, naming the value
+        ("/set_box", (1, 2, None, 4), "x1: "),
+        ("/add_click", (3, 3, "sideways"), "'sideways'"),
+    ],
+    ids=["null", "text", "box", "label"],
+)
+def test_api_calls_with_bad_values_answer_one_message(server, tmp_path, endpoint, args, named):
+    """null or text where a coordinate belongs (NaN cannot travel as JSON; model_pixel refuses it below): the call
+    fails with a message naming it (not a bare `{"error": null}` and a server traceback), and the session goes
+    on."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    client.predict(api_name="/load_sample")
+    with pytest.raises(AppError) as err:
+        client.predict(*args, api_name=endpoint)
+    assert named in str(err.value), str(err.value)
+    _, _, _, clicks_text, _ = client.predict(3, 4, "positive", api_name="/add_click")
+    assert "(3, 4) positive" in clicks_text
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "3", True])
+def test_a_coordinate_that_is_not_a_finite_number_is_refused_naming_it(value):
+    with pytest.raises(InputError, match="^x: expected a pixel coordinate"):
+        sess.model_pixel(value, "x", 64)
+    assert sess.model_pixel(70.6, "x", 64) == 63 and sess.model_pixel(-2, "x", 64) == 0
+
+
 def test_newest_default_run_is_used(checkpoint, tmp_path):
     runs = [tmp_path / "logs" / name / "Model" / "checkpoint_best.pth" for name in ("b_older", "a_newer")]
     for age, path in zip((100, 0), runs):

@@ -18,10 +18,12 @@ ALLOWED = {
     "conf": set(),
     "utils": set(),
     "models": set(),
-    "multirater_metrics": set(),
+    "volumes": {"utils"},
+    "multirater_metrics": {"utils", "volumes"},
     "analysis": {"conf", "utils"},
     "pipeline": {"conf", "utils"},
     "dataset": {"conf", "utils", "pipeline"},
+    "process_mbhseg": {"utils", "volumes"},
     "interaction": {"conf", "utils", "models", "multirater_metrics", "pipeline", "dataset"},
     "engine": {"conf", "utils", "models", "multirater_metrics", "pipeline", "dataset", "interaction", "analysis"},
 }

@@ -236,3 +236,35 @@ def test_two_files_for_one_rater_or_image_are_refused_naming_both(tmp_path, kind
     msg = str(err.value)
     assert str(gz) in msg and str(plain) in msg and "\n" not in msg, msg
     assert not (tmp_path / "out").exists()
+
+
+def test_a_label_whose_affine_is_flipped_against_its_image_is_not_mirrored(tmp_path, caplog):
+    """A label drawn on the image's voxel grid but saved with its x axis flipped in the affine: the tool warns
+    that the affines differ and uses the voxel grid as is, so the mask lands on the voxels it was drawn on (the
+    image's orientation decides), not mirrored."""
+    shape = (20, 12, 3)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    label = np.zeros(shape, np.uint8)
+    label[8:15, 4:7, 1] = 2  # x 8..14
+    case = tmp_path / "raw" / "train" / "case_0"
+    write_nifti(case / "image.nii.gz", np.zeros(shape, np.int16), affine)
+    flipped = affine.copy()
+    flipped[0, 0], flipped[0, 3] = -1.0, shape[0] - 1.0  # x axis flipped in the label's affine only
+    write_nifti(case / "label_annot_1.nii.gz", label, flipped)
+    process_mbhseg.main(["--src", str(tmp_path / "raw"), "--dst", str(tmp_path / "out")])
+    assert "affine differs" in caplog.text and "using the voxel grid as is" in caplog.text
+    mask = np.load(tmp_path / "out" / "MBHSeg-Binary" / "train" / "gt" / "case_0" / "slice_1_r1.npy")
+    # display: png[row, col] = volume[X-1-col, Y-1-row, z] of the image's (RAS) grid: x 8..14 -> columns 5..11
+    cols = np.flatnonzero(mask.any(0))
+    assert (cols.min(), cols.max()) == (shape[0] - 1 - 14, shape[0] - 1 - 8)
+
+
+def test_non_finite_label_voxels_are_refused_naming_the_file(tmp_path):
+    shape = (8, 8, 2)
+    case = tmp_path / "raw" / "train" / "case_0"
+    write_nifti(case / "image.nii.gz", np.zeros(shape, np.int16), np.eye(4))
+    label = np.zeros(shape, np.float32)
+    label[2, 2, 1] = np.nan
+    bad = write_nifti(case / "label_annot_1.nii.gz", label, np.eye(4))
+    with pytest.raises(InputError, match=f"{bad}: 1 label voxels are not finite"):
+        process_mbhseg.main(["--src", str(tmp_path / "raw"), "--dst", str(tmp_path / "out")])

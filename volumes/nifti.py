@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +24,13 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from utils import InputError, atomic_write_bytes, one_line
+from utils import InputError, atomic_write_bytes, natural_key, one_line
 
 log = logging.getLogger(__name__)
 
 N_CLASSES = 6  # MBH-Seg labels: 0 background, 1 EDH, 2 IPH, 3 IVH, 4 SAH, 5 SDH
 CANONICAL = axcodes2ornt(("R", "A", "S"))
+LABEL_RE = re.compile(r"label_annot_(?P<rater>.+?)\.nii(\.gz)?")
 
 
 @dataclass
@@ -75,25 +78,52 @@ def load_image(path: str | Path) -> Volume:
     return Volume(apply_orientation(_array(image, path, labels=False), ornt), image, ornt, path)
 
 
-def load_label(path: str | Path, image: Volume) -> Volume:
-    """A rater's label (int16 classes 0..5) on `image`'s voxel grid, in the image's canonical orientation. Refuses
-    (one line naming the file) another shape, non-finite values and values outside 0..5; an affine that disagrees
-    with the image's is reported (warning naming both files) and the voxel grid is used as is."""
+def read_labels(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A label (or prediction) file as uint8 classes 0..5 in its own voxel order, and its image object; refuses (one
+    line naming the file) non-finite values and values outside 0..5."""
     path = Path(path)
     label = _read(path)
     data = _array(label, path, labels=True)
-    if data.shape != image.shape:
-        raise InputError(f"{path}: label shape {data.shape} does not match image shape {image.shape} ({image.path})")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} label voxels are not finite (NaN or inf)")
-    values = np.rint(data).astype(np.int16)
+    values = np.rint(data) if np.issubdtype(data.dtype, np.floating) else data
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= N_CLASSES:
         raise InputError(f"{path}: label values must lie in 0..{N_CLASSES - 1}, found {low}..{high}")
+    return values.astype(np.uint8), label
+
+
+def load_label(path: str | Path, image: Volume) -> Volume:
+    """A rater's label (uint8 classes 0..5) on `image`'s voxel grid, in the image's canonical orientation. Refuses
+    (one line naming the file) another shape, non-finite values and values outside 0..5; an affine that disagrees
+    with the image's is reported (warning naming both files) and the voxel grid is used as is."""
+    path = Path(path)
+    values, label = read_labels(path)
+    if values.shape != image.shape:
+        raise InputError(f"{path}: label shape {values.shape} does not match image shape {image.shape} ({image.path})")
     if not np.allclose(label.affine, image.image.affine, atol=1e-2):
         log.warning("%s: affine differs from %s's; using the voxel grid as is (the image's orientation)", path,
                     image.path)  # fmt: skip
     return Volume(apply_orientation(values, image.ornt), label, image.ornt, path)
+
+
+def read_case(case: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
+    """A case folder's image (`image.nii.gz` or `.nii`) and raters (`label_annot_<id>.nii[.gz]`, sorted by id, ids
+    compared as numbers); InputError naming the folder when the image or the labels are missing or an id repeats."""
+    case = Path(case)
+    images = [case / n for n in ("image.nii.gz", "image.nii") if (case / n).is_file()]
+    if not images:
+        raise InputError(f"{case}: no image.nii.gz")
+    if len(images) > 1:
+        raise InputError(f"{case}: two images, {images[0]} and {images[1]}: keep one")
+    raters = sorted(((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n))),
+                    key=lambda r: natural_key(r[0]))  # fmt: skip
+    if not raters:
+        raise InputError(f"{case}: no label_annot_<id>.nii.gz files")
+    for (rater, first), (other, second) in zip(raters, raters[1:]):  # sorted: a shared id is adjacent
+        if rater == other:
+            raise InputError(f"{case}: {first} and {second} are both rater {rater}: keep one")
+    return images[0], raters
 
 
 def to_file_order(canonical: np.ndarray, volume: Volume) -> np.ndarray:

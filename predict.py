@@ -1,0 +1,207 @@
+"""Predict whole MBH-Seg cases (NIfTI in, challenge submissions out), following each rater in turn.
+
+    python predict.py -weights CKPT -data_path DIR -out OUT [-protocol budget|marked] [-track binary|multiclass]
+
+DIR holds <case>/image.nii.gz and <case>/label_annot_<id>.nii.gz (the labels drive the simulated user). Every
+case is read from its NIfTI files (reoriented and windowed as process_mbhseg.py does), predicted slice by slice
+with each slice's image embedding computed once, and written back in its own geometry (shape, affine, header;
+uint8; scaling reset) as OUT/follow_<id>/<case>.nii.gz: one folder per followed rater, each a submission that
+`python multirater_metrics.py -pred OUT/follow_<id> -gt DIR` scores. OUT/interaction.csv holds the 3-D Dice of
+every case against its followed rater after each click, OUT/noc.csv the clicks each case needed (interaction/
+volume.py describes the two protocols; every file names the protocol and the track).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfg import Setup, make_config, run_command
+from dataset import resize_image, resize_mask
+from engine.build import build_model_from_config
+from engine.distributed import choose_device
+from interaction.volume import PROTOCOLS, VolumeInteraction, run_budget, run_marked, slice_embeddings, upsample
+from multirater_metrics import NOC_THRESHOLDS
+from utils import InputError, OneLineParser, natural_key
+from volumes.nifti import (
+    display_slice,
+    from_display,
+    load_image,
+    load_label,
+    read_case,
+    save_like,
+    to_file_order,
+    window,
+)
+from volumes.scoring import challenge_dice
+
+TRACKS = ("binary", "multiclass")
+
+
+def predict_flags(parser: OneLineParser) -> list[str]:
+    group = parser.add_argument_group("predict (whole MBH-Seg cases)")
+    group.add_argument("-out", required=True, help="output folder: follow_<rater id>/<case>.nii.gz, interaction.csv")
+    group.add_argument(
+        "-protocol",
+        choices=PROTOCOLS,
+        default="budget",
+        help="budget: -budget clicks per case on the worst slice; marked: -clicks rounds on every slice the followed "
+        "rater marks",
+    )
+    group.add_argument("-budget", type=int, default=10, help="clicks per case (budget protocol)")
+    group.add_argument(
+        "-track",
+        choices=TRACKS,
+        default="binary",
+        help="binary: every class is foreground; multiclass: a session per slice and class present, the most probable "
+        "class above 0.5",
+    )
+    group.add_argument("-window_level", type=float, default=40.0, help="CT window centre in HU")
+    group.add_argument("-window_width", type=float, default=80.0, help="CT window width in HU")
+    group.add_argument(
+        "-save_sets",
+        action="store_true",
+        help="also write OUT/sets/<case>_pred_s<k>.nii.gz: the predictions made following each rater (a case's set)",
+    )
+    return ["out", "protocol", "budget", "track", "window_level", "window_width", "save_sets"]
+
+
+def model_inputs(hu: np.ndarray, size: int, level: float, width: float) -> torch.Tensor:
+    """A canonical XxYxZ HU volume -> Zx3xSxS model inputs, each slice windowed and displayed as
+    process_mbhseg.py writes its PNGs, then resized as the loaders resize images."""
+    planes = [window(display_slice(hu, z), level, width).astype(np.float32) / 255.0 for z in range(hu.shape[2])]
+    return torch.stack([resize_image(p, size) for p in planes])
+
+
+class Case:
+    """One case on the model's side: its slices' embeddings, each rater's label (display planes ZxHxW), and
+    the geometry to write predictions back."""
+
+    def __init__(self, folder: Path, model, size: int, device: torch.device, level: float, width: float):
+        image_path, raters = read_case(folder)
+        self.name, self.image = folder.name, load_image(image_path)
+        self.raters = [(rater, load_label(path, self.image).data) for rater, path in raters]
+        self.embeddings = slice_embeddings(model, model_inputs(self.image.data, size, level, width).to(device))
+        self.z = self.image.data.shape[2]
+        self.height, self.width = display_slice(self.image.data, 0).shape
+
+    def planes(self, label: np.ndarray, cls: int | None) -> list[np.ndarray]:
+        """A label volume's display planes as bool masks of class `cls` (None: any class)."""
+        return [(display_slice(label, z) > 0) if cls is None else display_slice(label, z) == cls for z in range(
+            self.z)]  # fmt: skip
+
+    def write(self, planes: list[np.ndarray], path: Path) -> None:
+        """Display planes (ZxHxW uint8 classes) -> the case's own geometry, as a NIfTI file."""
+        canonical = np.stack([from_display(p) for p in planes], axis=2)
+        save_like(to_file_order(canonical, self.image), self.image, path)
+
+
+def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int) -> tuple:
+    """One followed rater: the sessions of the track, the protocol's clicks -> (final display planes uint8, the
+    case's Dice after each click count)."""
+    classes = [None] if args.track == "binary" else [c for c in range(1, 6) if (label == c).any()]
+    sessions = []
+    for cls in classes:
+        for z, mask in enumerate(case.planes(label, cls)):
+            if mask.any():  # the slices (and classes) the followed rater marks
+                target = torch.from_numpy(resize_mask(mask, size)).to(vi.embeddings.device)
+                sessions.append(vi.session(z, 1 if cls is None else cls, target))
+    # click-free slices: their foreground takes the followed rater's most frequent class (multiclass track)
+    default_cls = 1 if args.track == "binary" else int(np.bincount(label[label > 0], minlength=6).argmax() or 1)
+    dice_curve: list[tuple[int, float]] = []
+
+    def volume() -> list[np.ndarray]:
+        by_slice: dict[int, list] = {}
+        for s in sessions:
+            by_slice.setdefault(s.z, []).append(s)
+        planes = []
+        for z in range(case.z):
+            found = by_slice.get(z)
+            if not found:
+                probs, classes_z = vi.click_free[z][None], [default_cls]
+            else:
+                probs, classes_z = torch.stack([s.probs for s in found]), [s.cls for s in found]
+            full = torch.stack([upsample(p, case.height, case.width) for p in probs]).cpu()
+            best, which = full.max(0)
+            plane = np.asarray(classes_z, np.uint8)[which.numpy()] * (best > 0.5).numpy()
+            planes.append(plane.astype(np.uint8))
+        return planes
+
+    reference = np.stack([display_slice(label, z) for z in range(case.z)])
+
+    def record(clicks: int) -> None:
+        pred = np.stack(volume())
+        if args.track == "binary":
+            a, b = pred > 0, reference > 0
+            score = float((2 * (a & b).sum() + 1e-8) / (a.sum() + b.sum() + 1e-8))
+        else:
+            score = challenge_dice(pred, reference.astype(np.uint8))
+        dice_curve.append((clicks, score))
+
+    if args.protocol == "marked":
+        run_marked(vi, sessions, rounds, record)
+    else:
+        run_budget(vi, sessions, args.budget, record)
+    return volume(), dice_curve
+
+
+def noc(curve: list[tuple[int, float]], budget: int) -> dict[str, int]:
+    """Clicks to reach each Dice threshold (the budget when never reached)."""
+    return {f"NoC@{t:.2f}": next((c for c, d in curve if d >= t), budget) for t in NOC_THRESHOLDS}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    setup: Setup = make_config(argv, "demo", prog="predict.py", extra_flags=predict_flags)
+    cfg, args = setup.config, setup.extra
+    if not cfg.model.weights:
+        raise InputError("-weights is required: the checkpoint to predict with")
+    if args.budget < 0:
+        raise InputError(f"-budget: must not be negative, got {args.budget}")
+    data, out = Path(cfg.data.data_path), Path(args.out)
+    cases = sorted((p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p:
+                   natural_key(p.name)) if data.is_dir() else None  # fmt: skip
+    if not cases:
+        raise InputError(f"-data_path {data}: no case folders (<case>/image.nii.gz, <case>/label_annot_<id>.nii.gz)")
+    device = choose_device(cfg.device)
+    model, _ = build_model_from_config(cfg, setup.files)
+    model.to(device).eval()
+    size, rows, counts = cfg.model.image_size, [], []
+    budget = args.budget if args.protocol == "budget" else cfg.loop.clicks - 1
+    tag = {"protocol": args.protocol, "track": args.track}
+    print(f"predicting {len(cases)} cases of {data} with {cfg.model.weights} ({args.protocol} protocol, "
+          f"{args.track} track) -> {out}")  # fmt: skip
+    for folder in cases:
+        start = time.time()
+        case = Case(folder, model, size, device, args.window_level, args.window_width)
+        vi = VolumeInteraction(model, case.embeddings)
+        for rater, label in case.raters:
+            planes, curve = follow(case, vi, label, args, cfg.loop.clicks, size)
+            case.write(planes, out / f"follow_{rater}" / f"{case.name}.nii.gz")
+            if args.save_sets:
+                k = [r for r, _ in case.raters].index(rater)
+                case.write(planes, out / "sets" / f"{case.name}_pred_s{k}.nii.gz")
+            rows += [{"case": case.name, "followed": rater, **tag, "clicks": c, "Dice": d} for c, d in curve]
+            counts.append({"case": case.name, "followed": rater, **tag, **noc(curve, budget)})
+        print(f"{case.name}: {len(case.raters)} raters, {case.z} slices ({time.time() - start:.1f} s)")
+    write_csv(rows, out / "interaction.csv")
+    write_csv(counts, out / "noc.csv")
+    final = [r for r in rows if r["clicks"] == max(x["clicks"] for x in rows if x["case"] == r["case"])]
+    print(f"mean Dice against the followed rater after the last click: {np.mean([r['Dice'] for r in final]):.4f}"
+          f" ({args.protocol} protocol, {args.track} track); folders follow_<rater id>/ in {out}")  # fmt: skip
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    run_command(main)
