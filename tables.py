@@ -43,6 +43,13 @@ def build_parser() -> OneLineParser:
         "writes compare.md, compare.csv",
     )
     compare.add_argument(
+        "-gain",
+        default=None,
+        metavar="A",
+        help="one configuration: the paired difference of its last and first rounds (-rounds FIRST,LAST) with the "
+        "same bootstrap interval: does interaction help? writes gain.md",
+    )
+    compare.add_argument(
         "-metric",
         default=None,
         help="column of per_image.csv to compare (default Dice_follow; " + ", ".join(metrics.names("per_image")) + ")",
@@ -98,11 +105,19 @@ def main(argv: list[str] | None = None) -> Any:
         raise InputError(f"-digits: must not be negative, got {args.digits}")
     if out.exists() and not out.is_dir():
         raise InputError(f"-out {out}: exists and is not a folder")
+    if args.compare is not None and args.gain is not None:
+        raise InputError("-gain: one configuration's rounds, or -compare A B, not both")
     if args.compare is not None:
         return compare_main(args, out)
+    if args.gain is not None:
+        if args.runs or args.metrics is not None:
+            raise InputError("-gain A: a paired comparison; give neither run folders for a table nor -metrics")
+        return paired.run_gain(args.gain, args.metric or "Dice_follow", args.split, args.rounds,
+                               2000 if args.bootstrap is None else args.bootstrap, args.empty or "all", out,
+                               args.digits)  # fmt: skip
     given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
     if given:
-        raise InputError(f"-{given[0]}: only with -compare A B")
+        raise InputError(f"-{given[0]}: only with -compare A B or -gain A")
     if not args.runs:
         raise InputError("RUN_DIR: give at least one run folder (or -compare A B)")
     return make_table(args.runs, args.split, args.metrics, args.rounds, out, args.digits, args.skip_bad)

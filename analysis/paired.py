@@ -379,6 +379,49 @@ def compare(
     return result
 
 
+def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: int, empty: str = "all") -> RoundResult:
+    """Does interaction help? The mean paired difference of a configuration's metric between its last and first
+    rounds (`rounds_text` "FIRST,LAST", default the first and the last), per (data seed, image, followed rater),
+    with the same cluster-bootstrap interval over images as `compare`."""
+    if n_boot < MIN_BOOTSTRAP:
+        raise InputError(f"-bootstrap: at least {MIN_BOOTSTRAP} resamples, got {n_boot}")
+    side = load_side(path, split, metric)
+    tokens = [t.strip() for t in (rounds_text or f"1,{side.n_rounds}").split(",") if t.strip()]
+    if len(tokens) != 2 or not all(t.isdigit() for t in tokens) or int(tokens[0]) >= int(tokens[1]):
+        raise InputError(f"-rounds {rounds_text}: with -gain, two rounds FIRST,LAST (FIRST < LAST), e.g. 1,6")
+    first, last = map(int, tokens)
+    keys = [k for k in side.cells if k[3] == last and (*k[:3], first) in side.cells]
+    if empty != "all":
+        keys = [k for k in keys if side.cells[k].empty == (1 if empty == "empty" else 0)]
+    if not keys:
+        raise InputError(f"-rounds {first},{last}: {path} has no (image, followed rater) at both rounds")
+    keys.sort(key=lambda k: (k[0], natural_key(k[1]), k[2]))
+    v_last = np.array([side.cells[k].value for k in keys])
+    v_first = np.array([side.cells[(*k[:3], first)].value for k in keys])
+    clusters = np.array([f"{k[0]}/{k[1]}" for k in keys])
+    diff, low, high = cluster_bootstrap(v_last - v_first, clusters, n_boot)
+    clicks = side.cells[keys[0]].clicks
+    return RoundResult(last, clicks, float(v_last.mean()), float(v_first.mean()), diff, low, high,
+                       len(set(clusters.tolist())), len(keys))  # fmt: skip
+
+
+def run_gain(
+    path: str, metric: str, split: str, rounds: str | None, n_boot: int, empty: str, out: Path, digits: int
+) -> RoundResult:
+    """`tables.py -gain A`: write gain.md into `out`, print it."""
+    r = gain(path, metric, split, rounds, n_boot, empty)
+    first = rounds.split(",")[0] if rounds else "1"
+    text = (
+        f"{path}: {metric} round {r.round} ({r.clicks} clicks) - round {first}: {r.diff:+.{digits}f} "
+        f"[{r.low:+.{digits}f}, {r.high:+.{digits}f}] (95 % cluster bootstrap over {r.images} images, {r.pairs} "
+        f"pairs; {r.mean_a:.{digits}f} vs {r.mean_b:.{digits}f})"
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gain.md").write_text(text + "\n")
+    print(text)
+    return r
+
+
 # ------------------------------------------------------------------------------------------------
 # Writers
 

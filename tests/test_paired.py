@@ -217,3 +217,15 @@ def test_cli_error_exits_2_with_one_line(tmp_path: Path) -> None:
     argv = ["tables.py", "-compare", str(a), str(tmp_path / "nope"), "-out", str(tmp_path / "o")]
     proc = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {tmp_path / 'nope'}: no such folder"
+
+
+def test_gain_is_the_paired_difference_of_the_last_and_first_rounds(tmp_path):
+    """base_value rises by exactly 0.05 per round for every pair, and the training-seed offsets cancel in the
+    average: round 3 - round 1 = 0.10 with a zero-width interval; round 2 - round 1 = 0.05."""
+    a = write_config(tmp_path / "A", base_value)
+    r = tables.main(["-gain", str(a), "-rounds", "1,3", "-out", str(tmp_path / "out")])
+    assert (r.diff, r.low, r.high) == pytest.approx((0.10, 0.10, 0.10), abs=1e-9)
+    assert r.images == 2 * N_IMAGES and r.pairs == 2 * N_IMAGES * N_RATERS
+    assert tables.main(["-gain", str(a), "-rounds", "1,2", "-out", str(tmp_path / "o2")]).diff == pytest.approx(0.05)
+    assert "round 3 (2 clicks) - round 1: +0.100" in (tmp_path / "out" / "gain.md").read_text()
+    assert "FIRST < LAST" in one_line(tmp_path, "-gain", str(a), "-rounds", "3,1")
