@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def train_step() -> None:
         model.train()
-        if cfg.model.freeze_encoder:
+        if cfg.model.frozen:
             model.image_encoder.eval()
         batch = with_embedding(prepare_batch(data, device, generator=generator), cache)
         (mode.train_batch or rounds.train_batch)(model, stepper, batch, cfg, mode)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "mode": cfg.mode,
         "encoder": cfg.model.encoder,
-        "freeze_encoder": cfg.model.freeze_encoder,
+        "freeze_encoder": cfg.model.frozen,
         "image_size": cfg.model.image_size,
         "batch": batch,
         "clicks": cfg.loop.clicks,

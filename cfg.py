@@ -183,6 +183,7 @@ def make_config(
     if problem:
         parser.error(problem)
     flags = device_of_legacy_flags(flags)
+    flags = without_default_checkpoint(flags, explicit)
     if flags["resume"] and purpose == "train":
         flags = resumed_flags(flags, explicit, setup)  # the run's own flags, its mode defaults included
     else:
@@ -233,6 +234,17 @@ def device_of_legacy_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
         out["device"] = f"cuda:{flags['gpu_device']}"
     if flags.get("gpu") is False:
         out["device"] = "cpu"
+    return out
+
+
+def without_default_checkpoint(flags: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """`-sam_ckpt none`: no pretrained weights (the small vit_t from scratch). The default -sam_ckpt (conf/) is not
+    read when -weights is given without -sam_ckpt: a trained checkpoint brings its own weights."""
+    out = dict(flags)
+    if out["sam_ckpt"] in ("none", ""):
+        out["sam_ckpt"] = None
+    if out["weights"] and "sam_ckpt" not in explicit:
+        out["sam_ckpt"] = None
     return out
 
 

@@ -11,3 +11,4 @@ GAMMA = 0.5
 VAL_FRACTION = 0.1  # share of the training patients / cases held out as the validation split (-val_fraction)
 DATA_SEED = 0  # seed of the generated synthetic data (-data_seed); seed N != 0 lives in data/synthetic_seed<N>
 MAX_SEED = 2**31 - 1  # -seed, -data_seed: seeds derived from them (x 100003 per epoch) stay within 64 bits
+SAM_CKPT = None  # -sam_ckpt when not given: pretrained weights to start from (lite_medsam: the bundled LiteMedSAM)

@@ -29,9 +29,12 @@ def option(
     choices: tuple | list | None = None,
     type: Callable | None = None,
     check: Check | None = None,
+    const: Any = None,
 ) -> Any:
-    """A dataclass field declaring a flag (see the module docstring)."""
-    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "type": type, "check": check}
+    """A dataclass field declaring a flag (see the module docstring); with `const` the flag may be given without a
+    value, meaning `const` (e.g. `-freeze_encoder` for `-freeze_encoder yes`)."""
+    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "type": type, "check": check,
+            "const": const}  # fmt: skip
     return field(default=default, metadata={"option": meta})
 
 
@@ -60,7 +63,10 @@ def add_flag(group: argparse._ActionsContainer, f: Field, note: str | None = Non
         return
     shown = "" if f.default is None else f" (default {f.default})"
     kind = meta["type"] or type(f.default)
-    group.add_argument(f"-{name}", dest=name, type=kind, default=f.default, choices=meta["choices"], help=text + shown)
+    optional = {"nargs": "?", "const": meta["const"]} if meta["const"] is not None else {}
+    group.add_argument(
+        f"-{name}", dest=name, type=kind, default=f.default, choices=meta["choices"], help=text + shown, **optional
+    )
 
 
 def add_flags(group: argparse._ActionsContainer, cls: type, notes: Mapping[str, str] | None = None) -> None:

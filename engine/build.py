@@ -87,7 +87,7 @@ def build_model_from_config(cfg: RunConfig, files: dict[str, Any]) -> tuple[AESP
 def freeze_and_cache(model: AESPAModel, cfg: RunConfig) -> tuple[EmbeddingCache | None, list[str]]:
     """`-freeze_encoder`: the image encoder gets no gradients, and (with -embedding_cache memory|disk) its
     embeddings come from a cache keyed on the encoder's weights and the exact input -> (cache, notes for the log)."""
-    if not cfg.model.freeze_encoder:
+    if not cfg.model.frozen:
         return None, []
     model.image_encoder.requires_grad_(False)
     if cfg.model.embedding_cache == "off":

