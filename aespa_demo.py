@@ -45,7 +45,7 @@ def demo_setup(argv: list[str] | None) -> Setup:
     if not 1 <= setup.extra.port <= 65535:
         raise InputError(f"-port: must be in 1..65535, got {setup.extra.port}")
     m = setup.config.model
-    if m.weights or m.sam_ckpt:
+    if m.weights or "sam_ckpt" in setup.explicit:
         if not m.weights:
             setup.notes.append(
                 f"{m.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)"

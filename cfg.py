@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from conf import global_settings as settings
 from conf.options import add_flag, add_flags, declared, flag_names, flag_of, problems
 from dataset import DATASETS
 from engine.build import read_weights, weights_to_load
@@ -148,6 +149,7 @@ class Setup:
     epoch: int = 0
     notes: list[str] = field(default_factory=list)
     extra: argparse.Namespace = field(default_factory=argparse.Namespace)
+    explicit: set[str] = field(default_factory=set)  # the flags written on the command line
 
 
 def make_config(
@@ -177,7 +179,7 @@ def make_config(
     parser = parser_of()
     args = parser.parse_args(argv)
     explicit = given_flags(argv, parser_of) - set(own)
-    setup = Setup(extra=argparse.Namespace(**{k: getattr(args, k) for k in own}))
+    setup = Setup(extra=argparse.Namespace(**{k: getattr(args, k) for k in own}), explicit=explicit)
     flags = {k: v for k, v in vars(args).items() if k not in own}
     problem = value_problem(flags) or weights_problem(flags, explicit)
     if problem:
@@ -239,11 +241,12 @@ def device_of_legacy_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 def without_default_checkpoint(flags: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
     """`-sam_ckpt none`: no pretrained weights (the small vit_t from scratch). The default -sam_ckpt (conf/) is not
-    read when -weights is given without -sam_ckpt: a trained checkpoint brings its own weights."""
+    read when -weights is given without -sam_ckpt (a trained checkpoint brings its own weights), nor for a baseline
+    (no network)."""
     out = dict(flags)
     if out["sam_ckpt"] in ("none", ""):
         out["sam_ckpt"] = None
-    if out["weights"] and "sam_ckpt" not in explicit:
+    if "sam_ckpt" not in explicit and (out["weights"] or not MODES[out["mode"]].learns):
         out["sam_ckpt"] = None
     return out
 
@@ -272,7 +275,7 @@ def usage_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
 def weights_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
     """Weights named for a baseline, which has no network (before any file is read)."""
     mode = flags["mode"]
-    named = [f for f in ("weights", "sam_ckpt") if f in explicit]
+    named = [f for f in ("weights", "sam_ckpt") if f in explicit and flags[f] not in (None, "none", "")]
     if named and not MODES[mode].learns:
         return f"argument -{named[0]}: -mode {mode} is a baseline without a network: it uses no weights"
     return None
@@ -383,7 +386,7 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
         c = reference_model_config(setup.files[m.weights], m.image_size, str(m.weights))
         named = encoder_of_shape(c["embed_dim"], c["depth"]) or m.encoder
         changes = dict(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference")
-        return cfg.with_flags(**changes, n_components=c["n_components"])
+        return with_default_lr(cfg.with_flags(**changes, n_components=c["n_components"]))
     sources, _ = weights_to_load(m, setup.files)  # reads -sam_ckpt unless -weights holds every tensor
     if m.encoder == "auto":
         changes["encoder"] = encoder_of_state(sources[-1][1], sources[-1][0]) if sources else "vit_t"
@@ -399,7 +402,14 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
     if m.compat == "reference" and m.fcomb != "reference":
         setup.notes.append("-compat reference: using the reference Fcomb")
         changes["fcomb"] = "reference"
-    return cfg.with_flags(**changes) if changes else cfg
+    return with_default_lr(cfg.with_flags(**changes) if changes else cfg)
+
+
+def with_default_lr(cfg: RunConfig) -> RunConfig:
+    """-lr when not given: higher with a frozen encoder (only the decoder and the heads learn)."""
+    if cfg.lr is not None:
+        return cfg
+    return cfg.with_flags(lr=settings.LR_FROZEN if cfg.model.frozen else settings.LR)
 
 
 def recognised_encoder(state: Mapping[str, Any], source: str) -> str | None:

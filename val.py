@@ -35,7 +35,7 @@ def what_is_evaluated(setup: Setup) -> list[str]:
         return []
     if not MODES[cfg.mode].learns:
         return [f"-mode {cfg.mode}: a baseline without a network"]
-    if cfg.model.sam_ckpt:
+    if cfg.model.sam_ckpt and "sam_ckpt" in setup.explicit:
         return [f"zero-shot: {cfg.model.sam_ckpt} evaluated untrained (the residual fusion starts as plain SAM)"]
     raise InputError(NEEDS_WEIGHTS)
 

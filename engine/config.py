@@ -129,7 +129,13 @@ class RunConfig:
     resume: str | None = option(None, "continue training from a run's checkpoint (Model/checkpoint_last.pth)", type=str)
     log_dir: str = option(settings.LOG_DIR, "parent folder of run folders")
     val_freq: int = option(settings.VAL_FREQ, "validate every N epochs and after the last", check=positive)
-    lr: float = option(1e-4, "Adam learning rate (StepLR: x0.5 every 10 epochs)", check=finite_positive)
+    lr: float | None = option(
+        None,
+        f"Adam learning rate, StepLR x{settings.GAMMA} every {settings.STEP_SIZE} epochs (default {settings.LR_FROZEN} "
+        f"with a frozen encoder: only the decoder and the heads learn; else {settings.LR})",
+        type=float,
+        check=finite_positive,
+    )
     amp: str = option(
         "off", "mixed precision: bf16 on CUDA or on a CPU with bf16 units (detected), fp16 on CUDA", choices=AMP_MODES
     )

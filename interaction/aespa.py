@@ -39,7 +39,10 @@ class AESPAOptions(FollowOptions):
         0.2, "chance of switching the followed rater after a click (training)", check=within(0.0, 1.0)
     )
     target_from: str = option(
-        "last", "target: the raters agreeing with the last click (original) or with all clicks", choices=("last", "all")
+        "all",
+        "target: the raters agreeing with every click so far (falling back to the last when none does), or with the "
+        "last click only (the original)",
+        choices=("last", "all"),
     )
     target: str = option(
         "agreeing",

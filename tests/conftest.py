@@ -16,7 +16,8 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 
 def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
-    """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t at 64 px, 3 rounds, no validation
+    """train.py / val.py arguments of a run that takes seconds on a CPU: vit_t from scratch at 64 px (no -sam_ckpt),
+    3 rounds, no validation
     split (the tests of the validation split pass -val_fraction themselves: a later flag wins); under -mode SPA
     6 latent samples in 2 clusters; no figures (the tests of figures pass -plots all)."""
     spa = ["-num_samples", "6", "-n_clusters", "2"] if "SPA" in extra else []
@@ -42,6 +43,8 @@ def tiny_run_args(data_root: Path, log_dir: Path, *extra: str) -> list[str]:
         "-log_dir",
         str(log_dir),
         "-plots",
+        "none",
+        "-sam_ckpt",
         "none",
         *spa,
         *extra,

@@ -39,7 +39,7 @@ def make_checkpoint(
         for mlp in model.mask_decoder.output_hypernetworks_mlps:
             mlp.layers[-1].weight.mul_(sharpen)
             mlp.layers[-1].bias.mul_(sharpen)
-    setup = make_config(["-encoder", encoder, "-image_size", str(size)])
+    setup = make_config(["-encoder", encoder, "-image_size", str(size), "-sam_ckpt", "none"])
     cfg = setup.config
     optimizer = torch.optim.Adam(model.parameters())
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
