@@ -33,6 +33,7 @@ from engine.config import PARTS, DataConfig, RunConfig, config_from_flags, defau
 from engine.run_folder import LAST_CHECKPOINT, SUMMARY
 from interaction.registry import MODES
 from models import CHECKPOINT_FORMAT, CheckpointError, encoder_of_shape, encoder_of_state
+from models.lite_medsam import LITE_MEDSAM
 from models.reference_format import is_reference_checkpoint, reference_model_config
 from utils import InputError, OneLineParser, run_cli
 
@@ -241,12 +242,14 @@ def device_of_legacy_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
 
 def without_default_checkpoint(flags: Mapping[str, Any], explicit: set[str]) -> dict[str, Any]:
     """`-sam_ckpt none`: no pretrained weights (the small vit_t from scratch). The default -sam_ckpt (conf/) is not
-    read when -weights is given without -sam_ckpt (a trained checkpoint brings its own weights), nor for a baseline
-    (no network)."""
+    read when -weights is given without -sam_ckpt (a trained checkpoint brings its own weights), for a baseline (no
+    network), nor when another -encoder is named."""
     out = dict(flags)
     if out["sam_ckpt"] in ("none", ""):
         out["sam_ckpt"] = None
-    if "sam_ckpt" not in explicit and (out["weights"] or not MODES[out["mode"]].learns):
+    if "sam_ckpt" not in explicit and (
+        out["weights"] or not MODES[out["mode"]].learns or out["encoder"] not in ("auto", LITE_MEDSAM)
+    ):  # the default is the default model's weights: not for another encoder named (-encoder vit_b: random ViT-B)
         out["sam_ckpt"] = None
     return out
 

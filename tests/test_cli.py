@@ -27,7 +27,7 @@ COMMANDS = [
     "python train.py -exp_name 'MBHSeg_AESPA' -sam_ckpt ./checkpoint/medsam_vit_b.pth -image_size 256 -b 64 -dataset MBHSeg-Binary -data_path './data/MBHSeg-Binary' -mode AESPA",
     "python val.py -sam_ckpt './checkpoint/medsam_vit_b.pth' -weights './checkpoint/checkpoint_aespa_lidc.pth' -image_size 128 -b 1 -dataset LIDC -data_path './data/LIDC' -mode AESPA",
 ]
-# Appended by the test so that each command only starts: one batch of one epoch, two rounds, short NoC.
+# Appended by the test so that each command only starts: one batch of one epoch, two rounds, short NoC, no figures.
 SMOKE = [
     "-epochs",
     "1",
@@ -41,6 +41,8 @@ SMOKE = [
     "2",
     "-w",
     "0",
+    "-plots",
+    "none",
 ]
 
 
