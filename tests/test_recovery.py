@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,11 +44,18 @@ def per_image_lines(run: str | Path) -> list[str]:
     return (Path(run) / "per_image.csv").read_text().splitlines()
 
 
-@pytest.fixture
-def two_epoch_run(synthetic_root, tmp_path):
+@pytest.fixture(scope="module")
+def finished_run(synthetic_root, tmp_path_factory):
     """A finished run of 2 epochs, validated after each, best at an epoch chosen by its validation split."""
-    args = tiny_run_args(synthetic_root, tmp_path, *TINY, "-epochs", "2", "-val_freq", "1", "-val_fraction", "0.5")
+    logs = tmp_path_factory.mktemp("finished")
+    args = tiny_run_args(synthetic_root, logs, *TINY, "-epochs", "2", "-val_freq", "1", "-val_fraction", "0.5")
     return Path(train.main(args)["run_dir"])
+
+
+@pytest.fixture
+def two_epoch_run(finished_run, tmp_path):
+    """A copy of the finished run for one test to resume, damage or lock."""
+    return Path(shutil.copytree(finished_run, tmp_path / "logs" / finished_run.name))
 
 
 # --- 1: a resume continues from the last checkpoint only ------------------------------------------------------
