@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from cfg import Setup, make_config, run_command
+from cfg import Setup, build_parser, given_flags, make_config, run_command
 from demo.predictor import Predictor
 from demo.sample import load_sample
 from engine.build import build_model_from_config, default_run_checkpoint
@@ -37,24 +37,29 @@ def demo_flags(parser: OneLineParser) -> list[str]:
     return ["host", "port", "share"]
 
 
+def demo_parser() -> OneLineParser:
+    parser = build_parser("aespa_demo.py")
+    demo_flags(parser)
+    return parser
+
+
 def demo_setup(argv: list[str] | None) -> Setup:
-    """The demo's configuration: -weights (or -sam_ckpt alone: pretrained weights, untrained; or the newest default
-    run's checkpoint)."""
+    """The demo's configuration: -weights, or -sam_ckpt alone (pretrained weights, untrained), or else the newest
+    default run's checkpoint under -log_dir (found before any weights are read)."""
     argv = list(argv) if argv is not None else sys.argv[1:]
+    if not {"weights", "sam_ckpt"} & given_flags(argv, demo_parser):
+        bare = make_config([*argv, "-sam_ckpt", "none"], "demo", prog="aespa_demo.py", extra_flags=demo_flags)
+        found = default_run_checkpoint(bare.config.log_dir)
+        if found is None:
+            raise InputError(NO_CHECKPOINT)
+        argv = [*argv, "-weights", str(found)]
     setup = make_config(argv, "demo", prog="aespa_demo.py", extra_flags=demo_flags)
     if not 1 <= setup.extra.port <= 65535:
         raise InputError(f"-port: must be in 1..65535, got {setup.extra.port}")
     m = setup.config.model
-    if m.weights or "sam_ckpt" in setup.explicit:
-        if not m.weights:
-            setup.notes.append(
-                f"{m.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)"
-            )
-        return setup
-    found = default_run_checkpoint(setup.config.log_dir)
-    if found is None:
-        raise InputError(NO_CHECKPOINT)
-    return make_config([*argv, "-weights", str(found)], "demo", prog="aespa_demo.py", extra_flags=demo_flags)
+    if not m.weights:
+        setup.notes.append(f"{m.sam_ckpt}: pretrained weights, untrained (draw a box: the prompt it was trained with)")
+    return setup
 
 
 def load_predictor(setup: Setup) -> tuple[Predictor, list[str]]:

@@ -1,6 +1,6 @@
 """Time training steps and validation batches for any configuration of the train/val flags; print one JSON.
 
-    python bench.py                                     # the default configuration (vit_t, 64 px)
+    python bench.py                                     # the default configuration (LiteMedSAM frozen, 64 px)
     python bench.py -encoder vit_b -image_size 128 -b 4 -mode AESPA -noc_clicks 0
     python bench.py -encoder vit_b -image_size 128 -b 64 -amp bf16        # on a GPU
 

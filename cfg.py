@@ -14,7 +14,6 @@ mode or a dataset uses, which flags a checkpoint sets, which a resume may change
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -24,13 +23,14 @@ from typing import Any
 
 import torch
 
+from analysis.run_files import read_summary
 from conf import global_settings as settings
 from conf.options import add_flag, add_flags, declared, flag_names, flag_of, problems
 from dataset import DATASETS
 from engine.build import read_weights, weights_to_load
 from engine.checkpoints import load_training_checkpoint
 from engine.config import PARTS, DataConfig, RunConfig, config_from_flags, default_image_size
-from engine.run_folder import LAST_CHECKPOINT, SUMMARY
+from engine.run_folder import LAST_CHECKPOINT
 from interaction.registry import MODES
 from models import CHECKPOINT_FORMAT, CheckpointError, encoder_of_shape, encoder_of_state
 from models.lite_medsam import LITE_MEDSAM
@@ -310,6 +310,7 @@ def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) ->
             "start a new run to change it"
         )
     resumed = {**old, **{f: new for f, (_, new) in changed.items()}, "resume": source, "sam_ckpt": None}
+    resumed["weights"] = None  # the checkpoint holds the weights; the file the run started from may be gone
     if resumed["epochs"] <= checkpoint["epoch"]:
         if final_test_done(run, checkpoint):
             raise InputError(
@@ -324,12 +325,13 @@ def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) ->
 
 
 def final_test_done(run: Path, checkpoint: Mapping[str, Any]) -> bool:
-    """Whether a run folder holds the final test of its checkpoint's best epoch (summary.json, written last)."""
-    try:
-        summary = json.loads((run / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("test_epoch") == checkpoint.get("best_epoch")
+    """Whether a run folder holds the final test of its checkpoint's best epoch after all its epochs (summary.json,
+    written last); a checkpoint without a best epoch (stopped before it was validated) has no test to run."""
+    if checkpoint.get("best_epoch") is None:
+        return True
+    summary = read_summary(run)
+    trained = summary.get("trained_epochs", checkpoint["epoch"])  # runs of earlier versions: not recorded
+    return summary.get("test_epoch") == checkpoint["best_epoch"] and trained == checkpoint["epoch"]
 
 
 def adopt_checkpoint(
@@ -421,11 +423,6 @@ def recognised_encoder(state: Mapping[str, Any], source: str) -> str | None:
         return encoder_of_state(state, source)
     except CheckpointError:
         return None
-
-
-def parse_config(argv: Sequence[str] | None = None, prog: str | None = None) -> RunConfig:
-    """The run configuration of a training command line (tests and scripts; the commands use make_config)."""
-    return make_config(argv, "train", prog).config
 
 
 def run_command(main: Callable[[list[str] | None], Any]) -> None:

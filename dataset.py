@@ -578,6 +578,7 @@ def build_dataset(
     n_train: int = N_TRAIN,
     n_val: int = N_VAL,
     n_test: int = N_TEST,
+    seed: int | None = None,
 ) -> MultiRaterDataset:
     """The `split` ('train'|'val'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
@@ -585,8 +586,10 @@ def build_dataset(
     refuge_target 'cup'|'disc' (REFUGE); val_fraction in [0, 1): the share of training groups carved out as
     the val split (see the module docstring; not synthetic); data_seed, n_train, n_val, n_test (synthetic:
     generated on first use into data_path, default `default_data_path(name, data_seed)`).
-    Raises InputError (one line naming the path or option) for a bad tree or option.
+    Raises InputError (one line naming the path or option) for a bad tree or option. `seed` is the earlier name of
+    `data_seed` (kept for scripts written against it).
     """
+    data_seed = data_seed if seed is None else seed
     if name not in DATASETS:
         raise InputError(f"unknown dataset '{name}' (valid: {', '.join(DATASETS)})")
     if split not in SPLITS:

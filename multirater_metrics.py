@@ -38,7 +38,6 @@ import torch.distributed as dist
 from scipy.optimize import linear_sum_assignment
 
 from utils import OneLineParser, run_cli
-from volumes.scoring import CONVENTIONS, KEYS, mean_row, score_folder, write_scores
 
 EPS = 1e-8
 SOFT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)  # the challenge's Dice_soft thresholds
@@ -461,6 +460,8 @@ class MetricAccumulator:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from volumes.scoring import CONVENTIONS  # nibabel: only the command needs it
+
     p = OneLineParser(prog="multirater_metrics.py", description="Score MBH-Seg predictions per case, then the mean.")
     p.add_argument("-pred", required=True, help="prediction folder: <case>.nii.gz per case (uint8 classes 0..5)")
     p.add_argument("-gt", required=True, help="ground truth: <case>/label_annot_<id>.nii.gz (and image.nii.gz)")
@@ -475,6 +476,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from volumes.scoring import KEYS, mean_row, score_folder, write_scores  # nibabel: only the command needs it
+
     args = parse_args(argv)
     rows = score_folder(args.pred, args.gt, args.convention)
     path = Path(args.pred) / "scores.csv"

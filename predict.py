@@ -26,8 +26,9 @@ from engine.build import build_model_from_config
 from engine.distributed import choose_device
 from interaction.volume import PROTOCOLS, VolumeInteraction, run_budget, run_marked, slice_embeddings, upsample
 from multirater_metrics import NOC_THRESHOLDS
-from utils import InputError, OneLineParser, natural_key
+from utils import InputError, OneLineParser
 from volumes.nifti import (
+    case_folders,
     display_slice,
     from_display,
     load_image,
@@ -37,7 +38,7 @@ from volumes.nifti import (
     to_file_order,
     window,
 )
-from volumes.scoring import challenge_dice
+from volumes.scoring import challenge_dice, plain_dice
 
 TRACKS = ("binary", "multiclass")
 
@@ -135,11 +136,7 @@ def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: i
 
     def record(clicks: int) -> None:
         pred = np.stack(volume())
-        if args.track == "binary":
-            a, b = pred > 0, reference > 0
-            score = float((2 * (a & b).sum() + 1e-8) / (a.sum() + b.sum() + 1e-8))
-        else:
-            score = challenge_dice(pred, reference.astype(np.uint8))
+        score = (plain_dice if args.track == "binary" else challenge_dice)(pred, reference.astype(np.uint8))
         dice_curve.append((clicks, score))
 
     if args.protocol == "marked":
@@ -159,16 +156,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, args = setup.config, setup.extra
     if not cfg.model.weights:
         raise InputError("-weights is required: the checkpoint to predict with")
+    if "data_path" not in setup.explicit:
+        raise InputError("-data_path is required: the folder of cases (<case>/image.nii.gz, label_annot_<id>.nii.gz)")
     if args.budget < 0:
         raise InputError(f"-budget: must not be negative, got {args.budget}")
     data, out = Path(cfg.data.data_path), Path(args.out)
-    cases = sorted((p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p:
-                   natural_key(p.name)) if data.is_dir() else None  # fmt: skip
+    cases = case_folders(data)
     if not cases:
         raise InputError(f"-data_path {data}: no case folders (<case>/image.nii.gz, <case>/label_annot_<id>.nii.gz)")
     device = choose_device(cfg.device)
-    model, _ = build_model_from_config(cfg, setup.files)
+    model, reports = build_model_from_config(cfg, setup.files)
     model.to(device).eval()
+    for line in setup.notes + [r.summary() for r in reports]:
+        print(line)
     size, rows, counts = cfg.model.image_size, [], []
     budget = args.budget if args.protocol == "budget" else cfg.loop.clicks - 1
     tag = {"protocol": args.protocol, "track": args.track}

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import InputError, atomic_write_bytes, run_cli
-from volumes.nifti import N_CLASSES, display_slice, load_image, load_label, read_case, window
+from volumes.nifti import N_CLASSES, case_folders, display_slice, load_image, load_label, read_case, window
 
 SPLITS = ("train", "test")
 OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
@@ -60,7 +60,7 @@ def find_cases(src: Path) -> list[tuple[str, Path, Path, list[tuple[str, Path]]]
         raise InputError(f"--src {src}: no train/ or test/ folder")
     cases = []
     for split in splits:
-        for case in sorted(p for p in (src / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for case in case_folders(src / split):
             cases.append((split, case, *read_case(case)))
     if not cases:
         raise InputError(f"--src {src}: no cases in {', '.join(splits)}")

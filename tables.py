@@ -79,7 +79,7 @@ def build_parser() -> OneLineParser:
         "-split",
         choices=("test", "val", "train"),
         default="test",
-        help="rows to read: the last epoch that has rows of this split",
+        help="rows to read: the final test's (test split), else the last epoch that has rows of this split",
     )
     p.add_argument(
         "-out",
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> Any:
     if args.compare is not None:
         return compare_main(args, out)
     if args.gain is not None:
-        if args.runs or args.metrics is not None:
-            raise InputError("-gain A: a paired comparison; give neither run folders for a table nor -metrics")
+        if args.runs or args.metrics is not None or args.skip_bad:
+            raise InputError("-gain A: a paired comparison; give neither run folders, -metrics nor -skip_bad")
         return paired.run_gain(args.gain, args.metric or "Dice_follow", args.split, args.rounds,
-                               2000 if args.bootstrap is None else args.bootstrap, args.empty or "all", out,
+                               paired.N_BOOT if args.bootstrap is None else args.bootstrap, args.empty or "all", out,
                                args.digits)  # fmt: skip
     given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
     if given:
@@ -136,7 +136,7 @@ def compare_main(args: Any, out: Path) -> Any:
         metric=args.metric or "Dice_follow",
         split=args.split,
         rounds=args.rounds,  # None: the default rounds, those beyond the last dropped
-        n_boot=2000 if args.bootstrap is None else args.bootstrap,
+        n_boot=paired.N_BOOT if args.bootstrap is None else args.bootstrap,
         empty=args.empty or "all",
         out=out,
         digits=args.digits,

@@ -1,4 +1,5 @@
-"""Train AESPA or SPA.  `python train.py` trains AESPA on the built-in synthetic data with the small encoder.
+"""Train AESPA or SPA.  `python train.py` trains AESPA on the built-in synthetic data from LiteMedSAM's bundled
+weights, its image encoder frozen (embeddings cached), at 64 px.
 
     python train.py -exp_name LIDC_AESPA -sam_ckpt ./checkpoint/medsam_vit_b.pth -image_size 128 -b 64 \
         -dataset LIDC -data_path ./data/LIDC -mode AESPA
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from analysis.run_files import SUMMARY
 from cfg import Setup, make_config, run_command
 from conf import global_settings as settings
 from engine.build import build_loader, build_model_from_config, freeze_and_cache, has_val_split, maybe_compile
@@ -25,7 +27,7 @@ from engine.config import RunConfig
 from engine.distributed import broadcast_state, check_in_sync, distributed_session, is_main_process
 from engine.loops import evaluate, record_evaluation, train_one_epoch
 from engine.optim import Stepper, build_optimizer
-from engine.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, SUMMARY, RunFolder, early_warnings, format_table
+from engine.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder, early_warnings, format_table
 from utils import InputError, copy_atomically
 
 BEST_METRIC = "Dice_follow"  # at the last round of the validation split: does the model follow the user?
@@ -46,26 +48,30 @@ def train(setup: Setup, device: torch.device, rank: int) -> dict:
         model, reports = build_model_from_config(cfg, setup.files)
         data = Data.build(cfg)
     run = open_run_folder(cfg, setup, warnings + [r.summary() for r in reports], device, rank)
-    model.to(device)
-    cache = set_up_cache(run, model, cfg)
-    maybe_compile(model, cfg)
-    state = TrainingState.start(model, cfg, device, rank, setup.resume)
-    log_model_and_data(run, model, cfg, data, state)
+    try:  # the run folder (its lock, its log) is closed however the run ends
+        model.to(device)
+        cache = set_up_cache(run, model, cfg)
+        maybe_compile(model, cfg)
+        state = TrainingState.start(model, cfg, device, rank, setup.resume)
+        log_model_and_data(run, model, cfg, data, state)
 
-    for epoch in range(state.first_epoch, cfg.epochs + 1):
-        data.start_epoch(cfg, epoch)
-        start = time.time()
-        train_rows = train_one_epoch(model, data.train, state.stepper, cfg, epoch, state.generator, device, cache)
-        state.scheduler.step()
-        check_in_sync(model)
-        run.write_metrics(train_rows)
-        log_training(run, cfg, epoch, train_rows, state, time.time() - start)
-        warn_if_samples_collapsed(run, epoch, train_rows)
-        improved = validate(run, model, data, cfg, epoch, device, cache, state)
-        save(run, model, cfg, epoch, state, improved)
+        for epoch in range(state.first_epoch, cfg.epochs + 1):
+            data.start_epoch(cfg, epoch)
+            start = time.time()
+            train_rows = train_one_epoch(model, data.train, state.stepper, cfg, epoch, state.generator, device, cache)
+            state.scheduler.step()
+            check_in_sync(model)
+            run.write_metrics(train_rows)
+            log_training(run, cfg, epoch, train_rows, state, time.time() - start)
+            warn_if_samples_collapsed(run, epoch, train_rows)
+            improved = validate(run, model, data, cfg, epoch, device, cache, state)
+            save(run, model, cfg, epoch, state, improved)
 
-    test_rows = final_test(run, model, data, cfg, device, state, cache)
-    run.close()
+        test_rows = final_test(run, model, data, cfg, device, state, cache)
+        if cache is not None:
+            run.log(cache.summary())
+    finally:
+        run.close()
     return {
         "run_dir": str(run.root),
         "test": test_rows,
@@ -296,7 +302,8 @@ def final_test(run: RunFolder, model, data: Data, cfg: RunConfig, device, state:
     if stale not in (None, best_epoch) and not cfg.loop.test_every_val:
         run.remove_test_files(stale)  # an earlier final test's matrix and figures, of another epoch
     selected_on = "val" if data.val is not None else "last epoch"
-    summary = {"best_epoch": best_epoch, "selected_on": selected_on, "test_epoch": best_epoch, "metric": BEST_METRIC}
+    summary = {"best_epoch": best_epoch, "selected_on": selected_on, "test_epoch": best_epoch, "metric": BEST_METRIC,
+               "trained_epochs": cfg.epochs}  # fmt: skip
     run.write_json(SUMMARY, summary)
     run.log(f"test split, best checkpoint (epoch {best_epoch}, {cfg.mode}), per round:\n" + format_table(rows))
     if state.best_metric is not None:

@@ -2,7 +2,7 @@
 
 A and B are each a run folder or a folder of run folders of ONE configuration (runs that differ only in the
 training seed `-seed` and the data seed `-data_seed`). Every run folder holds `per_image.csv`, one row per
-(evaluation, image, followed rater, round); the rows of the last epoch that has rows of `-split` are used.
+(evaluation, image, followed rater, round); the final test's rows (marked final) are used, else those of the last epoch that has rows of `-split`.
 
 Pairing. A row is keyed by (data seed, image, followed rater, round): images generated with different data seeds
 are different images even when their names agree, so they are never paired with each other. Within one data seed,
@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.run_files import is_final
+from analysis.run_files import is_final, read_per_image_rows
 from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
 from conf.metrics import current_name
 from utils import InputError, natural_key
 
 BOOTSTRAP_SEED = 0
+N_BOOT = 2000  # bootstrap resamples (-bootstrap)
 LEVEL = 0.95
 MIN_BOOTSTRAP = 100
 KEY_COLUMNS = ("epoch", "split", "round", "clicks", "image", "followed")  # required in per_image.csv
@@ -151,7 +152,10 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
     path = folder / "per_image.csv"
     if not path.is_file():
         raise InputError(f"{folder}: no per_image.csv (a run folder of an evaluation that writes per-image values)")
-    header, numbered = read_csv_rows(path)
+    header, numbered, notes = read_per_image_rows(path)
+    if notes:  # a last line cut short: a kill while writing
+        raise InputError(f"{path} line {len(numbered) + 2}: cut short (a kill while writing?)")
+    numbered = [(n, row) for n, _, row in numbered]
     missing = [c for c in KEY_COLUMNS if c not in header]
     if missing:
         raise InputError(f"{path}: header lacks {', '.join(missing)} (it has: {', '.join(header)})")
@@ -176,32 +180,6 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
         clicks = parse_int(r["clicks"], "clicks", path, n)
         cells[key] = Cell(parse_float(r[column], column, path, n), clicks, empty)
     return last, cells
-
-
-def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """(header, [(line number, row)]) of a CSV file; every row must have the header's number of fields (a last
-    line without its newline is named as cut short: a kill while writing)."""
-    try:
-        text = path.read_bytes().decode()
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not readable as CSV ({err})") from None
-    lines = text.splitlines()
-    try:
-        parsed = list(csv.reader(lines))
-    except csv.Error as err:
-        raise InputError(f"{path}: not readable as CSV ({err})") from None
-    if not parsed:
-        raise InputError(f"{path}: empty")
-    header, out = parsed[0], []
-    for n, fields in enumerate(parsed[1:], start=2):
-        if not fields:
-            continue
-        if len(fields) != len(header):
-            cut = n == len(lines) and not text.endswith(("\n", "\r"))
-            why = "cut short (a kill while writing?)" if cut else f"{len(fields)} fields, the header has {len(header)}"
-            raise InputError(f"{path} line {n}: {why}")
-        out.append((n, dict(zip(header, fields))))
-    return header, out
 
 
 def one_configuration(folder: Path, runs: list[Run]) -> None:

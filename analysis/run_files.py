@@ -28,6 +28,7 @@ PER_IMAGE_COLUMNS = (
     "final",
 )
 FINAL = "final"  # rows of the final test carry final: true (metrics.jsonl) / 1 (per_image.csv)
+SUMMARY = "summary.json"  # written last by a run's final test: its presence says the run is complete
 
 
 def _is_count(value: Any) -> bool:
@@ -115,6 +116,15 @@ def rewrite_metrics(
     return dropped, notes
 
 
+def read_summary(run: Path) -> dict[str, Any]:
+    """A run folder's summary.json (written last by its final test), or {} when there is none (or it is unreadable)."""
+    try:
+        summary = json.loads((Path(run) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
 def repair_metrics(path: Path, through_epoch: int) -> list[str]:
     """Fit a stopped run's metrics.jsonl for its resume from the checkpoint of epoch `through_epoch`: a partial
     last line cut, the rows of later epochs dropped (written by an epoch whose checkpoint was never saved), so that
@@ -123,27 +133,36 @@ def repair_metrics(path: Path, through_epoch: int) -> list[str]:
     return notes + [f"dropped {k} row{'s' * (k != 1)} of epoch {e}" for e, k in sorted(dropped.items())]
 
 
-def _csv_rows(path: Path) -> tuple[bytes, list[tuple[bytes, dict[str, str]]], list[str]]:
-    """per_image.csv as (header line, [(line, row)], notes on a cut last line); a row whose field count is not the
-    header's is an InputError naming the file and line."""
-    lines, notes = _whole_lines(path, None)
+def read_per_image_rows(path: Path) -> tuple[list[str], list[tuple[int, bytes, dict[str, str]]], list[str]]:
+    """per_image.csv as (header columns, [(line number, line, row)], notes on a cut last line). A row whose field
+    count is not the header's is an InputError naming the file and line (a last line without its newline: cut
+    short, a kill while writing)."""
+
+    def complete(tail: bytes, n: int) -> None:  # a last line without its newline is whole when its fields are
+        fields = next(csv.reader([tail.decode(errors="replace")]), [])
+        if n == 1 or len(fields) != len(next(csv.reader([head.decode(errors="replace")]), [])):
+            raise InputError("cut")
+
+    head = Path(path).read_bytes().split(b"\n", 1)[0] if Path(path).is_file() else b""
+    lines, notes = _whole_lines(Path(path), complete)
+    notes = [note for note in notes if not note.startswith("added the missing newline")]
     if not lines:
-        return b"", [], notes
+        return [], [], notes
     try:
         header = next(csv.reader([lines[0].decode()]))
         rows = []
         for n, line in enumerate(lines[1:], start=2):
-            if not line:
+            if not line.strip():
                 continue
             fields = next(csv.reader([line.decode()]))
             if len(fields) != len(header):
                 raise InputError(f"{path} line {n}: {len(fields)} fields, the header has {len(header)}")
-            rows.append((line, dict(zip(header, fields))))
+            rows.append((n, line, dict(zip(header, fields))))
     except (UnicodeDecodeError, csv.Error, StopIteration) as err:
         raise InputError(f"{path}: not a per_image.csv this project wrote ({err})") from None
     if "epoch" not in header:
         raise InputError(f"{path}: not a per_image.csv this project wrote (no epoch column)")
-    return lines[0], rows, notes
+    return header, rows, notes
 
 
 def rewrite_per_image(
@@ -152,23 +171,27 @@ def rewrite_per_image(
     """per_image.csv rewritten atomically without the rows `drop` selects (`extra` rows appended; a new file gets
     the header) -> (rows dropped, notes on a cut last line)."""
     path = Path(path)
-    header, rows, notes = _csv_rows(path)
+    columns, rows, notes = read_per_image_rows(path)
     try:
-        kept = [line for line, row in rows if not drop(row)]
+        kept = [line for _, line, row in rows if not drop(row)]
     except ValueError as err:
         raise InputError(f"{path}: a row with an unreadable epoch ({err})") from None
     dropped = len(rows) - len(kept)
+    if extra and columns and FINAL not in columns:  # an older run's file: give it the final column (empty below)
+        columns = [*columns, FINAL]
+        kept = [line.rstrip(b"\r") + b"," + line[len(line.rstrip(b"\r")) :] for line in kept]
     if notes or dropped or extra:
+        header = csv_lines([], b"", columns).encode().rstrip(b"\r\n") if columns else b""
         body = b"".join(line + b"\n" for line in ([header] if header else []) + kept)
         atomic_write_bytes(path, body + csv_lines(extra or [], header).encode())
     return dropped, notes
 
 
-def csv_lines(rows: list[dict], header: bytes = b"") -> str:
+def csv_lines(rows: list[dict], header: bytes = b"", columns: list[str] | None = None) -> str:
     """per_image.csv lines of `rows`: in the columns of an existing file's `header` (an older run's names mapped to
-    today's), or, for a new file, PER_IMAGE_COLUMNS with the header line first."""
+    today's), or, for a new file, `columns` (default PER_IMAGE_COLUMNS) with the header line first."""
     out = io.StringIO()
-    columns = next(csv.reader([header.decode()])) if header else list(PER_IMAGE_COLUMNS)
+    columns = next(csv.reader([header.decode()])) if header else list(columns or PER_IMAGE_COLUMNS)
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # \r\n, as csv writes
     if not header:
         writer.writeheader()

@@ -4,7 +4,8 @@
     python tables.py logs_new/LIDC_SPA_* -metrics Dice_follow,GED -rounds 1,3,6 -out tables_out/lidc
     python tables.py -compare logs/AESPA logs/blind -metric Dice_follow -rounds all   # paired: analysis/paired.py
 
-Each run contributes the rows of its last epoch that has rows of `-split` (test by default) in
+Each run contributes its final test's rows (marked final), else the rows of its last epoch that has rows of
+`-split` (test by default) in
 metrics.jsonl (SPEC §7.1). Runs whose args.json agree on every flag outside `IGNORED_FLAGS` form one
 configuration (exp_name and paths compared without a `_seed<N>` suffix or a run-folder timestamp, so
 data/synthetic and data/synthetic_seed1 agree); a configuration's cell is the mean ± sample std (ddof=1) over

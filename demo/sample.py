@@ -61,7 +61,7 @@ def write_sample(folder: Path = SAMPLE_DIR, seed: int = SEED) -> Path:
     for k, mask in enumerate(case.raters):
         Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"rater_{k}.png", optimize=True)
     meta = {
-        "source": f"synthetic_data seed {seed}, {SPLIT} case {index}",
+        "source": f"pipeline.synthetic seed {seed}, {SPLIT} case {index}",
         "mean_pairwise_dice": round(mean_pairwise_dice(case.raters), 4),
         "raters": list(RATER_STYLES),
     }

@@ -1,7 +1,8 @@
-"""The run folder (SPEC §7.1): args.json, a human-readable log, tensorboard events, metrics.jsonl, plots.
+"""The run folder (SPEC §7.1) and everything a run writes into it.
 
 <log_dir>/<exp_name>_<YYYY_MM_DD_HH_MM_SS>/
-    args.json   Log/log.txt   Log/events.*   Model/checkpoint_{best,last}.pth   metrics.jsonl   plots/
+    args.json   resumes.jsonl   Log/log.txt   Log/events.*   Model/checkpoint_{best,last}.pth   metrics.jsonl
+    per_image.csv   follow_matrix_<split>_epochNNN.json   summary.json   plots/   .lock
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from analysis.run_files import (
     is_final,
     per_image_header,
     read_metrics,
+    read_summary,
     repair_metrics,
     repair_per_image,
     rewrite_metrics,
@@ -102,7 +104,6 @@ def claim_folder(path: Path) -> Path:
 
 LOCK_FILE = ".lock"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "checkpoint_last.pth", "checkpoint_best.pth"  # in Model/
-SUMMARY = "summary.json"  # written last by the final test: its presence says the run is complete
 
 
 def lock_run_folder(root: Path) -> int | None:
@@ -140,10 +141,18 @@ class RunFolder:
             root = claim_folder(root) if enabled else root
         self.root = Path(root)
         self._lock = lock_run_folder(self.root) if enabled else None
+        self._warnings: list[logging.Handler] = []
+        self._writer, self.logger = None, None
+        try:
+            self._open(cfg, new, enabled)
+        except BaseException:  # the lock is not kept by a folder that failed to open
+            self.close()
+            raise
+
+    def _open(self, cfg: RunConfig, new: bool, enabled: bool) -> None:
         self.model_dir, self.log_dir, self.plot_dir = self.root / "Model", self.root / "Log", self.root / "plots"
         self.metrics_file = self.root / "metrics.jsonl"
         self.per_image_file = self.root / "per_image.csv"
-        self._writer = None
         self.history: list[dict[str, Any]] = []  # every metrics.jsonl row of the run (figures over epochs)
         if enabled:
             for d in (self.model_dir, self.log_dir, self.plot_dir):
@@ -153,7 +162,6 @@ class RunFolder:
         self.logger = make_logger(f"aespa.{id(self)}", self.log_dir / "log.txt" if enabled else None, enabled)
         # warnings of the library modules (dataset, caches, ...) reach the run log as well as stderr (on the main
         # process only: another rank's folder is not there to open)
-        self._warnings: list[logging.Handler] = []
         if enabled:
             self._warnings = [logging.FileHandler(self.log_dir / "log.txt"), logging.StreamHandler(sys.stderr)]
         for handler in self._warnings:
@@ -221,10 +229,7 @@ class RunFolder:
 
     def final_test_epoch(self) -> int | None:
         """The epoch an earlier final test evaluated (summary.json), or None."""
-        try:
-            return json.loads((self.root / SUMMARY).read_text()).get("test_epoch")
-        except (OSError, ValueError, AttributeError):
-            return None
+        return read_summary(self.root).get("test_epoch")
 
     def remove_test_files(self, epoch: int) -> None:
         """The test split's following matrix and figures of `epoch` (an earlier final test's, now replaced)."""
@@ -268,9 +273,11 @@ class RunFolder:
         for handler in self._warnings:
             logging.getLogger().removeHandler(handler)
             handler.close()
+        self._warnings = []
         if self._writer is not None:
             self._writer.close()
-        for h in self.logger.handlers:
+            self._writer = None
+        for h in self.logger.handlers if self.logger is not None else []:
             h.close()
 
 

@@ -2,7 +2,7 @@
 
 Per round the model predicts from the round state — the clicks so far (and a box), the previous round's
 low-resolution logits (the mask prompt) and the mixture weights the weight head makes from the previous
-prediction's responsibilities — then the mode's simulated user (`modes.User`) reads the output and clicks.
+prediction's responsibilities — then the mode's simulated user (`interaction.mode.User`) reads the output and clicks.
 Training adds the optimisation steps of SPEC §4.1/§4.2 around that. The modes differ only in their user (and a
 baseline's rule, which predicts without a network). Validation's bookkeeping is in validation.py.
 """

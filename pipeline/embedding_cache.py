@@ -42,9 +42,9 @@ def encoder_digest(encoder: nn.Module) -> str:
     return h.hexdigest()
 
 
-def image_digest(image: torch.Tensor) -> str:
-    """sha256 of one encoder input (3xSxS): its dtype, shape and values."""
-    t = image.detach().cpu().contiguous()
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and values (an encoder input 3xSxS, or a stored embedding)."""
+    t = t.detach().cpu().contiguous()
     return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.numpy().tobytes()).hexdigest()
 
 
@@ -69,10 +69,11 @@ class EmbeddingCache:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        keys = [image_digest(image) for image in images]
+        keys = [tensor_digest(image) for image in images]
         found: dict[int, torch.Tensor] = {}
         if self.shape is None:  # what a valid entry looks like: the encoder's output at this input size
-            self.shape = tuple(self.encoder(torch.zeros_like(images[:1])).shape[1:])
+            with torch.autocast(images.device.type, enabled=False):
+                self.shape = tuple(self.encoder(torch.zeros_like(images[:1])).shape[1:])
         for i, key in enumerate(keys):
             if key in self.memory:
                 self.memory.move_to_end(key)
@@ -82,8 +83,9 @@ class EmbeddingCache:
                 found[i] = self._remember(key, entry)
                 self.disk_hits += 1
         missing = [i for i in range(len(keys)) if i not in found]
-        if missing:  # encoded together, in the batch's order
-            computed = self.encoder(images[missing]).float().cpu()
+        if missing:  # encoded together, in the batch's order, in float32 whatever the caller's autocast
+            with torch.autocast(images.device.type, enabled=False):
+                computed = self.encoder(images[missing]).float().cpu()
             for i, embedding in zip(missing, computed):
                 found[i] = self._remember(keys[i], embedding.clone())
                 self._write(keys[i], found[i])
@@ -129,12 +131,6 @@ class EmbeddingCache:
         where = f"memory and {self.folder}" if self.folder is not None else "memory"
         return (f"embedding cache ({where}): {self.misses} computed, {self.hits} reused from memory, "
                 f"{self.disk_hits} from disk, {self.rejected} damaged entries recomputed")  # fmt: skip
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """sha256 of a float32 tensor's shape and values."""
-    t = t.detach().cpu().contiguous()
-    return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.numpy().tobytes()).hexdigest()
 
 
 def entry_problem(entry: object, shape: tuple[int, ...] | None) -> str | None:

@@ -84,7 +84,7 @@ def test_a_flag_of_another_mode_is_refused_naming_flag_and_mode(synthetic_root, 
 
 
 class RecordingStepper(Stepper):
-    """Records, for every optimisation step, which parameter groups (optim_step.PARAM_GROUPS) changed."""
+    """Records, for every optimisation step, which parameter groups (engine.optim.PARAM_GROUPS) changed."""
 
     def __init__(self, model, optimizer):
         super().__init__(optimizer, torch.device("cpu"))

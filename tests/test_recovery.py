@@ -21,7 +21,7 @@ from conftest import tiny_run_args
 import tables
 import train
 import val
-from analysis.run_files import read_metrics
+from analysis.run_files import is_final, read_metrics, read_per_image_rows, rewrite_per_image
 from engine.run_folder import lock_run_folder
 from pipeline.embedding_cache import EmbeddingCache
 from utils import InputError
@@ -294,3 +294,18 @@ def test_paired_comparison_messages_name_what_is_wrong(tmp_path, case, fragment)
     with pytest.raises(InputError, match=None) as err:
         tables.main(["-compare", str(a), str(b), "-out", str(tmp_path / "out")])
     assert fragment in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_an_older_per_image_csv_gets_the_final_column_and_its_final_test_replaced(tmp_path):
+    """A run folder of an earlier version (no `final` column) resumed twice: its final test rows are marked and
+    replaced, not appended unmarked."""
+    path = tmp_path / "per_image.csv"
+    old = "epoch,split,mode,round,clicks,image,followed,Dice_follow,Dice,Gain_over_consensus,empty_followed"
+    path.write_bytes(f"{old}\r\n1,val,AESPA,1,0,p0,0,0.5,0.5,0.0,0\r\n".encode())
+    row = {"epoch": 2, "split": "test", "mode": "AESPA", "round": 1, "clicks": 0, "image": "p0", "followed": 0}
+    row |= {"Dice_follow": 0.7, "Dice_neutral": 0.6, "Gain_over_consensus": 0.1, "empty_followed": 0, "final": 1}
+    for _ in range(2):
+        rewrite_per_image(path, is_final, [row])
+    columns, rows, notes = read_per_image_rows(path)
+    assert columns[-1] == "final" and not notes
+    assert [(r["split"], r["final"], r["Dice"]) for _, _, r in rows] == [("val", "", "0.5"), ("test", "1", "0.6")]

@@ -1,4 +1,4 @@
-"""synthetic_data.py: determinism, reuse/refusal, the val split and extending old trees, the LIDC-layout files,
+"""pipeline/synthetic.py: determinism, reuse/refusal, the val split and extending old trees, the LIDC-layout files,
 rater disagreement and styles, the default folder per data seed."""
 
 from __future__ import annotations

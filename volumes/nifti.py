@@ -107,6 +107,15 @@ def load_label(path: str | Path, image: Volume) -> Volume:
     return Volume(apply_orientation(values, image.ornt), label, image.ornt, path)
 
 
+def case_folders(folder: str | Path) -> list[Path]:
+    """The case folders of a folder (hidden ones left out), ids compared as numbers."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p:
+                  natural_key(p.name))  # fmt: skip
+
+
 def read_case(case: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
     """A case folder's image (`image.nii.gz` or `.nii`) and raters (`label_annot_<id>.nii[.gz]`, sorted by id, ids
     compared as numbers); InputError naming the folder when the image or the labels are missing or an id repeats."""

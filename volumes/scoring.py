@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 
 from utils import InputError, natural_key
-from volumes.nifti import N_CLASSES, read_case, read_labels
+from volumes.nifti import N_CLASSES, case_folders, read_case, read_labels
 
 CONVENTIONS = ("challenge", "plain")
 KEYS = ("Dice_mean", "Dice_max", "Dice_match", "GED", "Dice_soft")
@@ -105,14 +105,18 @@ def dice_soft(pred: np.ndarray, labels: Sequence[np.ndarray], binary: bool) -> f
     return float(np.mean(scores))
 
 
-def score_case(pred: np.ndarray, labels: Sequence[np.ndarray], convention: str) -> dict[str, float]:
-    """One case's scores: `pred` and `labels` uint8 class volumes of one shape (file order)."""
+def score_case(
+    pred: np.ndarray, labels: Sequence[np.ndarray], convention: str, ids: Sequence[str] | None = None
+) -> dict[str, float]:
+    """One case's scores: `pred` and `labels` uint8 class volumes of one shape (file order); `ids` name the raters
+    (their Dice columns, Dice_rater<id>; default 0, 1, ...)."""
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     challenge = convention == "challenge"
     per_rater = [(challenge_dice if challenge else plain_dice)(pred, label) for label in labels]
     binary_pred = (pred > 0).astype(np.uint8)
-    out = {f"Dice_rater{k}": d for k, d in enumerate(per_rater)}
+    ids = list(ids) if ids is not None else [str(k) for k in range(len(labels))]
+    out = {f"Dice_rater{rater}": d for rater, d in zip(ids, per_rater)}
     out.update(
         Dice_mean=float(np.mean(per_rater)),
         Dice_max=float(max(per_rater)),
@@ -130,8 +134,7 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, convention: str) -> l
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not gt_dir.is_dir():
         raise InputError(f"-gt {gt_dir}: folder not found")
-    cases = sorted((p for p in gt_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p:
-                   natural_key(p.name))  # fmt: skip
+    cases = case_folders(gt_dir)
     if not cases:
         raise InputError(f"-gt {gt_dir}: no case folders")
     rows = []
@@ -151,8 +154,8 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, convention: str) -> l
         for (_, path), label in zip(raters, labels):
             if label.shape != shape:
                 raise InputError(f"{path}: shape {label.shape}, the case's is {shape} ({image_path})")
-        rows.append({"case": case.name, "raters": " ".join(r for r, _ in raters), **score_case(pred, labels,
-                                                                                             convention)})  # fmt: skip
+        ids = [r for r, _ in raters]
+        rows.append({"case": case.name, "raters": " ".join(ids), **score_case(pred, labels, convention, ids)})
     return rows
 
 
@@ -164,7 +167,8 @@ def mean_row(rows: list[dict]) -> dict:
 
 def write_scores(rows: list[dict], path: Path) -> None:
     """scores.csv: one row per case, then the mean."""
-    columns = ["case", "raters", *KEYS] + sorted({k for r in rows for k in r if k.startswith("Dice_rater")})
+    raters = {k for r in rows for k in r if k.startswith("Dice_rater")}
+    columns = ["case", "raters", *KEYS] + sorted(raters, key=natural_key)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
