@@ -2,7 +2,8 @@
 
 A and B are each a run folder or a folder of run folders of ONE configuration (runs that differ only in the
 training seed `-seed` and the data seed `-data_seed`). Every run folder holds `per_image.csv`, one row per
-(evaluation, image, followed rater, round); the final test's rows (marked final) are used, else those of the last epoch that has rows of `-split`.
+(evaluation, image, followed rater, round); the final test's rows (marked final) are used, else those of the last
+epoch that has rows of `-split`.
 
 Pairing. A row is keyed by (data seed, image, followed rater, round): images generated with different data seeds
 are different images even when their names agree, so they are never paired with each other. Within one data seed,
