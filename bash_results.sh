@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # README "Results": the default `python train.py` (LiteMedSAM, frozen encoder, 64 px, 12 epochs; best checkpoint on
 # the validation split, test split once at the end) against the baselines of the same protocol, on the built-in
-# synthetic data, with the spread users meet: 3 training seeds x 2 data seeds at the machine's default thread count,
-# and the same command at one thread. SPA with its own defaults (on the from-scratch vit_t: its 48 latent samples
-# through LiteMedSAM's decoder take about an hour per epoch on a CPU) at the default's time budget, 3 seeds.
+# synthetic data. The default runs once at the machine's thread count (README's own command) and three times at one
+# thread (training seeds 0, 1, 2 on data seeds 0, 1, 0): the thread count rounds floats differently, which moves a
+# run as a seed does, so the one-thread runs measure the spread and the default-thread run must fall inside it.
+# Beside them: the preference-blind model (2 runs), SPA with its own defaults on the from-scratch vit_t at the
+# default's time budget (3 seeds; through LiteMedSAM's decoder its 48 latent samples take about an hour per epoch on
+# a CPU), zero-shot LiteMedSAM and the two oracle baselines (data seeds 0 and 1).
 #
-#   bash bash_results.sh                    # the default's runs beside one single-threaded job (about 3 h, 2 cores)
-#   PARALLEL=2 bash bash_results.sh         # ... beside two at a time
+#   bash bash_results.sh                    # about 2 h on 2 cores: two single-threaded jobs at a time
+#   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds
 #
-# The same thread count on the same machine gives the same files, bit for bit; another thread count rounds floats
-# differently and ends elsewhere, as another seed would (README "Results" measures by how much).
+# The same thread count on the same machine gives the same files, bit for bit.
 set -e
 OUT=${OUT:-logs_results}
-PARALLEL=${PARALLEL:-1}
+PARALLEL=${PARALLEL:-2}
 if [ -e "$OUT" ]; then echo "bash_results.sh: $OUT/ exists; move it away first" >&2; exit 1; fi
 
 # Baselines (no training) and the data of both seeds, generated before any job runs beside another.
@@ -22,26 +24,26 @@ for d in 0 1; do
     done
 done
 
-# The default, as README's command runs it (the machine's thread count), 3 training seeds on 2 data seeds: one lane,
-# beside the single-threaded lane below (a thread count gives the same numbers however busy the machine is).
-(
-    for d in 0 1; do
-        for s in 0 1 2; do
-            python train.py -seed $s -data_seed $d -exp_name default_seed${s}_data$d -log_dir $OUT/default >/dev/null \
-                2>"$OUT/default_seed${s}_data$d.err"
-        done
-    done
-) &
-DEFAULTS=$!
+# The default as README's command runs it (the machine's thread count), alone on the machine.
+SEEDS="0 0"
+[ -z "${FULL:-}" ] || SEEDS="0 0|1 0|2 0|0 1|1 1|2 1"
+IFS='|' read -ra PAIRS <<<"$SEEDS"
+for sd in "${PAIRS[@]}"; do
+    set -- $sd
+    python train.py -seed $1 -data_seed $2 -exp_name default_seed$1_data$2 -log_dir $OUT/default >/dev/null \
+        2>"$OUT/default_seed$1_data$2.err"
+done
 
 # Single-threaded jobs (OMP_NUM_THREADS=1), PARALLEL at a time: folder/run|script and flags.
 JOBS=$(mktemp)
 for sd in "0 0" "1 1" "2 0"; do
     set -- $sd
     echo "default_1thread/seed$1_data$2|train.py -seed $1 -data_seed $2" >>"$JOBS"
-    echo "blind/seed$1_data$2|train.py -target consensus -seed $1 -data_seed $2" >>"$JOBS"
-    echo "old_default/seed$1_data$2|train.py -sam_ckpt none -epochs 20 -val_freq 5 -target_from last -seed $1 -data_seed $2" >>"$JOBS"
     echo "spa/seed$1_data$2|train.py -mode SPA -sam_ckpt none -epochs 2 -val_freq 1 -seed $1 -data_seed $2" >>"$JOBS"
+done
+for sd in "0 0" "1 1"; do
+    set -- $sd
+    echo "blind/seed$1_data$2|train.py -target consensus -seed $1 -data_seed $2" >>"$JOBS"
 done
 for d in 0 1; do  # the pretrained model, untrained, clicked as the others are (no box)
     echo "zeroshot/lite_data$d|val.py -sam_ckpt lite_medsam -data_seed $d" >>"$JOBS"
@@ -51,31 +53,33 @@ tr '\n' '\0' <"$JOBS" | xargs -0 -P "$PARALLEL" -I{} bash -c '
     OMP_NUM_THREADS=1 python $command -exp_name ${name//\//_} -log_dir "$dir" >/dev/null 2>"$err" ||
         { echo "bash_results.sh: $name failed, see $err" >&2; exit 255; }' _ {} "$OUT"
 rm -f "$JOBS"
-wait $DEFAULTS
 
 # Evaluation variants of trained models: the editor's rule painted on the default's and the blind model's
 # predictions (the blind model + painting is the non-oracle answer a user could deploy), SPA under AESPA's protocol.
-for run in "$OUT"/default/default_seed*_data0_* "$OUT"/blind/blind_seed*; do
+for run in "$OUT"/default_1thread/default_1thread_seed* "$OUT"/blind/blind_seed*; do
     name=$(basename "$run" | sed 's/_20[0-9_]*$//')
-    python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name ${name}_paint \
+    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name ${name}_paint \
         -log_dir "$OUT"/$(basename "$(dirname "$run")")_paint >/dev/null
 done
 for run in "$OUT"/spa/spa_seed*; do
-    python val.py -weights "$run"/Model/checkpoint_best.pth -mode AESPA \
+    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -mode AESPA \
         -exp_name "$(basename "$run" | sed 's/_20[0-9_]*$//')_aespa_protocol" -log_dir "$OUT"/spa_aespa_protocol >/dev/null
 done
 
+# Tables. The paired comparisons take the three single-threaded default runs as the default (A side).
 ROUNDS=1,2,3,4,5,6
 R=assets/results
+A="$OUT"/default_1thread
 python tables.py "$OUT"/* -metrics Dice_follow,Dice_follow_nonempty,Follow_accuracy -rounds $ROUNDS -out $R
-python tables.py "$OUT"/spa -metrics Dice_follow,Dice_selected,Sample_spread,Empty_click_map,NoI@0.80,NoI@0.90 \
+python tables.py "$OUT"/spa -metrics Dice_follow,Dice_selected,Selected_minus_follow,Sample_spread,Empty_click_map,NoI@0.80,NoI@0.90 \
     -rounds $ROUNDS -out $R/spa_own_protocol
-for other in blind blind_paint click_editor consensus zeroshot default_1thread old_default; do
+for other in blind blind_paint default_1thread_paint click_editor consensus zeroshot; do
     for empty in all nonempty; do
-        python tables.py -compare "$OUT"/default "$OUT"/$other -rounds $ROUNDS -empty $empty \
-            -out $R/default_vs_${other}_$empty
+        python tables.py -compare "$A" "$OUT"/$other -rounds $ROUNDS -empty $empty -out $R/default_vs_${other}_$empty
     done
 done
-python tables.py -compare "$OUT"/default "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
+# the README command at the machine's thread count against the same seeds at one thread
+python tables.py -compare "$OUT"/default "$A"/default_1thread_seed0_data0_* -rounds $ROUNDS -out $R/threads
+python tables.py -compare "$A" "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
 python tables.py -gain "$OUT"/spa -rounds 1,6 -out $R/spa_gain
-python tables.py -gain "$OUT"/default -rounds 1,6 -out $R/default_gain
+python tables.py -gain "$A" -rounds 1,6 -out $R/default_gain

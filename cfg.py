@@ -289,6 +289,8 @@ def resumed_flags(flags: Mapping[str, Any], explicit: set[str], setup: Setup) ->
     (`RESUME_MAY_CHANGE`). A named flag that would change the data, the method or the architecture is refused in
     one line; so is a run with nothing left to do."""
     source = flags["resume"]
+    if (Path(source) / "args.json").is_file():  # the run folder itself: its last checkpoint
+        source = str(Path(source) / "Model" / LAST_CHECKPOINT)
     run = Path(source).resolve().parent.parent
     if not (run / "args.json").is_file():
         raise InputError(f"-resume {source}: not inside a run folder (expected <run>/Model/checkpoint_last.pth)")

@@ -126,7 +126,7 @@ class RunConfig:
         "seed of every random choice (data order, raters, clicks, latent samples)",
         check=seed_range(settings.MAX_SEED),
     )
-    resume: str | None = option(None, "continue training from a run's checkpoint (Model/checkpoint_last.pth)", type=str)
+    resume: str | None = option(None, "continue a run: its folder or its Model/checkpoint_last.pth", type=str)
     log_dir: str = option(settings.LOG_DIR, "parent folder of run folders")
     val_freq: int = option(settings.VAL_FREQ, "validate every N epochs and after the last", check=positive)
     lr: float | None = option(

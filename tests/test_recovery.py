@@ -125,8 +125,8 @@ def test_a_kill_during_the_final_test_is_recovered_by_a_resume(two_epoch_run):
     k = keys(two_epoch_run)
     assert len(k) == len(set(k)) and sum(key[3] for key in k) == 3
     assert (two_epoch_run / "summary.json").is_file()
-    with pytest.raises(InputError, match="nothing left to do"):
-        train.main(["-resume", str(model_dir(two_epoch_run) / "checkpoint_last.pth")])
+    with pytest.raises(InputError, match="nothing left to do"):  # the run folder names its last checkpoint
+        train.main(["-resume", str(two_epoch_run)])
 
 
 # --- 7: one process per run folder --------------------------------------------------------------------------------
