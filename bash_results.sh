@@ -57,13 +57,13 @@ rm -f "$JOBS"
 # Evaluation variants of trained models: the editor's rule painted on the default's and the blind model's
 # predictions (the blind model + painting is the non-oracle answer a user could deploy), SPA under AESPA's protocol.
 for run in "$OUT"/default_1thread/default_1thread_seed* "$OUT"/blind/blind_seed*; do
-    name=$(basename "$run" | sed 's/_20[0-9_]*$//')
-    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name ${name}_paint \
+    name=$(basename "$run" | sed 's/_20[0-9_]*$//; s/_seed/_paint_seed/')  # seeds last: tables.py groups by the rest
+    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name $name \
         -log_dir "$OUT"/$(basename "$(dirname "$run")")_paint >/dev/null
 done
 for run in "$OUT"/spa/spa_seed*; do
     OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -mode AESPA \
-        -exp_name "$(basename "$run" | sed 's/_20[0-9_]*$//')_aespa_protocol" -log_dir "$OUT"/spa_aespa_protocol >/dev/null
+        -exp_name "$(basename "$run" | sed 's/_20[0-9_]*$//; s/^spa_/spa_aespa_protocol_/')" -log_dir "$OUT"/spa_aespa_protocol >/dev/null
 done
 
 # Tables. The paired comparisons take the three single-threaded default runs as the default (A side).

@@ -36,10 +36,10 @@ IGNORED_FLAGS = frozenset(
         "no_embedding_reuse",  # same results, other speed
     }
 )
-# A run-folder timestamp (`_YYYY_MM_DD_HH_MM_SS`, maybe `_2`) and a `_seed<N>` suffix, at the end of a name or of a
-# path part.
+# A run-folder timestamp (`_YYYY_MM_DD_HH_MM_SS`, maybe `_2`) and seed suffixes (`_seed<N>`, `_data<N>`,
+# `_data_seed<N>`, in any order), at the end of a name or of a path part.
 TIMESTAMP = re.compile(r"_\d{4}(?:_\d{2}){5}(?:_\d+)?(?=$|[/\\])")
-SEED_SUFFIX = re.compile(r"[_-]seed[_-]?\d+(?=$|[/\\])", re.IGNORECASE)
+SEED_SUFFIX = re.compile(r"(?:[_-](?:data[_-]?)?seed[_-]?\d+|[_-]data[_-]?\d+)+(?=$|[/\\])", re.IGNORECASE)
 
 
 def note(message: str) -> None:

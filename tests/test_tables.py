@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import tables
+from analysis.runs import normalise
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,3 +337,21 @@ def test_plot_follow_matrix_writes_a_png_of_the_documented_size(tmp_path: Path) 
     bad["rounds"][0]["matrix"] = [[0.5, 0.5], [0.5, 0.5]]
     with pytest.raises(ValueError, match="expected 3x3"):
         plot_follow_matrix(bad, tmp_path / "c.png")
+
+
+@pytest.mark.parametrize(
+    "name, expect",
+    [
+        ("default_seed0", "default"),
+        ("default_seed2_data1", "default"),  # bash_results.sh's names: training then data seed
+        ("click_editor_data_seed1", "click_editor"),
+        ("blind_paint_seed1_data1_2026_12_03_14_29_09", "blind_paint"),
+        ("data/synthetic_seed1", "data/synthetic"),
+        ("logs/x_seed3/Model/checkpoint_best.pth", "logs/x/Model/checkpoint_best.pth"),
+        ("spa_seed0_aespa_protocol", "spa_seed0_aespa_protocol"),  # seeds only at the end count
+        ("my_data", "my_data"),
+        ("data7x", "data7x"),
+    ],
+)
+def test_seed_suffixes_are_stripped_from_names_and_paths(name: str, expect: str) -> None:
+    assert normalise(name) == expect
