@@ -346,6 +346,7 @@ def adopt_checkpoint(
     under its own conventions (`-compat reference`)."""
     out, notes = dict(flags), setup.notes
     evaluating = purpose == "evaluate"
+    budget = None  # the epochs the checkpoint's run was trained for
     if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
         saved = config_from_flags(obj.get("args", {})).flags()
         if evaluating:  # the data the model was trained on, unless named
@@ -355,6 +356,7 @@ def adopt_checkpoint(
                 out.update(taken)
                 notes.append("from the checkpoint's run: " + ", ".join(f"-{k} {v}" for k, v in taken.items()))
             setup.epoch = int(obj.get("epoch", 0) or 0)
+            budget = saved["epochs"]
         for flag in ARCHITECTURE_FLAGS:
             if flags[flag] != saved[flag]:
                 if flag == "mode" and evaluating and flag in explicit:
@@ -378,7 +380,9 @@ def adopt_checkpoint(
     else:
         notes.append("plain SAM weights: the preference heads start untrained")
     if evaluating:
-        out["epochs"] = setup.epoch or out["epochs"]  # val.py trains nothing: args.json records the model's epochs
+        # val.py trains nothing: args.json records the training budget of the model's run (the configuration; a
+        # best checkpoint's epoch differs by seed as any result does, and the rows carry it in their `epoch`)
+        out["epochs"] = budget or setup.epoch or out["epochs"]
     return out
 
 

@@ -147,7 +147,7 @@ def test_val_py_takes_the_checkpoints_mode_unless_told_another(synthetic_root, t
         "evaluating a model trained with -mode SPA under the AESPA protocol"
         in (run_dir / "Log" / "log.txt").read_text()
     )
-    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 1  # the evaluated model's, not val.py's default
+    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 1  # the model's run's, not val.py's default
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
