@@ -196,8 +196,14 @@ def one_configuration(folder: Path, runs: list[Run]) -> None:
         )
 
 
-def average_runs(folder: Path, per_run: list[tuple[Path, int, dict[tuple[str, int, int], Cell]]]) -> dict[Key, Cell]:
-    """Runs (path, data seed, cells) -> cells keyed with the data seed, averaged over the runs of each data seed."""
+def average_runs(
+    folder: Path, per_run: list[tuple[Path, int, dict[tuple[str, int, int], Cell]]], same_target: bool = True
+) -> dict[Key, Cell]:
+    """Runs (path, data seed, cells) -> cells keyed with the data seed, averaged over the runs of each data seed.
+
+    same_target: the runs must agree on each cell's clicks and empty_followed (the same pair); False where the
+    target may differ by run (SPA's own protocol draws it, `followed` -1) and only a within-run difference is
+    wanted (`gain`): a cell whose runs disagree on empty_followed gets None there."""
     by_seed: dict[int, list[tuple[Path, dict]]] = {}
     for path, data_seed, cells in per_run:
         by_seed.setdefault(data_seed, []).append((path, cells))
@@ -212,18 +218,21 @@ def average_runs(folder: Path, per_run: list[tuple[Path, int, dict[tuple[str, in
                     "not in both)"
                 )
         for key, cell in first.items():
-            if any(c[key].clicks != cell.clicks or c[key].empty != cell.empty for _, c in group):
+            clicks_differ = any(c[key].clicks != cell.clicks for _, c in group)
+            empty_differs = any(c[key].empty != cell.empty for _, c in group)
+            if clicks_differ or (empty_differs and same_target):
                 raise InputError(
                     f"{folder}: runs of data_seed {data_seed} disagree on the clicks or empty_followed "
                     f"of image {key[0]}, followed {key[1]}, round {key[2]}"
                 )
             value = float(np.mean([c[key].value for _, c in group]))
-            out[(data_seed, *key)] = Cell(value, cell.clicks, cell.empty)
+            out[(data_seed, *key)] = Cell(value, cell.clicks, None if empty_differs else cell.empty)
     return out
 
 
-def load_side(path: str, split: str, metric: str) -> Side:
-    """A configuration's run folders -> their per-image cells averaged over training seeds, per data seed."""
+def load_side(path: str, split: str, metric: str, same_target: bool = True) -> Side:
+    """A configuration's run folders -> their per-image cells averaged over training seeds, per data seed
+    (`same_target`: see `average_runs`)."""
     folder = Path(path)
     found = [f for f, _ in find_run_folders([path])]
     runs = [Run(f, read_json_object(f / "args.json"), 0, {}) for f in found]
@@ -242,7 +251,8 @@ def load_side(path: str, split: str, metric: str) -> Side:
     seeds = sorted({str(r.args.get("seed")) for r in runs}, key=natural_key)
     data_seeds = sorted({d for _, d, _ in per_run})
     datasets = sorted({str(r.args.get("dataset")) for r in runs})
-    return Side(folder, [r.path for r in runs], seeds, data_seeds, epochs, average_runs(folder, per_run), datasets)
+    cells = average_runs(folder, per_run, same_target)
+    return Side(folder, [r.path for r in runs], seeds, data_seeds, epochs, cells, datasets)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,16 +371,24 @@ def compare(
 def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: int, empty: str = "all") -> RoundResult:
     """Does interaction help? The mean paired difference of a configuration's metric between its last and first
     rounds (`rounds_text` "FIRST,LAST", default the first and the last), per (data seed, image, followed rater),
-    with the same cluster-bootstrap interval over images as `compare`."""
+    with the same cluster-bootstrap interval over images as `compare`. A difference within one run needs no
+    agreement between runs on the target: SPA's own protocol draws it per run (the mean of the runs' differences
+    is the difference of their means, so cells are averaged first as in `compare`)."""
     if n_boot < MIN_BOOTSTRAP:
         raise InputError(f"-bootstrap: at least {MIN_BOOTSTRAP} resamples, got {n_boot}")
-    side = load_side(path, split, metric)
+    side = load_side(path, split, metric, same_target=False)
     tokens = [t.strip() for t in (rounds_text or f"1,{side.n_rounds}").split(",") if t.strip()]
     if len(tokens) != 2 or not all(t.isdigit() for t in tokens) or int(tokens[0]) >= int(tokens[1]):
         raise InputError(f"-rounds {rounds_text}: with -gain, two rounds FIRST,LAST (FIRST < LAST), e.g. 1,6")
     first, last = map(int, tokens)
     keys = [k for k in side.cells if k[3] == last and (*k[:3], first) in side.cells]
     if empty != "all":
+        mixed = [k for k in keys if side.cells[k].empty is None]
+        if mixed:
+            raise InputError(
+                f"-empty {empty}: {path} does not say whether the target is empty for {len(mixed)} (image, followed) "
+                "pairs (no empty_followed column, or runs whose target differs by run disagree); use -empty all"
+            )
         keys = [k for k in keys if side.cells[k].empty == (1 if empty == "empty" else 0)]
     if not keys:
         raise InputError(f"-rounds {first},{last}: {path} has no (image, followed rater) at both rounds")

@@ -229,3 +229,20 @@ def test_gain_is_the_paired_difference_of_the_last_and_first_rounds(tmp_path):
     assert tables.main(["-gain", str(a), "-rounds", "1,2", "-out", str(tmp_path / "o2")]).diff == pytest.approx(0.05)
     assert "round 3 (2 clicks) - round 1: +0.100" in (tmp_path / "out" / "gain.md").read_text()
     assert "FIRST < LAST" in one_line(tmp_path, "-gain", str(a), "-rounds", "3,1")
+
+
+def test_gain_pairs_within_runs_whose_targets_differ(tmp_path):
+    """SPA's own protocol draws the target per run (followed -1): two training seeds disagree on empty_followed.
+    -compare refuses to pair such runs; -gain differences within each run: seed 0 rises 0.10 and seed 1 0.20 from
+    round 1 to 3 on every pair, so the gain is 0.15 exactly."""
+    for s, step in ((0, 0.05), (1, 0.10)):
+        rows = rows_for(0, lambda d, im, f, t, step=step: 0.3 + step * t)
+        for row in rows:
+            row["empty_followed"] = s  # the runs' targets differ
+        write_run(tmp_path / "A" / f"run{s}", rows, seed=s)
+    r = tables.main(["-gain", str(tmp_path / "A"), "-rounds", "1,3", "-out", str(tmp_path / "out")])
+    assert (r.diff, r.low, r.high) == pytest.approx((0.15, 0.15, 0.15), abs=1e-9)
+    assert "disagree on the clicks or empty_followed" in one_line(
+        tmp_path, "-compare", str(tmp_path / "A"), str(tmp_path / "A")
+    )
+    assert "use -empty all" in one_line(tmp_path, "-gain", str(tmp_path / "A"), "-rounds", "1,3", "-empty", "nonempty")
