@@ -4,8 +4,12 @@ An embedding is keyed by content: the digest of the encoder (its class, configur
 the digest of the exact input tensor the encoder sees (pixel values, image size, augmentation). A change of
 checkpoint, image size or image content therefore can never reuse a stale embedding, and an augmented image
 is simply another key. Entries live in memory and, with a folder, on disk as
-`<folder>/<encoder digest>/<image digest>.pt` (written atomically, read with weights_only=True), so that later
-epochs and later runs on the same data reuse them.
+`<folder>/<encoder digest>/<arithmetic>/<image digest>.pt` (written atomically, read with weights_only=True), so
+that later epochs and later runs on the same data reuse them. `<arithmetic>` names how the floats were computed
+(`cpu-2t`: a CPU at 2 threads; `cuda`): another thread count rounds an embedding differently in its last bits,
+and a run that read such entries would depend on which run filled the cache first, not only on its own seeds
+and thread count (measured: two `python train.py` at 2 threads, one sharing the cache with a one-thread run,
+ended 0.006 apart).
 
 A disk entry carries its shape and the sha256 of its values: an entry whose bytes changed, whose shape is not the
 encoder's, or that holds a non-finite value is never used — it is reported (warning), recomputed and rewritten.
@@ -48,6 +52,13 @@ def tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode() + t.numpy().tobytes()).hexdigest()
 
 
+def arithmetic(encoder: nn.Module) -> str:
+    """How the encoder's floats are computed where it is now: `cpu-<threads>t`, or the accelerator's type."""
+    weight = next(encoder.parameters(), None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    return f"cpu-{torch.get_num_threads()}t" if device.type == "cpu" else device.type
+
+
 class EmbeddingCache:
     """`cache(images)` -> the encoder's embeddings BxCxGxG of Bx3xSxS images, each computed once.
 
@@ -59,7 +70,7 @@ class EmbeddingCache:
     def __init__(self, encoder: nn.Module, folder: str | Path | None = None, memory_mb: float = 2048):
         self.encoder = encoder
         self.digest = encoder_digest(encoder)
-        self.folder = None if folder is None else Path(folder) / self.digest[:32]
+        self.folder = None if folder is None else Path(folder) / self.digest[:32] / arithmetic(encoder)
         self.memory: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.memory_bytes, self.memory_limit = 0, int(memory_mb * 2**20)
         self.hits = self.disk_hits = self.misses = self.rejected = 0

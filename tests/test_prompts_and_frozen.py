@@ -121,6 +121,16 @@ def test_the_cache_is_keyed_on_weights_and_image(tmp_path):
     larger = torch.nn.functional.interpolate(images, size=(16, 16))  # another image size: other keys
     cache(larger)
     assert cache.misses == 4
+    threads = torch.get_num_threads()
+    try:  # another thread count rounds differently: its own entries, never the other count's
+        torch.set_num_threads(threads + 1)
+        other = EmbeddingCache(encoder, tmp_path)
+        assert other.folder.parent == changed.folder.parent and other.folder != changed.folder
+        other(images)
+        assert (other.disk_hits, other.misses) == (0, 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert EmbeddingCache(encoder, tmp_path).folder == changed.folder
 
 
 def test_results_with_the_cache_equal_those_without(synthetic_root, tmp_path):
