@@ -12,10 +12,11 @@ data/synthetic and data/synthetic_seed1 agree); a configuration's cell is the me
 all its runs, i.e. over training seeds (`-seed`) and data seeds (`-data_seed`) together; `n` is the number of
 runs. A configuration of one run shows its value with no ± and an empty std in the CSV: the spread of one sample
 is undefined, not 0.
-Rows: one per configuration, named by exp_name with the differing flags as columns (and in the label
-`exp_name (flag=value, ...)` of the CSV and the plot legend). Columns: `<metric>@<round>` for per-round metrics,
-`NoC@τ` / `NoF@τ` once (one value per evaluation). Writes table.md, table.csv (<column>_mean, <column>_std),
-table.tex (booktabs) and round_curves.png into -out (default tables_out/) and prints the Markdown table.
+Rows: one per configuration, named by exp_name with the differing flags as columns (and, where configurations
+share an exp_name, in the label `exp_name (flag=value, ...)` of the CSV and the plot legend). Columns:
+`<metric>@<round>` for per-round metrics, `NoC@τ` / `NoF@τ` once (one value per evaluation). Writes table.md,
+table.csv (<column>_mean, <column>_std), table.tex (booktabs) and round_curves.png into -out (default tables_out/)
+and prints the Markdown table.
 A run folder that cannot be read is an error; with -skip_bad it is listed on stderr and left out.
 """
 
@@ -91,7 +92,10 @@ def group_configs(runs: list[Run]) -> tuple[list[Config], list[str], list[str]]:
     ]
     shown = label_flags(configs, differing)
     for c in configs:
-        named = ", ".join(f"{k}={c.flags[k]}" for k in shown)
+        # a label names the flags only where the exp_name alone is ambiguous (the table's columns show them all)
+        namesakes = [o for o in configs if o.exp_name == c.exp_name]
+        own = [k for k in shown if len({json.dumps(o.flags[k], default=str) for o in namesakes}) > 1]
+        named = ", ".join(f"{k}={c.flags[k]}" for k in own)
         c.label = f"{c.exp_name} ({named})" if named else c.exp_name
         seeds = [(str(r.args.get("seed")), str(r.args.get("data_seed", 0))) for r in c.runs]
         if len(set(seeds)) < len(seeds):
