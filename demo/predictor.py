@@ -18,11 +18,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from dataset import resize_image
 from interaction.clicks import NOC_STRATEGY, ClickState, next_click
 from interaction.rounds import RoundState, deterministic_round
 from models import AESPAModel
 from multirater_metrics import dice, iou
+from pipeline.image_files import resize_image
 
 
 class Click(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset import read_image, read_mask
+from pipeline.image_files import read_image, read_mask
 from pipeline.synthetic import RATER_STYLES, case_stream, make_case
 from utils import InputError
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataset import read_image, resize_mask
+from pipeline.image_files import read_image, resize_mask
 from utils import InputError, one_line
 
 from .predictor import Click, Predictor, rater_scores, to_model_input

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from cfg import make_config
-from dataset import read_image, resize_image
 from engine.checkpoints import save_checkpoint
 from models import AESPAModel, build_model, responsibilities
+from pipeline.image_files import read_image, resize_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARPEN = 40.0  # a random decoder's logits are ~0.05: scaled up, the mask is crisp and far from 0.5

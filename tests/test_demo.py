@@ -21,11 +21,11 @@ from demo_support import ROOT, demo_server, load_model, make_checkpoint, model_i
 from PIL import Image
 
 import aespa_demo
-from dataset import read_mask, resize_mask
 from demo import session as sess
 from demo.predictor import Click, Predictor
 from demo.render import to_model_xy
 from interaction.clicks import next_click
+from pipeline.image_files import read_mask, resize_mask
 from pipeline.synthetic import case_stream, make_case
 from utils import InputError, run_cli
 
