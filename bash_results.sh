@@ -10,6 +10,9 @@
 #
 #   bash bash_results.sh                    # about 1.5 h on 2 cores: two single-threaded jobs at a time
 #   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds
+#   SPA_FROM=old/logs_results bash bash_results.sh   # SPA's runs (spa/, spa_aespa_protocol/) copied from an earlier
+#                                           # output instead of trained again (45 min less); only valid while SPA's
+#                                           # code path is unchanged since (bit-exact: same machine, same threads)
 #
 # The same thread count on the same machine gives the same files, bit for bit.
 set -e
@@ -40,8 +43,10 @@ JOBS=$(mktemp)
 for sd in "0 0" "1 1" "2 0"; do
     set -- $sd
     echo "default_1thread/seed$1_data$2|train.py -seed $1 -data_seed $2" >>"$JOBS"
-    echo "spa/seed$1_data$2|train.py -mode SPA -sam_ckpt none -epochs 2 -val_freq 1 -seed $1 -data_seed $2" >>"$JOBS"
+    [ -n "${SPA_FROM:-}" ] ||
+        echo "spa/seed$1_data$2|train.py -mode SPA -sam_ckpt none -epochs 2 -val_freq 1 -seed $1 -data_seed $2" >>"$JOBS"
 done
+if [ -n "${SPA_FROM:-}" ]; then cp -r "$SPA_FROM"/spa "$SPA_FROM"/spa_aespa_protocol "$OUT"/; fi
 for sd in "0 0" "1 1"; do
     set -- $sd
     echo "blind/seed$1_data$2|train.py -target consensus -seed $1 -data_seed $2" >>"$JOBS"
@@ -62,7 +67,7 @@ for run in "$OUT"/default_1thread/default_1thread_seed* "$OUT"/blind/blind_seed*
     OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name $name \
         -log_dir "$OUT"/$(basename "$(dirname "$run")")_paint >/dev/null
 done
-for run in "$OUT"/spa/spa_seed*; do
+for run in $([ -n "${SPA_FROM:-}" ] || echo "$OUT"/spa/spa_seed*); do
     OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -mode AESPA \
         -exp_name "$(basename "$run" | sed 's/_20[0-9_]*$//; s/^spa_/spa_aespa_protocol_/')" -log_dir "$OUT"/spa_aespa_protocol >/dev/null
 done

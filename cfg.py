@@ -38,7 +38,16 @@ from models.reference_format import is_reference_checkpoint, reference_model_con
 from utils import InputError, OneLineParser, run_cli
 
 # Flags that define the architecture (and the protocol a model was trained for): a checkpoint sets them.
-ARCHITECTURE_FLAGS = ("encoder", "image_size", "n_components", "fcomb", "multimask_output", "compat", "mode")
+ARCHITECTURE_FLAGS = (
+    "encoder",
+    "image_size",
+    "n_components",
+    "fcomb",
+    "pixel_branch",
+    "multimask_output",
+    "compat",
+    "mode",
+)
 # Flags a resumed run may change (every other flag is the run's own): how long, how often, how it runs.
 RESUME_MAY_CHANGE = ("epochs", "val_freq", "test_every_val", "w", "device")
 # Flags of the original project that map onto others or are refused.
@@ -397,7 +406,7 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
         c = reference_model_config(setup.files[m.weights], m.image_size, str(m.weights))
         named = encoder_of_shape(c["embed_dim"], c["depth"]) or m.encoder
         changes = dict(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference")
-        return with_default_lr(cfg.with_flags(**changes, n_components=c["n_components"]))
+        return with_default_lr(cfg.with_flags(**changes, n_components=c["n_components"], pixel_branch="none"))
     sources, _ = weights_to_load(m, setup.files)  # reads -sam_ckpt unless -weights holds every tensor
     if m.encoder == "auto":
         changes["encoder"] = encoder_of_state(sources[-1][1], sources[-1][0]) if sources else "vit_t"
@@ -413,7 +422,10 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
     if m.compat == "reference" and m.fcomb != "reference":
         setup.notes.append("-compat reference: using the reference Fcomb")
         changes["fcomb"] = "reference"
-    return with_default_lr(cfg.with_flags(**changes) if changes else cfg)
+    cfg = cfg.with_flags(**changes) if changes else cfg
+    if cfg.model.pixel_branch == "auto":  # the trainable path to the pixels a frozen encoder lacks
+        cfg = cfg.with_flags(pixel_branch="unet" if cfg.model.frozen and m.compat != "reference" else "none")
+    return with_default_lr(cfg)
 
 
 def with_default_lr(cfg: RunConfig) -> RunConfig:

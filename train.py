@@ -183,9 +183,11 @@ class TrainingState:
 def log_model_and_data(run: RunFolder, model, cfg: RunConfig, data: Data, state: TrainingState) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    branch = model.pixel_branch
+    with_branch = "" if branch is None else f", pixel branch {sum(p.numel() for p in branch.parameters()) / 1e3:.0f} k"
     run.log(
         f"model {cfg.model.encoder} at {cfg.model.image_size} px, {n_params / 1e6:.2f} M parameters "
-        f"({trained / 1e6:.2f} M trained), mode {cfg.mode}"
+        f"({trained / 1e6:.2f} M trained{with_branch}), mode {cfg.mode}"
     )
     if cfg.amp != state.stepper.amp:
         run.log(

@@ -82,12 +82,13 @@ class Predictor:
 
     @torch.no_grad()
     def embedding(self, image: torch.Tensor) -> torch.Tensor:
-        """3xSxS image -> SAM embedding 1xCxGxG (computed once per distinct image)."""
+        """3xSxS image -> its image features 1xC'xGxG (`AESPAModel.image_features`), computed once per distinct
+        image."""
         key = hashlib.sha1(image.contiguous().cpu().numpy().tobytes()).hexdigest()
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
-        emb = self.model.image_encoder(image[None].to(self.device))
+        emb = self.model.image_features(image[None].to(self.device))
         self.cache[key] = emb
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)

@@ -73,6 +73,7 @@ def build_model_from_config(cfg: RunConfig, files: dict[str, Any]) -> tuple[AESP
         m.fcomb,
         point_order="yx" if reference else "xy",
         multimask_output=m.multimask_output,
+        pixel_branch=m.pixel_branch,
         protocol="reference" if reference else "project",
         decoder_block="reference" if reference else "official",
     )

@@ -77,6 +77,12 @@ class ModelConfig:
     multimask_output: int = option(
         1, "1: SAM's single mask; 3: SAM's three masks, keeping the best-scored one", choices=(1, 3)
     )
+    pixel_branch: str = option(
+        "auto",
+        "unet: a small U-Net on the image adds per-pixel features to the decoder's mask features (the trainable "
+        "path to the pixels a frozen encoder lacks); auto: unet with a frozen encoder, none otherwise",
+        choices=("auto", "unet", "none"),
+    )
 
     @property
     def frozen(self) -> bool:
@@ -187,6 +193,8 @@ def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
     mode, dataset = flags.get("mode", RunConfig.mode), flags.get("dataset", DataConfig.dataset)
     if isinstance(flags.get("freeze_encoder"), bool):  # records of older versions: a switch
         flags = {**flags, "freeze_encoder": "yes" if flags["freeze_encoder"] else "no"}
+    if "pixel_branch" not in flags:  # records of older versions: their models had no pixel branch
+        flags = {**flags, "pixel_branch": "none"}
     if mode not in MODES:
         raise KeyError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     options = _part(DATASETS[dataset].options, flags)

@@ -1,7 +1,7 @@
 """Optimisation steps on parameter subsets, with mixed precision and gradient averaging across ranks.
 
 Both loops take several steps per click round, each on another part of the model (SPEC §4): the
-network (image encoder, fusion, mask decoder), the prompt side (prompt encoder, mean/variance head) and
+network (image encoder, fusion, mask decoder, pixel branch), the prompt side (prompt encoder, mean/variance head) and
 the weight head. One Adam holds the three as parameter groups; a step updates only the parameters that
 received a gradient from its loss (Adam skips parameters whose `.grad` is None).
 """
@@ -17,7 +17,7 @@ from engine.distributed import mean_over_ranks, world_size
 from models import AESPAModel
 
 PARAM_GROUPS = {
-    "network": ("image_encoder", "fcomb", "mask_decoder"),
+    "network": ("image_encoder", "fcomb", "mask_decoder", "pixel_branch"),
     "prompt": ("prompt_encoder", "mean_var_head"),
     "weight": ("weight_head",),
 }
@@ -26,7 +26,10 @@ PARAM_GROUPS = {
 def build_optimizer(model: AESPAModel, lr: float) -> torch.optim.Adam:
     """Adam (betas 0.9/0.999) with one parameter group per part of the model, named in `group['name']`."""
     groups = [
-        {"name": name, "params": [p for m in modules for p in getattr(model, m).parameters()]}
+        {
+            "name": name,
+            "params": [p for m in modules if getattr(model, m) is not None for p in getattr(model, m).parameters()],
+        }
         for name, modules in PARAM_GROUPS.items()
     ]
     return torch.optim.Adam(

@@ -105,9 +105,10 @@ def deterministic_round(model: AESPAModel, state: RoundState, embedding: torch.T
 
 
 @contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Gradients flow through `modules` but their own parameters get none (and cost nothing)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+def frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Gradients flow through `modules` (None: a part the model does not have) but their own parameters get none
+    (and cost nothing)."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
@@ -140,8 +141,8 @@ def prompt_step(
     user: User,
 ) -> Prompts:
     """SPEC §4.2 step 3, as the published SPA takes it: recompute the prediction with the new clicks and fresh
-    latent samples; only the prompt encoder and the mean/variance head learn (fusion, decoder and weight head
-    frozen). The mixture weights are the weight head's map of the selection's responsibilities `em_selected`
+    latent samples; only the prompt encoder and the mean/variance head learn (fusion, decoder, pixel branch and
+    weight head frozen). The mixture weights are the weight head's map of the selection's responsibilities `em_selected`
     (under this round's mixture); `state` already holds the new clicks and mask prompt, and `embedding` is this
     round's SAM embedding, detached (the encoder is frozen here; reusing it saves a ViT pass per round).
     -> the mixture after the click (μ, σ² recomputed from the new prompts, these weights) for the weight-head step.
@@ -149,7 +150,7 @@ def prompt_step(
     with torch.no_grad():
         weights = prompts.weights if em_selected is None else model.weight_head(em_selected)
     eps = user.noise(model.latent_dim)  # fresh samples
-    with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.weight_head):
+    with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.pixel_branch, model.weight_head):
         loss = bce_loss(model.decode_round(embedding, state.prompts(model, weights=weights), eps).logits.mean(1),
                         user.target)  # fmt: skip
     stepper.step(loss)
@@ -179,8 +180,9 @@ def round_metrics(batch: Batch, user: User, selection: Selection) -> dict[str, t
 
 
 def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
-    """The batch's SAM embedding BxCxGxG: precomputed (a frozen encoder's cache) or computed now."""
-    return batch.embedding if batch.embedding is not None else model.image_encoder(batch.images)
+    """The batch's image features BxC'xGxG (`AESPAModel.image_features`): the SAM embedding, precomputed (a frozen
+    encoder's cache) or computed now, with the folded pixels when the model has a pixel branch."""
+    return model.image_features(batch.images, batch.embedding)
 
 
 def train_batch(

@@ -47,8 +47,9 @@ class Session:
 
 @torch.no_grad()
 def slice_embeddings(model: AESPAModel, images: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Zx3xSxS model inputs -> ZxCxGxG SAM embeddings, `batch` slices at a time (each computed once)."""
-    return torch.cat([model.image_encoder(images[i : i + batch]) for i in range(0, len(images), batch)])
+    """Zx3xSxS model inputs -> ZxC'xGxG image features (`AESPAModel.image_features`), `batch` slices at a time
+    (each computed once)."""
+    return torch.cat([model.image_features(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 class VolumeInteraction:

@@ -2,7 +2,9 @@
 
 The SAM parts keep their official names at the top level (`image_encoder.*`, `prompt_encoder.*`,
 `mask_decoder.*`), so `model.image_encoder(x)` is the plain SAM embedding; the fusion runs after it,
-which lets validation reuse one embedding across every click round.
+which lets validation reuse one embedding across every click round. With a pixel branch (`pixel_branch: unet`,
+see pixel_branch.py) the embedding the rounds pass around is `image_features(x)`: the SAM embedding with the
+image's pixels folded in as extra channels.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .pixel_branch import FOLDED_CHANS, PixelBranch, fold_pixels, unfold_pixels
 from .preference import Fusion, MeanVarianceHead, WeightHead, mixture_latent
 from .sam import Sam, build_sam_parts
 
 # Keys a SAM/MedSAM checkpoint does not have: initialised afresh when loading one.
-PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_")
+PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_", "pixel_branch.")
+PIXEL_BRANCHES = ("none", "unet")
 MIXTURE_BUFFERS = ("mixture_weights", "mixture_means", "mixture_variances")
 
 
@@ -67,9 +71,9 @@ def init_mixture_state(n_components: int, generator: torch.Generator | None = No
 class AESPAModel(Sam):
     """SAM parts, mean/variance head, weight head, fusion ("Fcomb") and the stored mixture state (buffers).
 
-    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion` and the conventions
-    the weights were trained with: `point_order`, `multimask_output`, `decoder_block` and `protocol` (see
-    `aespa_config`).
+    `config` holds the SAM configuration keys plus `n_components`, `latent_dim`, `fusion`, `pixel_branch` and
+    the conventions the weights were trained with: `point_order`, `multimask_output`, `decoder_block` and
+    `protocol` (see `aespa_config`).
     """
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -85,6 +89,10 @@ class AESPAModel(Sam):
         self.weight_head = WeightHead(k)
         for name, value in init_mixture_state(k).items():
             self.register_buffer(name, value)
+        self.embed_chans = config["out_chans"]  # channels of the SAM embedding (the rest: folded pixels)
+        self.pixel_branch = None
+        if config.get("pixel_branch", "none") == "unet":
+            self.pixel_branch = PixelBranch(config["prompt_embed_dim"] // 8)
 
     # --- conventions that travel with the checkpoint (config), not with the command line ---------------
 
@@ -138,13 +146,42 @@ class AESPAModel(Sam):
         """Per-image latent BxL (ε = None gives the deterministic sample)."""
         return mixture_latent(weights, means, variances, eps, self.latent_dim)
 
+    def image_features(self, images: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Bx3xSxS images -> what the rounds decode from: the SAM embedding BxCxGxG (`embedding` when given, e.g.
+        a frozen encoder's cached one), with a pixel branch followed by the images folded into 48 more channels."""
+        if embedding is None:
+            embedding = self.image_encoder(images)
+        if self.pixel_branch is None:
+            return embedding
+        return torch.cat([embedding, fold_pixels(images, embedding.shape[-1]).to(embedding.dtype)], 1)
+
+    def split_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`image_features` BxC'xGxG -> (SAM embedding BxCxGxG, the pixel branch's features Bx(D/8)x4Gx4G or None)."""
+        embedding, pixels = features[:, : self.embed_chans], features[:, self.embed_chans :]
+        expected = 0 if self.pixel_branch is None else FOLDED_CHANS
+        if pixels.shape[1] != expected:
+            raise ValueError(
+                f"image features with {features.shape[1]} channels: expected {self.embed_chans + expected} "
+                f"(the SAM embedding{' and the folded pixels' if expected else ''}; see AESPAModel.image_features)"
+            )
+        if self.pixel_branch is None:
+            return embedding, None
+        return embedding, self.pixel_branch(unfold_pixels(pixels))
+
     def decode(
-        self, embedding: torch.Tensor, z: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self,
+        embedding: torch.Tensor,
+        z: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        pixel_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL -> low-res logits Bx1x4Gx4G."""
+        """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL, the pixel branch's
+        features Bx(D/8)x4Gx4G (optional) -> low-res logits Bx1x4Gx4G."""
         fused = self.fcomb(embedding, z)
         multimask = self.multimask_output > 1
-        masks, iou = self.mask_decoder(fused, self.prompt_encoder.get_dense_pe(), sparse, dense, multimask)
+        pe = self.prompt_encoder.get_dense_pe()
+        masks, iou = self.mask_decoder(fused, pe, sparse, dense, multimask, pixel_features)
         if multimask:  # keep the mask SAM scores best
             masks = masks.gather(1, iou.argmax(1)[:, None, None, None].expand(-1, 1, *masks.shape[-2:]))
         return masks
@@ -187,20 +224,21 @@ class AESPAModel(Sam):
             means, variances = (t.mean(0, keepdim=True).expand(batch_size, -1) for t in (means, variances))
         return Prompts(sparse, dense, means, variances, weights)
 
-    def decode_round(self, embedding: torch.Tensor, prompts: Prompts, eps: torch.Tensor | None = None) -> Decoded:
-        """Decode one round: the SAM embedding BxCxGxG and the round's prompts -> M predictions per image.
-
-        eps None: the deterministic sample (ε = 0), M = 1; eps BxMxL: M latent samples per image.
+    def decode_round(self, features: torch.Tensor, prompts: Prompts, eps: torch.Tensor | None = None) -> Decoded:
+        """Decode one round: the images' `image_features` BxC'xGxG and the round's prompts -> M predictions per
+        image. eps None: the deterministic sample (ε = 0), M = 1; eps BxMxL: M latent samples per image (the
+        pixel branch runs once per image, not per sample).
         """
         p = prompts
+        embedding, pixel_features = self.split_features(features)
         if eps is None:
             z = self.latent(p.weights, p.means, p.variances)  # BxL
-            low = self.decode(embedding, z, p.sparse, p.dense)  # Bx1x4Gx4G: M = 1 in the mask-channel slot
+            low = self.decode(embedding, z, p.sparse, p.dense, pixel_features)  # Bx1x4Gx4G: M = 1 in the mask slot
             return Decoded(low.float(), self.upscale(low).float(), self.reference_protocol)
         b, m = eps.shape[:2]
-        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
+        rep = lambda t: None if t is None else t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
         z = self.latent(rep(p.weights), rep(p.means), rep(p.variances), eps.reshape(b * m, -1))
-        low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense))  # (B*M)x1x4Gx4G
+        low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense), rep(pixel_features))  # (B*M)x1x4Gx4G
         logits = self.upscale(low)
         low, logits = low.reshape(b, m, *low.shape[-2:]).float(), logits.reshape(b, m, *logits.shape[-2:]).float()
         return Decoded(low, logits, self.reference_protocol)
@@ -216,13 +254,13 @@ class AESPAModel(Sam):
         embedding: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """One prediction: images Bx3xSxS (or a precomputed `embedding`), clicks, previous logits, weights BxK,
-        eps BxL (one latent sample per image; None: ε = 0).
+        """One prediction: images Bx3xSxS (or their precomputed `image_features` as `embedding`), clicks, previous
+        logits, weights BxK, eps BxL (one latent sample per image; None: ε = 0).
 
         Returns `low_res` Bx1x4Gx4G and `logits` Bx1xSxS, plus the `means`, `variances` and `weights` used.
         """
         if embedding is None:
-            embedding = self.image_encoder(images)
+            embedding = self.image_features(images)
         prompts = self.prompt(embedding.shape[0], points, labels, boxes, mask_logits, weights=weights)
         out = self.decode_round(embedding, prompts, None if eps is None else eps[:, None])
         return {
@@ -257,18 +295,22 @@ def aespa_config(
     point_order: str = "xy",
     multimask_output: int = 1,
     protocol: str = "project",
+    pixel_branch: str = "none",
 ) -> dict[str, Any]:
     """A full model configuration: the SAM keys, the preference-head settings and the conventions the model's
     weights were trained with, which travel with its checkpoint: the click order (`point_order` 'xy' as SAM,
     'yx' as the original project), SAM's mask output (`multimask_output` 1 or 3), and the round `protocol`:
     'project' (per-image mixture, bilinear upsampling) or 'reference' (the original's: see `AESPAModel.prompt`,
-    `encode_prompts`, `upscale`, `Decoded.probs`). Other keys of `sam_cfg` (e.g. `decoder_block`) are kept."""
+    `encode_prompts`, `upscale`, `Decoded.probs`). `pixel_branch` 'unet' adds the pixel branch (pixel_branch.py).
+    Other keys of `sam_cfg` (e.g. `decoder_block`) are kept."""
     if point_order not in ("xy", "yx"):
         raise ValueError(f"point_order must be 'xy' or 'yx', got {point_order!r}")
     if multimask_output not in (1, 3):
         raise ValueError(f"multimask_output must be 1 or 3, got {multimask_output!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if pixel_branch not in PIXEL_BRANCHES:
+        raise ValueError(f"pixel_branch must be one of {PIXEL_BRANCHES}, got {pixel_branch!r}")
     extra = {
         "n_components": n_components,
         "latent_dim": latent_dim,
@@ -276,5 +318,6 @@ def aespa_config(
         "point_order": point_order,
         "multimask_output": multimask_output,
         "protocol": protocol,
+        "pixel_branch": pixel_branch,
     }
     return {**sam_cfg, **extra}

@@ -124,13 +124,20 @@ def build_model(
     multimask_output: int = 1,
     protocol: str = "project",
     decoder_block: str = "official",
+    pixel_branch: str = "none",
 ) -> tuple[AESPAModel, LoadReport | None]:
     """The full model (SAM parts + preference heads) of a named size, optionally loading `checkpoint` (see
-    `load_model_weights`); the conventions (`point_order`, `multimask_output`, `protocol`, `decoder_block`) as in
-    `aespa_config`."""
+    `load_model_weights`); the conventions (`point_order`, `multimask_output`, `protocol`, `decoder_block`) and
+    `pixel_branch` as in `aespa_config`."""
     sam_cfg = {**sam_config(encoder, image_size), "decoder_block": decoder_block}
     config = aespa_config(
-        sam_cfg, n_components, fusion, point_order=point_order, multimask_output=multimask_output, protocol=protocol
+        sam_cfg,
+        n_components,
+        fusion,
+        point_order=point_order,
+        multimask_output=multimask_output,
+        protocol=protocol,
+        pixel_branch=pixel_branch,
     )
     model = AESPAModel(config)
     report = load_model_weights(model, checkpoint) if checkpoint else None

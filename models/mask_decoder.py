@@ -61,17 +61,24 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        pixel_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image_embeddings BxCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG
-        -> masks Bx(1 or 3)x4Gx4G logits, iou Bx(1 or 3)."""
+        """image_embeddings BxCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG, pixel_features Bx(C/8)x4Gx4G
+        (optional, added to the upscaled embedding the mask tokens read) -> masks Bx(1 or 3)x4Gx4G logits,
+        iou Bx(1 or 3)."""
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, pixel_features
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
 
     def predict_masks(
-        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        pixel_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = image_embeddings.shape[0]
         if sparse.shape[0] != b or dense.shape[0] != b:
@@ -89,6 +96,8 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]  # BxTxC
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # Bx(C/8)x4Gx4G
+        if pixel_features is not None:
+            upscaled = upscaled + pixel_features
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # BxTx(C/8)

@@ -243,7 +243,7 @@ def predict_rounds(
     reference protocol), latent BxL, fused_embedding, low_res_logits Bx1x4Gx4G, probs Bx1xSxS, em BxK.
     """
     b = images.shape[0]
-    embedding = model.image_encoder(images)
+    embedding = model.image_features(images)
     recorded: dict[str, torch.Tensor] = {}
     hook = model.fcomb.register_forward_hook(lambda _m, inputs, out: recorded.update(latent=inputs[1], fused=out))
     out: list[dict[str, torch.Tensor]] = []
