@@ -11,6 +11,11 @@ and a run that read such entries would depend on which run filled the cache firs
 and thread count (measured: two `python train.py` at 2 threads, one sharing the cache with a one-thread run,
 ended 0.006 apart).
 
+An embedding is always the encoder's eval-mode output, whatever mode the caller left it in: in training mode
+TinyViT's BatchNorm layers would use the batch's statistics, and the entry — kept for every later run — would
+hold a batch-dependent embedding 0.7 away from the true one under the same key (it happened once, from a script
+that forgot `model.eval()`, and silently moved every later run that read the cache).
+
 A disk entry carries its shape and the sha256 of its values: an entry whose bytes changed, whose shape is not the
 encoder's, or that holds a non-finite value is never used — it is reported (warning), recomputed and rewritten.
 Temporaries that a killed write left behind are removed when the cache opens (those older than a few minutes:
@@ -80,6 +85,15 @@ class EmbeddingCache:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Bx3xSxS images -> their embeddings BxCxGxG (eval mode, float32), from memory, disk or the encoder."""
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            return self._embeddings(images)
+        finally:
+            self.encoder.train(training)
+
+    def _embeddings(self, images: torch.Tensor) -> torch.Tensor:
         keys = [tensor_digest(image) for image in images]
         found: dict[int, torch.Tensor] = {}
         if self.shape is None:  # what a valid entry looks like: the encoder's output at this input size

@@ -3,6 +3,7 @@ the command line, and the best checkpoint chosen on the validation split."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -188,3 +189,23 @@ def test_the_best_checkpoint_is_chosen_on_the_validation_split(synthetic_root, t
     assert sorted({r["epoch"] for r in every_val}) == [1, 2, 3] and len(every_val) == 9  # -test_every_val: once each
     final = [{k: v for k, v in r.items() if k != "final"} for r in rows if r.get("final")]
     assert out["test"] == final == [r for r in every_val if r["epoch"] == best]  # the final test: the best's rows
+
+
+def test_the_cache_computes_in_eval_mode_whatever_the_callers_mode(tmp_path):
+    """An encoder with BatchNorm left in training mode: the cache still stores (and returns) its eval-mode output,
+    and gives the encoder back in the mode it found it."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, stride=4), torch.nn.BatchNorm2d(4))
+    encoder[1].running_mean.fill_(0.5)  # running statistics far from any batch's
+    encoder[1].running_var.fill_(4.0)
+    images = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = encoder.eval()(images)
+        in_train_mode = copy.deepcopy(encoder).train()(images)  # a copy: a training pass moves the running stats
+    assert (expected - in_train_mode).abs().max() > 0.1  # the two modes do differ
+    encoder.train()
+    first = EmbeddingCache(encoder, tmp_path)(images)
+    assert encoder.training
+    torch.testing.assert_close(first, expected)
+    from_disk = EmbeddingCache(encoder, tmp_path)(images)  # a later run reads what the first one wrote
+    torch.testing.assert_close(from_disk, expected)
