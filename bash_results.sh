@@ -8,11 +8,13 @@
 # default's time budget (3 seeds; through LiteMedSAM's decoder its 48 latent samples take about an hour per epoch on
 # a CPU), zero-shot LiteMedSAM and the two oracle baselines (data seeds 0 and 1).
 #
-#   bash bash_results.sh                    # about 1.5 h on 2 cores: two single-threaded jobs at a time
+#   bash bash_results.sh                    # 1.5-2 h on 2 cores: two single-threaded jobs at a time
 #   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds
 #   SPA_FROM=old/logs_results bash bash_results.sh   # SPA's runs (spa/, spa_aespa_protocol/) copied from an earlier
-#                                           # output instead of trained again (45 min less); only valid while SPA's
+#                                           # output instead of trained again (30 min less); only valid while SPA's
 #                                           # code path is unchanged since (bit-exact: same machine, same threads)
+#   NO_BRANCH=dir bash bash_results.sh      # + the default against runs of the same seeds without the pixel branch
+#                                           # (e.g. commit dc560dd's logs_results/default_1thread: its default)
 #
 # The same thread count on the same machine gives the same files, bit for bit.
 set -e
@@ -90,3 +92,8 @@ python tables.py -compare "$OUT"/default "$A"/default_1thread_seed0_data0_* -rou
 python tables.py -compare "$A" "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
 python tables.py -gain "$OUT"/spa -rounds 1,6 -out $R/spa_gain
 python tables.py -gain "$A" -rounds 1,6 -out $R/default_gain
+if [ -n "${NO_BRANCH:-}" ]; then  # the pixel branch's effect, paired on the same seeds
+    for empty in all nonempty; do
+        python tables.py -compare "$A" "$NO_BRANCH" -rounds $ROUNDS -empty $empty -out $R/default_vs_no_branch_$empty
+    done
+fi
