@@ -11,10 +11,11 @@ and a run that read such entries would depend on which run filled the cache firs
 and thread count (measured: two `python train.py` at 2 threads, one sharing the cache with a one-thread run,
 ended 0.006 apart).
 
-An embedding is always the encoder's eval-mode output, whatever mode the caller left it in: in training mode
-TinyViT's BatchNorm layers would use the batch's statistics, and the entry — kept for every later run — would
-hold a batch-dependent embedding 0.7 away from the true one under the same key (it happened once, from a script
-that forgot `model.eval()`, and silently moved every later run that read the cache).
+An embedding is always the encoder's eval-mode output, whatever mode the caller left it in. `TinyViT.train`
+keeps its BatchNorm layers in eval, but a caller that switches modules one by one (`model.apply`, a loop over
+`modules()`) puts them in training mode, where they use the batch's statistics: the entry — kept for every later
+run — would hold a batch-dependent embedding 0.7 away from the true one under the same key (it happened once,
+from a probe script, and silently moved every later run that read the cache).
 
 A disk entry carries its shape and the sha256 of its values: an entry whose bytes changed, whose shape is not the
 encoder's, or that holds a non-finite value is never used — it is reported (warning), recomputed and rewritten.
@@ -86,19 +87,10 @@ class EmbeddingCache:
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Bx3xSxS images -> their embeddings BxCxGxG (eval mode, float32), from memory, disk or the encoder."""
-        training = self.encoder.training
-        self.encoder.eval()
-        try:
-            return self._embeddings(images)
-        finally:
-            self.encoder.train(training)
-
-    def _embeddings(self, images: torch.Tensor) -> torch.Tensor:
         keys = [tensor_digest(image) for image in images]
         found: dict[int, torch.Tensor] = {}
         if self.shape is None:  # what a valid entry looks like: the encoder's output at this input size
-            with torch.autocast(images.device.type, enabled=False):
-                self.shape = tuple(self.encoder(torch.zeros_like(images[:1])).shape[1:])
+            self.shape = tuple(self._encode(torch.zeros_like(images[:1])).shape[1:])
         for i, key in enumerate(keys):
             if key in self.memory:
                 self.memory.move_to_end(key)
@@ -108,14 +100,23 @@ class EmbeddingCache:
                 found[i] = self._remember(key, entry)
                 self.disk_hits += 1
         missing = [i for i in range(len(keys)) if i not in found]
-        if missing:  # encoded together, in the batch's order, in float32 whatever the caller's autocast
-            with torch.autocast(images.device.type, enabled=False):
-                computed = self.encoder(images[missing]).float().cpu()
-            for i, embedding in zip(missing, computed):
+        if missing:  # encoded together, in the batch's order
+            for i, embedding in zip(missing, self._encode(images[missing])):
                 found[i] = self._remember(keys[i], embedding.clone())
                 self._write(keys[i], found[i])
             self.misses += len(missing)
         return torch.stack([found[i] for i in range(len(keys))]).to(images.device)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's eval-mode output in float32 on the CPU, whatever the caller's mode and autocast; the
+        encoder is given back in the mode it was found in."""
+        training = self.encoder.training
+        self.encoder.eval()
+        try:
+            with torch.autocast(images.device.type, enabled=False):
+                return self.encoder(images).float().cpu()
+        finally:
+            self.encoder.train(training)
 
     def _remember(self, key: str, embedding: torch.Tensor) -> torch.Tensor:
         self.memory[key] = embedding
