@@ -9,7 +9,9 @@
 # a CPU), zero-shot LiteMedSAM and the two oracle baselines (data seeds 0 and 1).
 #
 #   bash bash_results.sh                    # 1.5-2 h on 2 cores: two single-threaded jobs at a time
-#   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds
+#   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds (about
+#                                           # 1 h more): README's main row, its paired tables against the oracles
+#                                           # (readme_command_vs_*) and the thread comparison on three seeds
 #   SPA_FROM=old/logs_results bash bash_results.sh   # SPA's runs (spa/, spa_aespa_protocol/) copied from an earlier
 #                                           # output instead of trained again (30 min less); only valid while SPA's
 #                                           # code path is unchanged since (bit-exact: same machine, same threads)
@@ -88,7 +90,19 @@ for other in blind blind_paint default_1thread_paint click_editor consensus zero
     done
 done
 # the README command at the machine's thread count against the same seeds at one thread
-python tables.py -compare "$OUT"/default "$A"/default_1thread_seed0_data0_* -rounds $ROUNDS -out $R/threads
+python tables.py -compare "$OUT"/default/default_seed0_data0_* "$A"/default_1thread_seed0_data0_* -rounds $ROUNDS -out $R/threads
+if [ -n "${FULL:-}" ]; then  # all six runs of README's command as the default (A side), and the other two seeds' threads
+    for other in click_editor consensus; do
+        for empty in all nonempty; do
+            python tables.py -compare "$OUT"/default "$OUT"/$other -rounds $ROUNDS -empty $empty -out $R/readme_command_vs_${other}_$empty
+        done
+    done
+    for sd in "1 1" "2 0"; do
+        set -- $sd
+        python tables.py -compare "$OUT"/default/default_seed$1_data$2_* "$A"/default_1thread_seed$1_data$2_* -rounds $ROUNDS \
+            -out $R/threads_seed$1_data$2
+    done
+fi
 python tables.py -compare "$A" "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
 python tables.py -gain "$OUT"/spa -rounds 1,6 -out $R/spa_gain
 python tables.py -gain "$A" -rounds 1,6 -out $R/default_gain
