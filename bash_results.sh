@@ -89,18 +89,21 @@ for other in blind blind_paint default_1thread_paint click_editor consensus zero
         python tables.py -compare "$A" "$OUT"/$other -rounds $ROUNDS -empty $empty -out $R/default_vs_${other}_$empty
     done
 done
-# the README command at the machine's thread count against the same seeds at one thread
-python tables.py -compare "$OUT"/default/default_seed0_data0_* "$A"/default_1thread_seed0_data0_* -rounds $ROUNDS -out $R/threads
-if [ -n "${FULL:-}" ]; then  # all six runs of README's command as the default (A side), and the other two seeds' threads
+# the README command at the machine's thread count against the same seeds at one thread (every seed pair run at both)
+THREAD_SEEDS="0 0"
+[ -z "${FULL:-}" ] || THREAD_SEEDS="0 0|1 1|2 0"
+IFS='|' read -ra PAIRS <<<"$THREAD_SEEDS"
+for sd in "${PAIRS[@]}"; do
+    set -- $sd
+    python tables.py -compare "$OUT"/default/default_seed$1_data$2_* "$A"/default_1thread_seed$1_data$2_* -rounds $ROUNDS \
+        -out $R/threads_seed$1_data$2
+done
+if [ -n "${FULL:-}" ]; then  # README's command over all six seed pairs against the oracles (A side: $OUT/default)
     for other in click_editor consensus; do
         for empty in all nonempty; do
-            python tables.py -compare "$OUT"/default "$OUT"/$other -rounds $ROUNDS -empty $empty -out $R/readme_command_vs_${other}_$empty
+            python tables.py -compare "$OUT"/default "$OUT"/$other -rounds $ROUNDS -empty $empty \
+                -out $R/readme_command_vs_${other}_$empty
         done
-    done
-    for sd in "1 1" "2 0"; do
-        set -- $sd
-        python tables.py -compare "$OUT"/default/default_seed$1_data$2_* "$A"/default_1thread_seed$1_data$2_* -rounds $ROUNDS \
-            -out $R/threads_seed$1_data$2
     done
 fi
 python tables.py -compare "$A" "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
