@@ -112,7 +112,7 @@ def train_one_epoch(
     for i, data in enumerate(bar):
         if cfg.loop.max_train_batches and i >= cfg.loop.max_train_batches:
             break
-        batch = prepare_batch(data, device, generator=generator, augment=cfg.data.augment == "flip")
+        batch = prepare_batch(data, device, generator=generator, augment=cfg.data.augment)
         if batch is None:
             continue
         rows = step(model, stepper, with_embedding(batch, cache), cfg, mode)

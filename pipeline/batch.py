@@ -40,13 +40,13 @@ class Batch:
 
 
 def prepare_batch(
-    data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0, augment: bool = False
+    data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0, augment: str = "none"
 ) -> Batch | None:
     """Loader dict -> Batch; multi-class masks are reduced to one binary task per image (SPEC §4.3).
 
     Random draws come from `generator` (training) or, without one, from per-image streams keyed on the
     samples' dataset indices and `seed` (validation: independent of batching and sharding). `augment`
-    applies a random flip / quarter turn per image (training only).
+    ('flip', 'mirror'; training only) applies one random symmetry of that kind per image (pipeline/augment.py).
 
     Images without any valid rater (possible with `-valid_raters nonempty -keep_empty`) carry no target
     and are left out; None when none is left."""
@@ -65,6 +65,6 @@ def prepare_batch(
     if raters.shape[2] > 1:
         raters = binarize_multiclass(raters, valid, source)
     images, raters = data["image"].to(device, non_blocking=True), raters[:, :, 0]
-    if augment:
-        images, raters = augment_batch(images, raters, source)
+    if augment != "none":
+        images, raters = augment_batch(images, raters, source, augment)
     return Batch(images, raters, valid, list(data["name"]), keys, source)
