@@ -197,6 +197,8 @@ def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
         flags = {**flags, "freeze_encoder": "yes" if flags["freeze_encoder"] else "no"}
     if "pixel_branch" not in flags:  # records of older versions: their models had no pixel branch
         flags = {**flags, "pixel_branch": "none"}
+    if "augment" not in flags:  # records of older versions: the eight symmetries
+        flags = {**flags, "augment": "flip"}
     if mode not in MODES:
         raise KeyError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     options = _part(DATASETS[dataset].options, flags)

@@ -96,3 +96,12 @@ def test_augmentation_moves_image_and_raters_together():
     for b in range(2):
         assert any(torch.equal(out_images[b], dihedral(images[b], k)) for k in range(8))
     assert len({tuple(dihedral(images[0], k).flatten().tolist()) for k in range(8)}) == 8
+
+
+def test_mirror_draws_only_the_four_axis_keeping_symmetries():
+    image = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # the four that keep the axes, written out by hand
+    mirrors = [[[1, 2], [3, 4]], [[2, 1], [4, 3]], [[3, 4], [1, 2]], [[4, 3], [2, 1]]]
+    images = image.expand(64, 3, 2, 2).clone()
+    out, _ = augment_batch(images, images[:, :1].clone(), torch.Generator().manual_seed(0), "mirror")
+    seen = {tuple(o[0].flatten().int().tolist()) for o in out}
+    assert seen == {tuple(v for row in m for v in row) for m in mirrors}  # all four drawn, no quarter turn

@@ -115,6 +115,21 @@ def test_auto_means_a_branch_with_a_frozen_encoder(flags, expected):
     assert make_config(flags, "train", prog="train.py").config.model.pixel_branch == expected
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], "mirror"),  # the default: LiteMedSAM, frozen: half the embeddings to compute
+        (["-sam_ckpt", "none"], "flip"),  # vit_t trained: all eight symmetries cost nothing extra
+        (["-sam_ckpt", "none", "-freeze_encoder", "yes"], "mirror"),
+        (["-augment", "flip"], "flip"),
+        (["-augment", "none"], "none"),
+    ],
+)
+def test_auto_augment_is_mirror_with_a_frozen_encoder(flags, expected):
+    assert make_config(flags, "train", prog="train.py").config.data.augment == expected
+
+
 def test_records_of_older_versions_had_no_branch():
     assert config_from_flags({"encoder": "lite_medsam"}).model.pixel_branch == "none"
+    assert config_from_flags({"encoder": "lite_medsam"}).data.augment == "flip"  # and the eight symmetries
     assert config_from_flags({"pixel_branch": "unet"}).model.pixel_branch == "unet"
