@@ -17,9 +17,9 @@
 #                                           # code path is unchanged since (bit-exact: same machine, same threads)
 #   NO_BRANCH=dir bash bash_results.sh      # + the default against runs of the same seeds without the pixel branch
 #                                           # (e.g. commit dc560dd's logs_results/default_1thread: its default)
-#   FLIP=dir bash bash_results.sh           # + the default against runs of the same seeds with all eight symmetries
-#                                           # (-augment flip; e.g. commit f65d98b's default: FLIP=<its logs_results>,
-#                                           # paired on default/ when both have it, default_1thread/ always)
+#   MIRROR=dir bash bash_results.sh         # + the default against runs of the same seeds with four symmetries
+#                                           # (-augment mirror, e.g. the logs_results of commit c58c849, whose
+#                                           # default it was; paired on default/ when both have it)
 #
 # The same thread count on the same machine gives the same files, bit for bit.
 set -e
@@ -117,8 +117,8 @@ if [ -n "${NO_BRANCH:-}" ]; then  # the pixel branch's effect, paired on the sam
         python tables.py -compare "$A" "$NO_BRANCH" -rounds $ROUNDS -empty $empty -out $R/default_vs_no_branch_$empty
     done
 fi
-if [ -n "${FLIP:-}" ]; then  # the augmentation's effect (-augment mirror, the default, against flip), paired
-    for side in default_1thread $([ -n "${FULL:-}" ] && [ -d "$FLIP"/default ] && echo default); do
-        python tables.py -compare "$OUT"/$side "$FLIP"/$side -rounds $ROUNDS -out $R/${side}_vs_flip
+if [ -n "${MIRROR:-}" ]; then  # the augmentation's effect: all eight symmetries (the default) against four, paired
+    for side in default_1thread $([ -n "${FULL:-}" ] && [ -d "$MIRROR"/default ] && echo default); do
+        python tables.py -compare "$OUT"/$side "$MIRROR"/$side -rounds $ROUNDS -out $R/${side}_vs_mirror
     done
 fi

@@ -425,8 +425,6 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
     cfg = cfg.with_flags(**changes) if changes else cfg
     if cfg.model.pixel_branch == "auto":  # the trainable path to the pixels a frozen encoder lacks
         cfg = cfg.with_flags(pixel_branch="unet" if cfg.model.frozen and m.compat != "reference" else "none")
-    if cfg.data.augment == "auto":  # a frozen encoder computes one embedding per distinct augmented image
-        cfg = cfg.with_flags(augment="mirror" if cfg.model.frozen else "flip")
     return with_default_lr(cfg)
 
 

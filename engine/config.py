@@ -109,11 +109,11 @@ class DataConfig:
         choices=("present", "nonempty"),
     )
     augment: str = option(
-        "auto",
+        "flip",
         "training images, one random symmetry each (the same for every rater's mask): flip: flips and quarter "
-        "turns (all 8), mirror: left-right and up-down flips (4; half the embeddings a frozen encoder computes), "
-        "none; auto: mirror with a frozen encoder, else flip",
-        choices=("auto", "mirror", "flip", "none"),
+        "turns (all 8), mirror: left-right and up-down flips (4; half the embeddings a frozen encoder computes, "
+        "faster but follows less well, see README), none",
+        choices=("mirror", "flip", "none"),
     )
     batch_size: int = option(8, "batch size", flag="b", check=positive)
     workers: int = option(2, "data-loader worker processes", flag="w", check=non_negative)
