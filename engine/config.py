@@ -111,7 +111,7 @@ class DataConfig:
     augment: str = option(
         "flip",
         "training images, one random symmetry each (the same for every rater's mask): flip: flips and quarter "
-        "turns (all 8), mirror: left-right and up-down flips (4; half the embeddings a frozen encoder computes, "
+        "turns (all 8), mirror: left-right and up-down flips (4; fewer embeddings for a frozen encoder to compute, "
         "faster but follows less well, see README), none",
         choices=("mirror", "flip", "none"),
     )
@@ -197,8 +197,6 @@ def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
         flags = {**flags, "freeze_encoder": "yes" if flags["freeze_encoder"] else "no"}
     if "pixel_branch" not in flags:  # records of older versions: their models had no pixel branch
         flags = {**flags, "pixel_branch": "none"}
-    if "augment" not in flags:  # records of older versions: the eight symmetries
-        flags = {**flags, "augment": "flip"}
     if mode not in MODES:
         raise KeyError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     options = _part(DATASETS[dataset].options, flags)

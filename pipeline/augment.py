@@ -2,8 +2,8 @@
 
 `flip`: the eight symmetries (flips and quarter turns); `mirror`: the four that keep the axes (identity,
 left-right and up-down flips, half turn). With a frozen encoder each distinct augmented image costs one encoder
-forward (the embedding cache keys on the exact input), so `mirror` computes about half as many embeddings
-(on the synthetic default ~1000 instead of ~1650 over 12 epochs; ~80 s of a 2-core run).
+forward (the embedding cache keys on the exact input), so `mirror` computes fewer embeddings (the synthetic
+default run: about 1140 instead of 1793 over 12 epochs, ~80 s less at 2 threads) but follows less well (README).
 
 Applied to a whole batch on its device, the same transform to an image and to every rater's mask, so the
 raters' styles (tight, generous, ...) are unchanged. Validation never augments.
