@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Training / evaluation commands of the original project (SPEC §8), runnable as they are once
+# Training / evaluation commands of the original project (docs/training.md), runnable as they are once
 # ./checkpoint/medsam_vit_b.pth and the datasets under ./data/ exist (see README.md, "Data").
 # Run one line at a time, or the whole file: bash bash.sh
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Multi-rater segmentation datasets (SPEC §5): LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE, synthetic.
+"""Multi-rater segmentation datasets (docs/data.md): LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE, synthetic.
 
 `build_dataset(name, data_path, split, image_size, **options)` returns a `MultiRaterDataset` whose
 samples are dicts:

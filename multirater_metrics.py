@@ -1,5 +1,5 @@
-"""Multi-rater, personalised and interactive segmentation metrics (SPEC §6); as a command, the per-case scorer of
-whole MBH-Seg predictions (volumes/scoring.py):
+"""Multi-rater, personalised and interactive segmentation metrics (docs/metrics.md); as a command, the per-case scorer
+of whole MBH-Seg predictions (volumes/scoring.py):
 
     python multirater_metrics.py -pred PRED -gt DIR [-convention challenge|plain]
 
@@ -229,7 +229,7 @@ def set_metrics(
     valid: torch.Tensor | None = None,
     pred_valid: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Set metrics of a prediction set against the valid raters, per image (SPEC §6).
+    """Set metrics of a prediction set against the valid raters, per image (docs/metrics.md).
 
     Args:
         preds: `BxMxHxW` probabilities or binary masks (`BxMx1xHxW` accepted).
@@ -292,7 +292,8 @@ def neutral_mask(raters: torch.Tensor, valid: torch.Tensor | None = None) -> tor
 def personalised_metrics(
     pred: torch.Tensor, raters: torch.Tensor, valid: torch.Tensor | None, followed: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Does one prediction follow the rater the user agrees with? Per image (SPEC §6, §4.4).
+    """Does one prediction follow the rater the user agrees with? Per image (docs/metrics.md,
+    docs/evaluation.md#validation-protocol).
 
     Args:
         pred: `BxHxW` probabilities or binary mask (`Bx1xHxW` accepted).

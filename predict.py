@@ -92,8 +92,7 @@ class Case:
 
     def planes(self, label: np.ndarray, cls: int | None) -> list[np.ndarray]:
         """A label volume's display planes as bool masks of class `cls` (None: any class)."""
-        return [(display_slice(label, z) > 0) if cls is None else display_slice(label, z) == cls for z in range(
-            self.z)]  # fmt: skip
+        return [(display_slice(label, z) > 0) if cls is None else display_slice(label, z) == cls for z in range(self.z)]
 
     def write(self, planes: list[np.ndarray], path: Path) -> None:
         """Display planes (ZxHxW uint8 classes) -> the case's own geometry, as a NIfTI file."""
@@ -172,8 +171,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     size, rows, counts, final = cfg.model.image_size, [], [], []
     budget = args.budget if args.protocol == "budget" else cfg.loop.clicks - 1
     tag = {"protocol": args.protocol, "track": args.track}
-    print(f"predicting {len(cases)} cases of {data} with {cfg.model.weights} ({args.protocol} protocol, "
-          f"{args.track} track) -> {out}")  # fmt: skip
+    print(
+        f"predicting {len(cases)} cases of {data} with {cfg.model.weights} ({args.protocol} protocol, "
+        f"{args.track} track) -> {out}"
+    )
     for folder in cases:
         start = time.time()
         case = Case(folder, model, size, device, args.window_level, args.window_width)
@@ -189,8 +190,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{case.name}: {len(case.raters)} raters, {case.z} slices ({time.time() - start:.1f} s)")
     write_csv(rows, out / "interaction.csv")
     write_csv(counts, out / "noc.csv")
-    print(f"mean Dice against the followed rater after the last click: {np.mean(final):.4f}"
-          f" ({args.protocol} protocol, {args.track} track); folders follow_<rater id>/ in {out}")  # fmt: skip
+    print(
+        f"mean Dice against the followed rater after the last click: {np.mean(final):.4f}"
+        f" ({args.protocol} protocol, {args.track} track); folders follow_<rater id>/ in {out}"
+    )
     return rows
 
 

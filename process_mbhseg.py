@@ -1,4 +1,4 @@
-"""MBH-Seg NIfTI volumes -> 2-D axial PNG slices and per-rater masks (SPEC §5.2).
+"""MBH-Seg NIfTI volumes -> 2-D axial PNG slices and per-rater masks (docs/data.md#mbh-seg).
 
     python process_mbhseg.py --src data/MBHSeg --dst data [--window_level 40 --window_width 80] [--keep_empty]
 

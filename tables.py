@@ -1,4 +1,5 @@
-"""Paper tables and paired comparisons from finished run folders (SPEC §11); never imports torch.
+"""Paper tables and paired comparisons from finished run folders (docs/design.md#stable-entry-points); never imports
+torch.
 
     python tables.py logs_new/                                   # every run folder under logs_new/
     python tables.py logs_new/LIDC_SPA_* -metrics Dice_follow,GED -rounds 1,3,6 -out tables_out/lidc
@@ -112,9 +113,16 @@ def main(argv: list[str] | None = None) -> Any:
     if args.gain is not None:
         if args.runs or args.metrics is not None or args.skip_bad:
             raise InputError("-gain A: a paired comparison; give neither run folders, -metrics nor -skip_bad")
-        return paired.run_gain(args.gain, args.metric or "Dice_follow", args.split, args.rounds,
-                               paired.N_BOOT if args.bootstrap is None else args.bootstrap, args.empty or "all", out,
-                               args.digits)  # fmt: skip
+        return paired.run_gain(
+            args.gain,
+            args.metric or "Dice_follow",
+            args.split,
+            args.rounds,
+            paired.N_BOOT if args.bootstrap is None else args.bootstrap,
+            args.empty or "all",
+            out,
+            args.digits,
+        )
     given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
     if given:
         raise InputError(f"-{given[0]}: only with -compare A B or -gain A")

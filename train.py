@@ -304,8 +304,13 @@ def final_test(run: RunFolder, model, data: Data, cfg: RunConfig, device, state:
     if stale not in (None, best_epoch) and not cfg.loop.test_every_val:
         run.remove_test_files(stale)  # an earlier final test's matrix and figures, of another epoch
     selected_on = "val" if data.val is not None else "last epoch"
-    summary = {"best_epoch": best_epoch, "selected_on": selected_on, "test_epoch": best_epoch, "metric": BEST_METRIC,
-               "trained_epochs": cfg.epochs}  # fmt: skip
+    summary = {
+        "best_epoch": best_epoch,
+        "selected_on": selected_on,
+        "test_epoch": best_epoch,
+        "metric": BEST_METRIC,
+        "trained_epochs": cfg.epochs,
+    }
     run.write_json(SUMMARY, summary)
     run.log(f"test split, best checkpoint (epoch {best_epoch}, {cfg.mode}), per round:\n" + format_table(rows))
     if state.best_metric is not None:

@@ -1,4 +1,5 @@
-"""Evaluate a model with the validation protocol of SPEC §4.4 (each valid rater followed in turn by default).
+"""Evaluate a model with the validation protocol of docs/evaluation.md#validation-protocol (each valid rater followed
+in turn by default).
 
     python val.py -weights logs_new/<run>/Model/checkpoint_best.pth
     python val.py -sam_ckpt ./checkpoint/medsam_vit_b.pth -weights ./checkpoint/checkpoint_aespa_lidc.pth \

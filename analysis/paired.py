@@ -398,8 +398,17 @@ def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: in
     clusters = np.array([f"{k[0]}/{k[1]}" for k in keys])
     diff, low, high = cluster_bootstrap(v_last - v_first, clusters, n_boot)
     clicks = side.cells[keys[0]].clicks
-    return RoundResult(last, clicks, float(v_last.mean()), float(v_first.mean()), diff, low, high,
-                       len(set(clusters.tolist())), len(keys))  # fmt: skip
+    return RoundResult(
+        last,
+        clicks,
+        float(v_last.mean()),
+        float(v_first.mean()),
+        diff,
+        low,
+        high,
+        len(set(clusters.tolist())),
+        len(keys),
+    )
 
 
 def run_gain(

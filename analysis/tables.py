@@ -1,4 +1,5 @@
-"""Paper tables from run folders: test metrics at chosen rounds, mean ± std over seeds (SPEC §11).
+"""Paper tables from run folders: test metrics at chosen rounds, mean ± std over seeds
+(docs/design.md#stable-entry-points).
 
     python tables.py logs_new/                                   # every run folder under logs_new/
     python tables.py logs_new/LIDC_SPA_* -metrics Dice_follow,GED -rounds 1,3,6 -out tables_out/lidc
@@ -6,7 +7,7 @@
 
 Each run contributes its final test's rows (marked final), else the rows of its last epoch that has rows of
 `-split` (test by default) in
-metrics.jsonl (SPEC §7.1). Runs whose args.json agree on every flag outside `IGNORED_FLAGS` form one
+metrics.jsonl (docs/run-folder.md). Runs whose args.json agree on every flag outside `IGNORED_FLAGS` form one
 configuration (exp_name and paths compared without a `_seed<N>` suffix or a run-folder timestamp, so
 data/synthetic and data/synthetic_seed1 agree); a configuration's cell is the mean ± sample std (ddof=1) over
 all its runs, i.e. over training seeds (`-seed`) and data seeds (`-data_seed`) together; `n` is the number of
@@ -290,8 +291,9 @@ def plot_curves(table: Table, metrics: list[str], path: Path, split: str) -> Non
     plt.close(fig)
 
 
-def make_table(paths: Sequence[str], split: str, metrics: str | None, rounds: str | None, out: Path, digits: int,
-               skip_bad: bool) -> Table:  # fmt: skip
+def make_table(
+    paths: Sequence[str], split: str, metrics: str | None, rounds: str | None, out: Path, digits: int, skip_bad: bool
+) -> Table:
     """`tables.py RUN_DIR...`: build the table, write table.md, table.tex, table.csv and round_curves.png into `out`
     and print the Markdown."""
     runs = load_runs(paths, split, skip_bad)

@@ -59,7 +59,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("Dice_personal_mean", "mean Dice against every valid rater", console=True, plot=True),
     Metric(
         "GED", "generalised energy distance of the candidate set (1 - IoU)", False, console=True, plot=True, paper=True
-    ),  # fmt: skip
+    ),
     Metric("Dice_max", "mean over candidates of the best rater's Dice"),
     Metric("Dice_max_reverse", "mean over raters of the best candidate's Dice"),
     Metric("Dice_match", "Hungarian-matched Dice of candidates and raters", console=True, paper=True),
@@ -70,12 +70,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("Dice_follow@rater", "Dice_follow of the rows following rater slot k"),
     Metric("Dice_selected", "SPA: Dice of the candidate the user selects, against the target"),
     Metric("Selected_minus_follow", "SPA: Dice_selected - Dice_follow (candidates that differ: > 0)", console=True),
-    Metric(
-        "Sample_spread", "SPA: mean over pixels of the samples' standard deviation of probability", console=True
-    ),  # fmt: skip
+    Metric("Sample_spread", "SPA: mean over pixels of the samples' standard deviation of probability", console=True),
     Metric(
         "Empty_click_map", "SPA: share of images whose click map (|selected - others|) is empty", False, console=True
-    ),  # fmt: skip
+    ),
     Metric("NoC@", "clicks to reach Dice_follow τ (failures count the budget)", False, paper=True, per_run=True),
     Metric("NoF@", "share of rows never reaching τ within the budget", False, per_run=True),
     Metric("NoI@", "SPA's convention: rounds to reach τ within 6, failures count 10", False, per_run=True),

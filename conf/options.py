@@ -33,8 +33,14 @@ def option(
 ) -> Any:
     """A dataclass field declaring a flag (see the module docstring); with `const` the flag may be given without a
     value, meaning `const` (e.g. `-freeze_encoder` for `-freeze_encoder yes`)."""
-    meta = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None, "type": type, "check": check,
-            "const": const}  # fmt: skip
+    meta = {
+        "help": help,
+        "flag": flag,
+        "choices": tuple(choices) if choices else None,
+        "type": type,
+        "check": check,
+        "const": const,
+    }
     return field(default=default, metadata={"option": meta})
 
 

@@ -1,5 +1,5 @@
 """The demo's model side: a prediction as a pure function of (image, clicks), replaying AESPA's validation
-protocol (SPEC §4.4) exactly, with the SAM image embedding computed once per image.
+protocol (docs/evaluation.md#validation-protocol) exactly, with the SAM image embedding computed once per image.
 
 Clicks are (x, y, label) in pixels of the model's SxS input (label 1 positive, 0 negative). The prediction
 after n clicks is round n of the protocol: round 0 has no click, round i uses clicks[:i], the previous
@@ -101,7 +101,8 @@ class Predictor:
         return rounds[-1].cpu().numpy()
 
     def suggest(self, probs: np.ndarray, rater: np.ndarray, clicks: Sequence[Click]) -> Click:
-        """The simulated user's next centre click (SPEC §3) toward `rater` (SxS bool), never on a clicked pixel."""
+        """The simulated user's next centre click (docs/interaction.md#clicks) toward `rater` (SxS bool), never on a
+        clicked pixel."""
         state = ClickState(1, self.size, torch.device("cpu"))
         for c in clicks:
             state.add(*click_tensors([c], torch.device("cpu")))
@@ -112,6 +113,6 @@ class Predictor:
 
 
 def rater_scores(probs: np.ndarray, raters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU (SPEC §6) of the prediction SxS against each of the RxSxS rater masks -> R, R."""
+    """Dice and IoU (docs/metrics.md) of the prediction SxS against each of the RxSxS rater masks -> R, R."""
     pred, masks = torch.from_numpy(probs)[None], torch.from_numpy(raters)
     return dice(pred, masks).numpy(), iou(pred, masks).numpy()

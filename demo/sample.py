@@ -2,7 +2,7 @@
 
     python -m demo.sample            # (re)writes demo/sample/ deterministically
 
-The case is chosen from the synthetic generator (SPEC §5.4) so that the raters visibly disagree: two
+The case is chosen from the synthetic generator (docs/data.md#synthetic-data) so that the raters visibly disagree: two
 lesions, every rater marking a sizeable region, and the lowest mean pairwise inter-rater Dice among the
 first test cases of seed 0.
 """

@@ -1,4 +1,5 @@
-"""Training checkpoints (SPEC §7.2): everything needed to resume exactly, written atomically, read safely."""
+"""Training checkpoints (docs/run-folder.md#checkpoints): everything needed to resume exactly, written atomically, read
+safely."""
 
 from __future__ import annotations
 

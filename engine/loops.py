@@ -146,9 +146,10 @@ def evaluate(
     split: str = "test",
     cache: EmbeddingCache | None = None,
 ) -> Evaluation:
-    """SPEC §4.4 validation over a loader; every random draw is keyed per image (seed `-seed`), so the result
-    does not depend on the batch size or on how the split is sharded across ranks. NoC is counted on every split
-    but the validation split, which only chooses the checkpoint (its 20-click interactions cost 3x the rounds)."""
+    """docs/evaluation.md#validation-protocol validation over a loader; every random draw is keyed per image (seed
+    `-seed`), so the result does not depend on the batch size or on how the split is sharded across ranks. NoC is
+    counted on every split but the validation split, which only chooses the checkpoint (its 20-click interactions cost
+    3x the rounds)."""
     if model is not None:
         model.eval()
     mode = MODES[cfg.mode]

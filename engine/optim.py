@@ -1,6 +1,6 @@
 """Optimisation steps on parameter subsets, with mixed precision and gradient averaging across ranks.
 
-Both loops take several steps per click round, each on another part of the model (SPEC §4): the
+Both loops take several steps per click round, each on another part of the model (docs/interaction.md): the
 network (image encoder, fusion, mask decoder, pixel branch), the prompt side (prompt encoder, mean/variance head) and
 the weight head. One Adam holds the three as parameter groups; a step updates only the parameters that
 received a gradient from its loss (Adam skips parameters whose `.grad` is None).

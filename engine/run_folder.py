@@ -1,4 +1,4 @@
-"""The run folder (SPEC §7.1) and everything a run writes into it.
+"""The run folder (docs/run-folder.md) and everything a run writes into it.
 
 <log_dir>/<exp_name>_<YYYY_MM_DD_HH_MM_SS>/
     args.json   resumes.jsonl   Log/log.txt   Log/events.*   Model/checkpoint_{best,last}.pth   metrics.jsonl
@@ -174,8 +174,11 @@ class RunFolder:
         metrics.jsonl and per_image.csv cut to what that epoch's checkpoint knows -> notes for the log."""
         if not self.enabled:
             return []
-        notes = [f"removed {p} (left by an interrupted save)" for folder in (self.root, self.model_dir)
-                 for p in remove_stale_temporaries(folder)]  # fmt: skip
+        notes = [
+            f"removed {p} (left by an interrupted save)"
+            for folder in (self.root, self.model_dir)
+            for p in remove_stale_temporaries(folder)
+        ]
         notes += [f"metrics.jsonl: {note}" for note in repair_metrics(self.metrics_file, through_epoch)]
         notes += [f"per_image.csv: {note}" for note in repair_per_image(self.per_image_file, through_epoch)]
         self.history = read_metrics(self.metrics_file) if self.metrics_file.exists() else []
@@ -184,8 +187,11 @@ class RunFolder:
     def record_resume(self, epoch: int, changed: dict[str, tuple]) -> None:
         """Append a resume to resumes.jsonl: when, after which epoch, which flags were named with new values."""
         if self.enabled:
-            record = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "after_epoch": epoch,
-                      "changed": {f: {"from": old, "to": new} for f, (old, new) in changed.items()}}  # fmt: skip
+            record = {
+                "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "after_epoch": epoch,
+                "changed": {f: {"from": old, "to": new} for f, (old, new) in changed.items()},
+            }
             with (self.root / "resumes.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
 

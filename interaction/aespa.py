@@ -1,5 +1,5 @@
-"""AESPA (SPEC §4.1, §4.4): clicks simulated from one followed rater; the target is the mean of the raters
-that agree with the clicks.
+"""AESPA (docs/interaction.md#aespa-rounds, docs/evaluation.md#validation-protocol): clicks simulated from one followed
+rater; the target is the mean of the raters that agree with the clicks.
 
 Training follows one drawn rater per image and may switch to another after a click (`-switch_prob`);
 validation follows every valid rater in turn (`-val_follow all`, one interaction row per (image, rater)) or

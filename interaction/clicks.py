@@ -1,4 +1,4 @@
-"""Click simulation shared by the SPA and AESPA loops (SPEC §3).
+"""Click simulation shared by the SPA and AESPA loops (docs/interaction.md#clicks).
 
 Masks and maps are BxHxW tensors of the SxS model input. A click is returned as
 `points` Bx2 float **(x, y)** = (column, row) integer pixel indices (SAM adds the 0.5 itself)
@@ -21,7 +21,8 @@ from pipeline.rng import uniform  # every random draw goes through rng (keyed pe
 
 TOPK, CENTRE = "topk", "center"  # -click_strategy: one of the 20 largest errors; RITM's centre click
 STRATEGIES = (TOPK, CENTRE)
-NOC_STRATEGY = CENTRE  # NoC (SPEC §4.4), first clicks and the demo's suggestions use the centre click
+# NoC (docs/evaluation.md#validation-protocol), first clicks and the demo's suggestions use the centre click
+NOC_STRATEGY = CENTRE
 
 
 def _binary(t: torch.Tensor) -> torch.Tensor:

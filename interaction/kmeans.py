@@ -1,4 +1,4 @@
-"""Batched k-means: every image clusters its own N vectors (SPA's candidates, SPEC §4.2 step 2).
+"""Batched k-means: every image clusters its own N vectors (SPA's candidates, docs/interaction.md#spa-rounds step 2).
 
 All images run together on x's device. Centres are kept as weights over the points (a centre is a
 mean of points, a point, or an initial centre), so distances come from the BxNxN Gram matrix:

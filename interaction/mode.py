@@ -1,4 +1,5 @@
-"""What a mode is: its simulated user, its own settings, and the interaction settings every mode shares (SPEC §4).
+"""What a mode is: its simulated user, its own settings, and the interaction settings every mode shares
+(docs/interaction.md).
 
 A mode is a `Mode`: a name, a `User` class — the simulated user of its protocol — and the dataclass of the
 settings only it reads (`options`: each field is a flag, see conf/options.py). The round engine
@@ -122,8 +123,9 @@ class User:
         rater     P long: the followed rater's slot per row, or None when `followed` is not a rater's (SPA)
         source    where the user's random draws come from (generator in training, row-keyed streams otherwise)
 
-    `purpose` is 'train' (random draws from the training generator, rater switching), 'validate' (the SPEC §4.4
-    protocol) or 'figure' (a fixed, easy-to-read choice for the qualitative grid).
+    `purpose` is 'train' (random draws from the training generator, rater switching), 'validate' (the
+    docs/evaluation.md#validation-protocol protocol) or 'figure' (a fixed, easy-to-read choice for the qualitative
+    grid).
     """
 
     rows: torch.Tensor
@@ -155,7 +157,7 @@ class User:
 
     @classmethod
     def trains_prompt(cls, options: Any) -> bool:
-        """Whether training takes the prompt step (SPEC §4.2 step 3) after each click."""
+        """Whether training takes the prompt step (docs/interaction.md#spa-rounds step 3) after each click."""
         return False
 
     def restart(self) -> None:

@@ -1,10 +1,11 @@
-"""The round engine: every mode's training and interaction, one click round at a time (SPEC §4).
+"""The round engine: every mode's training and interaction, one click round at a time (docs/interaction.md).
 
 Per round the model predicts from the round state — the clicks so far (and a box), the previous round's
 low-resolution logits (the mask prompt) and the mixture weights the weight head makes from the previous
 prediction's responsibilities — then the mode's simulated user (`interaction.mode.User`) reads the output and clicks.
-Training adds the optimisation steps of SPEC §4.1/§4.2 around that. The modes differ only in their user (and a
-baseline's rule, which predicts without a network). Validation's bookkeeping is in validation.py.
+Training adds the optimisation steps of docs/interaction.md#aespa-rounds, docs/interaction.md#spa-rounds around that.
+The modes differ only in their user (and a baseline's rule, which predicts without a network). Validation's bookkeeping
+is in validation.py.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class RoundState:
 
 
 def mixture_responsibilities(model: AESPAModel, pred: torch.Tensor, prompts: Prompts) -> torch.Tensor | None:
-    """SPEC §4.1 step 3: responsibilities PxK of a prediction PxSxS under the round's mixture (None when the
-    model has no latent, `-fcomb none`)."""
+    """docs/interaction.md#aespa-rounds step 3: responsibilities PxK of a prediction PxSxS under the round's mixture
+    (None when the model has no latent, `-fcomb none`)."""
     if not model.uses_latent:
         return None
     p = prompts
@@ -121,8 +122,9 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
 def weight_head_step(
     model: AESPAModel, stepper: Optimiser, pred: torch.Tensor, target: torch.Tensor, mixture: Prompts
 ) -> None:
-    """SPEC §4.1 steps 3-4: the MSE between the weight head's map of the prediction's responsibilities and the
-    target's responsibilities under `mixture`; only the weight head learns (no step without a latent)."""
+    """docs/interaction.md#aespa-rounds steps 3-4: the MSE between the weight head's map of the prediction's
+    responsibilities and the target's responsibilities under `mixture`; only the weight head learns (no step without a
+    latent)."""
     if not model.uses_latent:
         return
     with torch.no_grad():
@@ -140,19 +142,20 @@ def prompt_step(
     prompts: Prompts,
     user: User,
 ) -> Prompts:
-    """SPEC §4.2 step 3, as the published SPA takes it: recompute the prediction with the new clicks and fresh
-    latent samples; only the prompt encoder and the mean/variance head learn (fusion, decoder, pixel branch and
-    weight head frozen). The mixture weights are the weight head's map of the selection's responsibilities `em_selected`
-    (under this round's mixture); `state` already holds the new clicks and mask prompt, and `embedding` is this
-    round's SAM embedding, detached (the encoder is frozen here; reusing it saves a ViT pass per round).
+    """docs/interaction.md#spa-rounds step 3, as the published SPA takes it: recompute the prediction with the new
+    clicks and fresh latent samples; only the prompt encoder and the mean/variance head learn (fusion, decoder, pixel
+    branch and weight head frozen). The mixture weights are the weight head's map of the selection's responsibilities
+    `em_selected` (under this round's mixture); `state` already holds the new clicks and mask prompt, and `embedding` is
+    this round's SAM embedding, detached (the encoder is frozen here; reusing it saves a ViT pass per round).
     -> the mixture after the click (μ, σ² recomputed from the new prompts, these weights) for the weight-head step.
     """
     with torch.no_grad():
         weights = prompts.weights if em_selected is None else model.weight_head(em_selected)
     eps = user.noise(model.latent_dim)  # fresh samples
     with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.pixel_branch, model.weight_head):
-        loss = bce_loss(model.decode_round(embedding, state.prompts(model, weights=weights), eps).logits.mean(1),
-                        user.target)  # fmt: skip
+        loss = bce_loss(
+            model.decode_round(embedding, state.prompts(model, weights=weights), eps).logits.mean(1), user.target
+        )
     stepper.step(loss)
     with torch.no_grad():
         return state.prompts(model, weights=weights)
@@ -169,7 +172,7 @@ def update_mixture(model: AESPAModel, stepper: Optimiser, prompts: Prompts) -> N
 
 
 def round_metrics(batch: Batch, user: User, selection: Selection) -> dict[str, torch.Tensor]:
-    """Every metric of SPEC §6 for one round: personalised ones of the rows' predictions against the followed
+    """Every metric of docs/metrics.md for one round: personalised ones of the rows' predictions against the followed
     masks (P values), set ones of each image's candidate set (B values), and the selection's extra values."""
     rows = user.rows
     values = personalised_metrics(selection.pred, batch.raters[rows], batch.valid[rows], user.followed)
@@ -188,8 +191,9 @@ def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
 def train_batch(
     model: AESPAModel, stepper: Optimiser, batch: Batch, cfg: RunSettings, mode: Mode
 ) -> list[dict[str, torch.Tensor]]:
-    """One training batch (SPEC §4.1, §4.2): per round a network step, the user's click, the prompt step (when
-    the mode takes it) and the weight-head step. Returns one dict of per-image values per round."""
+    """One training batch (docs/interaction.md#aespa-rounds, docs/interaction.md#spa-rounds): per round a network step,
+    the user's click, the prompt step (when the mode takes it) and the weight-head step. Returns one dict of per-image
+    values per round."""
     user = mode.user(batch, cfg.loop, cfg.options, "train")
     state = RoundState.for_user(user, batch.images.shape[-1], batch.images.device)
     rows = []

@@ -1,5 +1,6 @@
-"""SPA (SPEC §4.2, §4.4): a preference target per image, several latent samples per round, candidates found by
-k-means, and clicks on where the candidate the user selects differs from the other samples."""
+"""SPA (docs/interaction.md#spa-rounds, docs/evaluation.md#validation-protocol): a preference target per image, several
+latent samples per round, candidates found by k-means, and clicks on where the candidate the user selects differs from
+the other samples."""
 
 from __future__ import annotations
 

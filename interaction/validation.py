@@ -1,7 +1,8 @@
-"""SPEC §4.4 for one batch: per round the metrics of every row's prediction, whether it follows its rater, the
-following matrix, per-image values for paired comparisons, and the interactive counts (NoC, NoI); figures.
+"""docs/evaluation.md#validation-protocol for one batch: per round the metrics of every row's prediction, whether it
+follows its rater, the following matrix, per-image values for paired comparisons, and the interactive counts (NoC, NoI);
+figures.
 
-Keys written per round besides SPEC §6's (averaged by the accumulator, each over the rows or images it has):
+Keys written per round besides docs/metrics.md's (averaged by the accumulator, each over the rows or images it has):
     Follow_accuracy        1 when the prediction is closer (Dice) to the followed rater than to every other
                            valid rater, else 0 (rows with another valid rater; chance 1/R)
     Dice_follow@rater<k>   Dice_follow of the rows following rater slot k
@@ -45,8 +46,8 @@ def noc_rounds(first_round_clicks: int, budget: int) -> int:
 
 
 def noc_of(dice_follow: list[torch.Tensor], first_round_clicks: int, budget: int) -> dict[str, torch.Tensor]:
-    """NoC@τ (SPEC §4.4) from per-round Dice against the followed mask; round i (0-based) used
-    first_round_clicks + i clicks, and NoC counts the predictions made with 1..budget clicks."""
+    """NoC@τ (docs/evaluation.md#validation-protocol) from per-round Dice against the followed mask; round i (0-based)
+    used first_round_clicks + i clicks, and NoC counts the predictions made with 1..budget clicks."""
     start = 1 - first_round_clicks
     return noc(torch.stack(dice_follow[start : start + budget], 1), budget=budget)
 
@@ -124,9 +125,9 @@ def validate_batch(
     embedding: torch.Tensor | None = None,
     noc: bool = True,
 ) -> ValidatedBatch:
-    """SPEC §4.4 for one batch: per round the personalised metrics of every row's prediction, the set metrics of
-    every image's candidate set, how it follows its rater; NoC with centre clicks and NoI (`noc` False: no NoC,
-    e.g. on the validation split, where only the checkpoint choice is made).
+    """docs/evaluation.md#validation-protocol for one batch: per round the personalised metrics of every row's
+    prediction, the set metrics of every image's candidate set, how it follows its rater; NoC with centre clicks and NoI
+    (`noc` False: no NoC, e.g. on the validation split, where only the checkpoint choice is made).
 
     The SAM embedding is computed once and reused by every round and row (unless `-no_embedding_reuse`).
     """

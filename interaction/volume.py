@@ -59,8 +59,9 @@ class VolumeInteraction:
     def __init__(self, model: AESPAModel, embeddings: torch.Tensor, batch: int = 8):
         self.model, self.embeddings = model, embeddings
         size, device = model.image_size, embeddings.device
-        first = [RoundState.start(len(embeddings[i : i + batch]), size, device) for i in range(0, len(embeddings),
-                                                                                               batch)]  # fmt: skip
+        first = [
+            RoundState.start(len(embeddings[i : i + batch]), size, device) for i in range(0, len(embeddings), batch)
+        ]
         probs = [deterministic_round(model, s, embeddings[i * batch : (i + 1) * batch]) for i, s in enumerate(first)]
         self.click_free = torch.cat(probs)  # ZxSxS
         # what a session of slice z continues from: its mask prompt and mixture weights after the click-free round

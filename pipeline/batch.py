@@ -1,7 +1,7 @@
 """From a loader's samples to a batch on the device (the data side of the loops).
 
-Multi-class masks are reduced to one binary task per image (SPEC §4.3) and training images are augmented
-here, so the loops only ever see binary rater masks.
+Multi-class masks are reduced to one binary task per image (docs/interaction.md#multi-class-data) and training images
+are augmented here, so the loops only ever see binary rater masks.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Batch:
 def prepare_batch(
     data: dict, device: torch.device, generator: torch.Generator | None = None, seed: int = 0, augment: str = "none"
 ) -> Batch | None:
-    """Loader dict -> Batch; multi-class masks are reduced to one binary task per image (SPEC §4.3).
+    """Loader dict -> Batch; multi-class masks are reduced to one binary task per image
+    (docs/interaction.md#multi-class-data).
 
     Random draws come from `generator` (training) or, without one, from per-image streams keyed on the
     samples' dataset indices and `seed` (validation: independent of batching and sharding). `augment`

@@ -155,8 +155,10 @@ class EmbeddingCache:
 
     def summary(self) -> str:
         where = f"memory and {self.folder}" if self.folder is not None else "memory"
-        return (f"embedding cache ({where}): {self.misses} computed, {self.hits} reused from memory, "
-                f"{self.disk_hits} from disk, {self.rejected} damaged entries recomputed")  # fmt: skip
+        return (
+            f"embedding cache ({where}): {self.misses} computed, {self.hits} reused from memory, "
+            f"{self.disk_hits} from disk, {self.rejected} damaged entries recomputed"
+        )
 
 
 def entry_problem(entry: object, shape: tuple[int, ...] | None) -> str | None:

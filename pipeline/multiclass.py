@@ -1,4 +1,4 @@
-"""Per-image reduction of multi-class rater masks to one binary task (SPEC §4.3).
+"""Per-image reduction of multi-class rater masks to one binary task (docs/interaction.md#multi-class-data).
 
 Used by both training loops on MBHSeg-Multiclass batches: per image, pick one foreground class that
 some valid rater marks, preferring (p = 0.8) classes on which the valid raters disagree somewhere, and

@@ -1,4 +1,4 @@
-"""Built-in synthetic multi-rater data (SPEC §5.4), written in the LIDC layout and read by its loader.
+"""Built-in synthetic multi-rater data (docs/data.md#synthetic-data), written in the LIDC layout and read by its loader.
 
     <root>/synthetic.json                                   generation parameters
     <root>/{train,val,test}/images/p<NNN>/slice_<SS>.png    128x128 grey, textured, 1-2 blob lesions

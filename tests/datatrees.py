@@ -1,4 +1,4 @@
-"""Tiny on-disk data trees in each layout of SPEC §5, for tests (`from datatrees import write_lidc_tree`).
+"""Tiny on-disk data trees in each layout of docs/data.md, for tests (`from datatrees import write_lidc_tree`).
 
 Every writer is deterministic, returns the dataset root it filled and writes both splits by default.
 Rater k's mask is a disk of radius size/4 + k around the centre (raters overlap but disagree), so a

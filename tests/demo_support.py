@@ -1,7 +1,7 @@
 """Helpers of test_demo.py: a small checkpoint, an independent oracle of the click protocol, a demo server.
 
-The oracle replays SPEC §4.4 with the model's own methods only (no demo code, no interaction/rounds.py), so a
-disagreement with the demo's answer is a bug in one of the two.
+The oracle replays docs/evaluation.md#validation-protocol with the model's own methods only (no demo code, no
+interaction/rounds.py), so a disagreement with the demo's answer is a bug in one of the two.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""bench.py prints one JSON object with the timings SPEC §11 names."""
+"""bench.py prints one JSON object with the timings docs/design.md#stable-entry-points names."""
 
 from __future__ import annotations
 

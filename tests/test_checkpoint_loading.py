@@ -1,4 +1,5 @@
-"""Loading pretrained weights at any image size, containers and prefixes, and refusals (SPEC §2.2)."""
+"""Loading pretrained weights at any image size, containers and prefixes, and refusals
+(docs/model.md#pretrained-weights-at-any-image-size)."""
 
 import json
 import math
@@ -71,7 +72,8 @@ def random_state(shapes: dict, seed: int = 0) -> dict:
 
 
 def check_resampled(sam, state, config_src, size):
-    """Every tensor consumed: resampled ones as SPEC §2.2, all others bit-identical."""
+    """Every tensor consumed: resampled ones as docs/model.md#pretrained-weights-at-any-image-size, all others
+    bit-identical."""
     got = sam.state_dict()
     assert set(got) == set(state)
     grid = size // 16

@@ -1,4 +1,4 @@
-"""The command lines users run: SPEC §8's commands verbatim, the published checkpoint, and bad input."""
+"""The command lines users run: docs/training.md's commands verbatim, the published checkpoint, and bad input."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import val
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 
-# SPEC §8, verbatim (the original bash.sh).
+# docs/training.md, verbatim (the original bash.sh).
 COMMANDS = [
     "python train.py -exp_name 'LIDC_SPA' -sam_ckpt ./checkpoint/medsam_vit_b.pth -image_size 128 -b 64 -dataset LIDC -data_path './data/LIDC' -mode SPA",
     "python train.py -exp_name 'LIDC_AESPA' -sam_ckpt ./checkpoint/medsam_vit_b.pth -image_size 128 -b 64 -dataset LIDC -data_path './data/LIDC' -mode AESPA",
@@ -52,7 +52,7 @@ def constant_state(shapes: dict[str, list[int]], value: float = 0.01) -> dict[st
 
 
 def reference_checkpoint(seed: int = 0) -> dict:
-    """The original project's published container (SPEC §7.3) with random tensors and numpy mixture arrays."""
+    """The original project's published container (docs/differences.md#the-published-checkpoint) with random tensors and numpy mixture arrays."""
     shapes = json.loads((DATA / "aespa_reference_state_dict_shapes.json").read_text())
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -124,7 +124,7 @@ def test_api_clicks_follow_the_model(server, model, image, tmp_path):
     assert np.array_equal(check(client.predict(api_name="/undo"), CLICKS[:1]), masks[1])
     assert np.array_equal(check(client.predict(api_name="/redo"), CLICKS), masks[2])
 
-    # "Suggest next click" toward rater 1: the centre click of SPEC §3 on the current error
+    # "Suggest next click" toward rater 1: the centre click of docs/interaction.md#clicks on the current error
     exclude = torch.zeros(1, S, S, dtype=torch.bool)
     for x, y, _ in CLICKS:
         exclude[0, y, x] = True
@@ -398,8 +398,9 @@ def test_flags_and_no_checkpoint(checkpoint, tmp_path, capsys):
 
 
 def test_reference_checkpoint_runs_its_conventions(tmp_path, model, image):
-    """The published format (SPEC §7.3) is accepted and runs under -compat reference, whose (y, x) click
-    order the demo's predictions follow: clicking (x, y) there equals clicking (y, x) under the default."""
+    """The published format (docs/differences.md#the-published-checkpoint) is accepted and runs under -compat
+    reference, whose (y, x) click order the demo's predictions follow: clicking (x, y) there equals clicking (y, x)
+    under the default."""
     shapes = json.loads((ROOT / "tests" / "data" / "aespa_reference_state_dict_shapes.json").read_text())
     rng = np.random.default_rng(0)
     w = rng.random(16)

@@ -1,4 +1,4 @@
-"""torchrun with the gloo backend on CPU (SPEC §9): a short training, and a validation whose metrics equal the
+"""torchrun with the gloo backend on CPU (docs/speed.md): a short training, and a validation whose metrics equal the
 single-process ones for the same checkpoint (every test image counted once across ranks)."""
 
 from __future__ import annotations

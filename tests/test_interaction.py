@@ -1,4 +1,5 @@
-"""The pieces of the interaction loops, on hand-made raters (SPEC §4.1, §4.2)."""
+"""The pieces of the interaction loops, on hand-made raters (docs/interaction.md#aespa-rounds,
+docs/interaction.md#spa-rounds)."""
 
 from __future__ import annotations
 

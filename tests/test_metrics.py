@@ -211,7 +211,7 @@ def _ref_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reference_set_metrics(preds: np.ndarray, raters: np.ndarray) -> dict[str, float]:
-    """Independent, loop-by-loop reading of SPEC §6 for one image: preds MxHxW, valid raters RxHxW."""
+    """Independent, loop-by-loop reading of docs/metrics.md for one image: preds MxHxW, valid raters RxHxW."""
     p, rl = preds > 0.5, raters > 0.5
     if not p.any() and not rl.any():
         ged = 0.0

@@ -1,4 +1,5 @@
-"""Preference heads, the full model, and loading the published AESPA checkpoint format (SPEC §2.3, §7.3)."""
+"""Preference heads, the full model, and loading the published AESPA checkpoint format (docs/model.md#preference-heads,
+docs/differences.md#the-published-checkpoint)."""
 
 import io
 import json
@@ -200,7 +201,7 @@ def test_medsam_layout_checkpoint_into_full_model_reports_fresh_heads(tmp_path):
     assert "image_encoder.pos_embed" in {k for k, _, _ in report.resampled}
 
 
-# --- the published AESPA checkpoint (SPEC §7.3) ------------------------------------------------------
+# --- the published AESPA checkpoint (docs/differences.md#the-published-checkpoint) -------------------------------
 
 
 def reference_checkpoint(seed=0):

@@ -1,6 +1,6 @@
 """Modes as plug-ins (interaction/mode.py, interaction/registry.py): a mode defined here with its own flag runs
 through train.py and val.py after one registry line, its flag is refused under another mode, and every
-optimisation step of the built-in modes updates exactly the parameter groups SPEC §4 says."""
+optimisation step of the built-in modes updates exactly the parameter groups docs/interaction.md says."""
 
 from __future__ import annotations
 
@@ -110,8 +110,9 @@ class RecordingStepper(Stepper):
     ids=["AESPA", "AESPA-train_prompt", "SPA"],
 )
 def test_each_step_updates_only_its_parameter_group(synthetic_root, tmp_path, mode, extra, per_round):
-    """SPEC §4.1/§4.2: the network step moves the image encoder, fusion and decoder; the prompt step the prompt
-    encoder and the mean/variance head; the weight-head step the weight head only."""
+    """docs/interaction.md#aespa-rounds, docs/interaction.md#spa-rounds: the network step moves the image encoder,
+    fusion and decoder; the prompt step the prompt encoder and the mean/variance head; the weight-head step the weight
+    head only."""
     setup = make_config(tiny_run_args(synthetic_root, tmp_path, "-mode", mode, "-clicks", "2", "-b", "2", *extra))
     cfg = setup.config
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    """SPEC §6 Dice on bool masks (empty vs empty = 1)."""
+    """docs/metrics.md Dice on bool masks (empty vs empty = 1)."""
     return (2 * np.logical_and(a, b).sum() + 1e-8) / (a.sum() + b.sum() + 1e-8)
 
 

@@ -1,4 +1,5 @@
-"""The training and validation loops end to end (SPEC §4, §7): rows, checkpoints, resume, val.py."""
+"""The training and validation loops end to end (docs/interaction.md, docs/run-folder.md): rows, checkpoints, resume,
+val.py."""
 
 from __future__ import annotations
 

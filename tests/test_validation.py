@@ -1,4 +1,5 @@
-"""Validation protocol (SPEC §4.4): embedding reuse changes nothing, results do not depend on batching."""
+"""Validation protocol (docs/evaluation.md#validation-protocol): embedding reuse changes nothing, results do not depend
+on batching."""
 
 from __future__ import annotations
 

@@ -102,8 +102,9 @@ def load_label(path: str | Path, image: Volume) -> Volume:
     if values.shape != image.shape:
         raise InputError(f"{path}: label shape {values.shape} does not match image shape {image.shape} ({image.path})")
     if not np.allclose(label.affine, image.image.affine, atol=1e-2):
-        log.warning("%s: affine differs from %s's; using the voxel grid as is (the image's orientation)", path,
-                    image.path)  # fmt: skip
+        log.warning(
+            "%s: affine differs from %s's; using the voxel grid as is (the image's orientation)", path, image.path
+        )
     return Volume(apply_orientation(values, image.ornt), label, image.ornt, path)
 
 
@@ -112,8 +113,9 @@ def case_folders(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p:
-                  natural_key(p.name))  # fmt: skip
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: natural_key(p.name)
+    )
 
 
 def read_case(case: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
@@ -125,8 +127,10 @@ def read_case(case: str | Path) -> tuple[Path, list[tuple[str, Path]]]:
         raise InputError(f"{case}: no image.nii.gz")
     if len(images) > 1:
         raise InputError(f"{case}: two images, {images[0]} and {images[1]}: keep one")
-    raters = sorted(((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n))),
-                    key=lambda r: natural_key(r[0]))  # fmt: skip
+    raters = sorted(
+        ((m["rater"], case / n) for n in os.listdir(case) if (m := LABEL_RE.fullmatch(n))),
+        key=lambda r: natural_key(r[0]),
+    )
     if not raters:
         raise InputError(f"{case}: no label_annot_<id>.nii.gz files")
     for (rater, first), (other, second) in zip(raters, raters[1:]):  # sorted: a shared id is adjacent

@@ -12,7 +12,7 @@ challenge  the MBH-Seg 2025 evaluator's behaviour, so that a score here predicts
            * Dice_soft thresholds the mean of the raters' class numbers (and the prediction's values) at
              0.1, 0.3, 0.5, 0.7, 0.9 (strictly above) and averages the five whole-volume Dice (both empty: 1);
            * a case with fewer than two raters is refused (the evaluator stops there).
-plain      this project's definitions (SPEC §6) on foreground masks (label > 0): dice(a, b) = (2|a∧b| + 1e-8) /
+plain      this project's definitions (docs/metrics.md) on foreground masks (label > 0): dice(a, b) = (2|a∧b| + 1e-8) /
            (|a| + |b| + 1e-8), GED with d = 1 - IoU and the same empty rules, Dice_match by Hungarian assignment
            (one prediction: the mean over raters), Dice_soft of the raters' mean foreground.
 
@@ -142,8 +142,14 @@ def score_folder(pred_dir: str | Path, gt_dir: str | Path, convention: str) -> l
         image_path, raters = read_case(case)
         if convention == "challenge" and len(raters) < 2:
             raise InputError(f"{case}: {len(raters)} rater(s); the challenge scores cases of two raters or more")
-        pred_path = next((pred_dir / f"{case.name}{ext}" for ext in (".nii.gz", ".nii") if
-                          (pred_dir / f"{case.name}{ext}").is_file()), None)  # fmt: skip
+        pred_path = next(
+            (
+                pred_dir / f"{case.name}{ext}"
+                for ext in (".nii.gz", ".nii")
+                if (pred_dir / f"{case.name}{ext}").is_file()
+            ),
+            None,
+        )
         if pred_path is None:
             raise InputError(f"{pred_dir}: no prediction for case {case.name} ({case.name}.nii.gz)")
         shape = tuple(nib.load(image_path).shape[:3])
@@ -173,5 +179,6 @@ def write_scores(rows: list[dict], path: Path) -> None:
         writer = csv.DictWriter(f, columns, extrasaction="ignore")
         writer.writeheader()
         for row in [*rows, mean_row(rows)]:
-            writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in
-                             row.items()})  # fmt: skip
+            writer.writerow(
+                {k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
+            )
