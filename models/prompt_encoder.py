@@ -41,7 +41,8 @@ class PositionEmbeddingRandom(nn.Module):
 
 
 class PromptEncoder(nn.Module):
-    """Embeds points (BxNx2 as (x, y), labels BxN: 1 pos, 0 neg, -1 padding), boxes (Bx4) and masks (Bx1x4Gx4G)."""
+    """Embeds points (BxNx2 as (x, y), labels BxN: 1 pos, 0 neg, -1 padding), boxes (Bx4 or Bx1x4) and masks
+    (Bx1x4Gx4G)."""
 
     def __init__(
         self,
@@ -87,8 +88,12 @@ class PromptEncoder(nn.Module):
         return emb + torch.where(labels == 1, self.point_embeddings[1].weight, 0.0)
 
     def _embed_boxes(self, boxes: torch.Tensor) -> torch.Tensor:
-        """Bx4 boxes -> Bx2xD corner tokens; a row of NaN (no box for that image) gets two padding tokens instead
-        (an extension: official SAM takes a box for every image of a batch or for none)."""
+        """Bx4 or Bx1x4 boxes (x0, y0, x1, y1; MedSAM passes Bx1x4) -> Bx2xD corner tokens; a box with a NaN (no
+        box for that image) gets two padding tokens instead (an extension: official SAM takes a box for every image
+        of a batch or for none)."""
+        if boxes.shape[-1] != 4 or boxes.numel() != 4 * boxes.shape[0]:
+            raise ValueError(f"boxes must be Bx4 or Bx1x4 (one box per image), got {tuple(boxes.shape)}")
+        boxes = boxes.reshape(-1, 4)  # one box per image, whatever its leading shape
         missing = torch.isnan(boxes).any(1)  # B
         corners = (torch.nan_to_num(boxes) + 0.5).reshape(-1, 2, 2)  # Bx4 -> Bx2x2 corners as (x, y)
         emb = self.pe_layer.forward_with_coords(corners, self.input_image_size)  # Bx2xD

@@ -48,6 +48,30 @@ def test_prompt_encoder(parity, sam):
         assert close(pe.get_dense_pe(), out["dense_pe"])
 
 
+@pytest.mark.parametrize("shape", ["Bx4", "Bx1x4"])
+def test_box_prompt_in_both_of_sams_shapes(parity, sam, shape):
+    """SAM reshapes any (..., 4) box tensor into corners; MedSAM's inference passes Bx1x4. Both give official SAM's
+    tokens (recorded from Bx4), and a NaN box (this project's "no box for this image") gives padding tokens."""
+    inp, out = parity["inputs"], parity["outputs"]
+    boxes = inp["boxes_xyxy"] if shape == "Bx4" else inp["boxes_xyxy"][:, None, :]
+    pe = sam.prompt_encoder
+    with torch.no_grad():
+        sparse, dense = pe(points=None, boxes=boxes, masks=None)
+        assert close(sparse, out["sparse_box"]) and close(dense, out["dense_no_mask"])
+        holed = boxes.clone()
+        holed[1] = float("nan")
+        sparse, _ = pe(points=None, boxes=holed, masks=None)
+    assert close(sparse[:1], out["sparse_box"][:1])
+    padding = pe.not_a_point_embed.weight.expand(2, -1)
+    assert torch.equal(sparse[1], padding)
+
+
+def test_box_tensor_with_several_boxes_per_image_is_refused(parity, sam):
+    boxes = parity["inputs"]["boxes_xyxy"][:, None, :].expand(-1, 2, -1)
+    with pytest.raises(ValueError, match=r"Bx4 or Bx1x4.*\(2, 2, 4\)"):
+        sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+
+
 @pytest.mark.parametrize("multimask, suffix", [(False, "single"), (True, "multi")])
 def test_mask_decoder_batched(parity, sam, multimask, suffix):
     out = parity["outputs"]
