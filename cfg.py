@@ -216,6 +216,9 @@ def value_problem(flags: Mapping[str, Any]) -> str | None:
         problem = problems(cls, flags)
         if problem:
             return problem
+    problem = run_name_problem(flags.get("exp_name")) or learning_rate_problem(flags.get("lr"))
+    if problem:
+        return problem
     if flags["distributed"] not in ("none", "", "0", "False", "false"):
         launch = "launch with torchrun --nproc_per_node N train.py ... instead"
         return f"argument -distributed {flags['distributed']}: {launch}"
@@ -225,6 +228,30 @@ def value_problem(flags: Mapping[str, Any]) -> str | None:
         return f"argument -device: '{flags['device']}' is not a device (auto, cpu, cuda or cuda:N)"
     unusable = unusable_folder(Path(flags["log_dir"]))
     return f"argument -log_dir {flags['log_dir']}: {unusable}" if unusable else None
+
+
+MAX_RUN_NAME = 200  # bytes: the run folder adds _<timestamp> (20) and maybe _<n>, file systems allow 255
+MAX_LR = 1.0  # Adam moves every weight by up to about -lr per step: above 1 a step outweighs the weights themselves
+
+
+def run_name_problem(name: str | None) -> str | None:
+    """-exp_name names one folder inside -log_dir: no path separator (`../x` and `a/b` would leave -log_dir or nest
+    runs; `..` alone is harmless, the folder is `.._<timestamp>`), not too long for a file name."""
+    if not name:
+        return None
+    if any(sep and sep in name for sep in ("/", os.sep, os.altsep)):
+        return f"argument -exp_name {name}: a run name is one folder name inside -log_dir, without '/'"
+    if len(name.encode()) > MAX_RUN_NAME:
+        return f"argument -exp_name: at most {MAX_RUN_NAME} bytes (a folder name), got {len(name.encode())}"
+    return None
+
+
+def learning_rate_problem(lr: float | None) -> str | None:
+    """-lr above MAX_LR: every Adam step would move each weight by more than its own size (the tiny test
+    configuration's loss is already NaN within the first epoch at 1)."""
+    if lr is not None and lr > MAX_LR:
+        return f"argument -lr: must be at most {MAX_LR:g} (Adam moves each weight by about lr per step), got {lr:g}"
+    return None
 
 
 def unusable_folder(path: Path) -> str | None:

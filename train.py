@@ -26,7 +26,7 @@ from engine.checkpoints import load_training_checkpoint, restore_rng, save_check
 from engine.config import RunConfig
 from engine.distributed import broadcast_state, check_in_sync, distributed_session, is_main_process
 from engine.loops import evaluate, record_evaluation, train_one_epoch
-from engine.optim import Stepper, build_optimizer
+from engine.optim import Diverged, Stepper, build_optimizer
 from engine.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder, early_warnings, format_table
 from utils import InputError, copy_atomically
 
@@ -58,7 +58,12 @@ def train(setup: Setup, device: torch.device, rank: int) -> dict:
         for epoch in range(state.first_epoch, cfg.epochs + 1):
             data.start_epoch(cfg, epoch)
             start = time.time()
-            train_rows = train_one_epoch(model, data.train, state.stepper, cfg, epoch, state.generator, device, cache)
+            try:
+                train_rows = train_one_epoch(
+                    model, data.train, state.stepper, cfg, epoch, state.generator, device, cache
+                )
+            except Diverged as err:  # the run ends in one line that says what its folder keeps
+                raise run.stopped(err, epoch) from None
             state.scheduler.step()
             check_in_sync(model)
             run.write_metrics(train_rows)

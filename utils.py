@@ -40,9 +40,25 @@ def run_cli(
     except input_errors as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as stop:
+    except BaseException as err:
+        stop = interruption(err)
+        if stop is None:
+            raise
         print("interrupted", file=sys.stderr)
         sys.exit(128 + getattr(stop, "signum", signal.SIGINT))  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+
+
+def interruption(err: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (`Terminated`) behind `err`: `err` itself, or the interrupt that was being unwound when
+    `err` arose (a library cleaning up after it, e.g. torch.save's zip writer closing a half-written archive,
+    raises its own error) -> None when no interrupt is involved."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class Terminated(KeyboardInterrupt):
@@ -100,8 +116,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        stop = interruption(err)
+        if stop is not None and stop is not err:  # a writer's error raised while a signal unwound it: the signal
+            raise stop from None
         raise
     _sync_folder(path.parent)  # the rename itself durable: a file written after this one never lands before it
 

@@ -120,8 +120,7 @@ def train_one_epoch(
             acc.update(row, round=t)
         loss = float(rows[-1]["loss"].mean())  # one device sync per batch
         bar.set_postfix(loss=f"{loss:.4f}", dice_follow=f"{float(rows[-1]['Dice_follow'].mean()):.3f}", refresh=False)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch}: the training loss is not finite ({loss})")
+        stepper.check_loss(loss, f"epoch {epoch}, batch {i + 1}")
     return metric_rows(acc.all_reduce(device), {}, epoch, "train", mode, cfg)
 
 

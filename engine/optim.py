@@ -9,12 +9,14 @@ received a gradient from its loss (Adam skips parameters whose `.grad` is None).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.distributed as dist
 
 from engine.distributed import mean_over_ranks, world_size
 from models import AESPAModel
+from utils import InputError
 
 PARAM_GROUPS = {
     "network": ("image_encoder", "fcomb", "mask_decoder", "pixel_branch"),
@@ -65,6 +67,11 @@ def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[amp])
 
 
+class Diverged(InputError):
+    """The training loss became non-finite: the weights are lost from that step on, so the run stops (one line; the
+    checkpoints of the epochs finished before are kept)."""
+
+
 class Stepper:
     """zero-grad, backward (scaled under fp16), average gradients over ranks, step — for one loss at a time."""
 
@@ -92,6 +99,15 @@ class Stepper:
             self._average_gradients()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def check_loss(self, loss: float, where: str) -> None:
+        """Diverged when `loss` (a batch's training loss, `where` naming the batch) is not finite."""
+        if not math.isfinite(loss):
+            lr = self.optimizer.param_groups[0]["lr"]
+            raise Diverged(
+                f"{where}: the training loss is not finite ({loss}); the run diverged at learning rate {lr:g} "
+                "(a smaller -lr may help)"
+            )
 
     def _average_gradients(self) -> None:
         """One all-reduce of all present gradients, flattened (every rank runs the same steps in order)."""

@@ -106,22 +106,51 @@ LOCK_FILE = ".lock"
 LAST_CHECKPOINT, BEST_CHECKPOINT = "checkpoint_last.pth", "checkpoint_best.pth"  # in Model/
 
 
-def lock_run_folder(root: Path) -> int | None:
-    """One process per run folder: an exclusive lock on <run>/.lock (holding the owner's pid), released by the
-    operating system when the process ends, so a killed run leaves nothing stuck. -> the lock's file descriptor
-    (keep it open); InputError naming the folder when another process holds it."""
+def lock_run_folder(root: Path) -> tuple[int, ...]:
+    """One process per run folder: an exclusive lock on the run folder itself and on <run>/.lock (which holds the
+    owner's pid), both released by the operating system when the process ends, killed or not. Deleting .lock does
+    not free the run: the folder's lock is kept whatever becomes of the files in it. A file system that cannot lock
+    a folder (NFS) keeps the lock on .lock alone. -> the locks' file descriptors (keep them open until the run
+    ends; see `unlock`); InputError naming the folder and the holder's pid when another process holds either."""
     if fcntl is None:
-        return None
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        return ()
+    held: list[int] = []
+    try:
+        folder = os.open(root, os.O_RDONLY)
+        held.append(folder)
+        if not _try_lock(folder, root):
+            os.close(held.pop())  # a file system without folder locks: the file's lock alone
+        file = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        held.append(file)
+        _try_lock(file, root)
+        os.ftruncate(file, 0)
+        os.write(file, f"{os.getpid()}\n".encode())
+    except BaseException:
+        unlock(tuple(held))
+        raise
+    return tuple(held)
+
+
+def _try_lock(fd: int, root: Path) -> bool:
+    """Take an exclusive lock on `fd` without waiting -> False where the file system cannot lock it; InputError
+    naming the holder (the pid in <run>/.lock, "?" when that file is gone) when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
+        try:
+            owner = (root / LOCK_FILE).read_text(errors="replace").strip() or "?"
+        except OSError:
+            owner = "?"
         raise InputError(f"{root}: another process (pid {owner}) is running this run; wait for it or stop it") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+    except OSError:  # EBADF, ENOLCK, EOPNOTSUPP: no lock of this kind here
+        return False
+    return True
+
+
+def unlock(fds: tuple[int, ...]) -> None:
+    """Release the locks of `lock_run_folder`."""
+    for fd in fds:
+        os.close(fd)
 
 
 class RunFolder:
@@ -140,7 +169,7 @@ class RunFolder:
             root = Path(cfg.log_dir) / f"{cfg.exp_name}{suffix}_{stamp}"
             root = claim_folder(root) if enabled else root
         self.root = Path(root)
-        self._lock = lock_run_folder(self.root) if enabled else None
+        self._lock = lock_run_folder(self.root) if enabled else ()
         self._warnings: list[logging.Handler] = []
         self._writer, self.logger = None, None
         try:
@@ -267,15 +296,27 @@ class RunFolder:
         self.history = [r for r in self.history if not is_final(r)] + rows
         self._mirror(rows)
 
+    def stopped(self, problem: InputError, epoch: int) -> InputError:
+        """The run stops during `epoch` (e.g. its training diverged): the line that says so and what the folder
+        keeps — the last checkpoint, of the epoch before, or none — logged and returned to raise."""
+        last = self.model_dir / LAST_CHECKPOINT
+        if epoch > 1 and last.is_file():
+            kept = f"{last} keeps epoch {epoch - 1}, the last finished"
+        else:
+            kept = f"no checkpoint was written ({self.root} holds no finished epoch)"
+        message = f"{problem}; the run stops, {kept}"
+        if self.enabled:
+            self.logger.error(message)
+        return type(problem)(message)
+
     def write_json(self, name: str, obj: dict) -> None:
         """Write a JSON file into the run folder (atomically)."""
         if self.enabled:
             atomic_write_bytes(self.root / name, (json.dumps(obj, indent=1) + "\n").encode())
 
     def close(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        unlock(self._lock)
+        self._lock = ()
         for handler in self._warnings:
             logging.getLogger().removeHandler(handler)
             handler.close()

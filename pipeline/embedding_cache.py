@@ -17,8 +17,11 @@ keeps its BatchNorm layers in eval, but a caller that switches modules one by on
 run — would hold a batch-dependent embedding 0.7 away from the true one under the same key (it happened once,
 from a probe script, and silently moved every later run that read the cache).
 
-A disk entry carries its shape and the sha256 of its values: an entry whose bytes changed, whose shape is not the
-encoder's, or that holds a non-finite value is never used — it is reported (warning), recomputed and rewritten.
+A disk entry carries its shape, its key and a sha256 of the key and its values: an entry whose bytes changed, whose
+shape is not the encoder's, that holds a non-finite value, or that was stored under another image's key (a file
+copied or renamed: its values are another image's embedding) is never used — it is reported (warning), recomputed
+and rewritten. A termination signal during a write ends as that signal (see `utils.interruption`), never as the
+error a half-written archive raises.
 Temporaries that a killed write left behind are removed when the cache opens (those older than a few minutes:
 another run may be writing the same folder).
 """
@@ -33,11 +36,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from utils import atomic_write, remove_stale_temporaries
+from utils import atomic_write, interruption, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "aespa-embeddings/2"  # part of every key: bump when the encoder's code or the entry format changes
+CACHE_FORMAT = "aespa-embeddings/3"  # part of every key: bump when the encoder's code or the entry format changes
 STALE_TEMPORARY_S = 600  # a temporary older than this was left by a killed write
 FOLDER_NAME = ".aespa_embeddings"  # under the data folder
 
@@ -133,10 +136,12 @@ class EmbeddingCache:
             return None
         try:
             entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # the unpickler raises anything on garbage
+        except Exception as err:  # the unpickler raises anything on garbage; a signal while reading stays one
+            if (stop := interruption(err)) is not None:
+                raise stop from None
             problem = f"unreadable ({type(err).__name__})"
         else:
-            problem = entry_problem(entry, self.shape)
+            problem = entry_problem(entry, key, self.shape)
         if problem is None:
             return entry["embedding"]
         log.warning("%s: cached embedding %s; recomputing it", path, problem)
@@ -146,7 +151,12 @@ class EmbeddingCache:
     def _write(self, key: str, embedding: torch.Tensor) -> None:
         if self.folder is None:
             return
-        entry = {"embedding": embedding, "shape": list(embedding.shape), "sha256": tensor_digest(embedding)}
+        entry = {
+            "embedding": embedding,
+            "shape": list(embedding.shape),
+            "key": key,
+            "sha256": entry_checksum(key, embedding),
+        }
         try:
             atomic_write(self.folder / f"{key}.pt", lambda f: torch.save(entry, f))
         except OSError as err:  # e.g. a read-only data folder: keep going in memory, say so once
@@ -161,14 +171,21 @@ class EmbeddingCache:
         )
 
 
-def entry_problem(entry: object, shape: tuple[int, ...] | None) -> str | None:
-    """Why a loaded disk entry must not be used (one phrase), or None."""
-    if not isinstance(entry, dict) or not isinstance(entry.get("embedding"), torch.Tensor):
+def entry_checksum(key: str, embedding: torch.Tensor) -> str:
+    """sha256 binding an entry's values to its key (the image digest it is stored under)."""
+    return hashlib.sha256(f"{key}|{tensor_digest(embedding)}".encode()).hexdigest()
+
+
+def entry_problem(entry: object, key: str, shape: tuple[int, ...] | None) -> str | None:
+    """Why a disk entry loaded for `key` must not be used (one phrase), or None."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("embedding"), torch.Tensor) and "key" in entry):
         return "is not an entry of this cache format"
     t = entry["embedding"]
     if list(t.shape) != entry.get("shape") or (shape is not None and tuple(t.shape) != tuple(shape)):
         return f"has shape {tuple(t.shape)}, the encoder's is {shape}"
-    if t.dtype != torch.float32 or tensor_digest(t) != entry.get("sha256"):
+    if entry.get("key") != key:
+        return f"was stored for another image (key {str(entry['key'])[:16]}...)"
+    if t.dtype != torch.float32 or entry_checksum(key, t) != entry.get("sha256"):
         return "does not match its checksum (its bytes changed)"
     if not bool(torch.isfinite(t).all()):
         return "holds non-finite values"

@@ -22,8 +22,8 @@ import tables
 import train
 import val
 from analysis.run_files import is_final, read_metrics, read_per_image_rows, rewrite_per_image
-from engine.run_folder import lock_run_folder
-from pipeline.embedding_cache import EmbeddingCache
+from engine.run_folder import lock_run_folder, unlock
+from pipeline.embedding_cache import EmbeddingCache, entry_checksum
 from utils import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +146,7 @@ def test_a_second_process_on_a_run_folder_is_refused_and_a_killed_one_leaves_no_
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    fd = lock_run_folder(two_epoch_run)  # the kill released it
-    os.close(fd)
+    unlock(lock_run_folder(two_epoch_run))  # the kill released it
 
 
 # --- 6: the embedding cache never serves a damaged entry ---------------------------------------------------------
@@ -166,13 +165,24 @@ class CountingEncoder(torch.nn.Module):
         return torch.nn.functional.avg_pool2d(x, 2) * self.scale
 
 
-@pytest.mark.parametrize("damage", ["zeros_plain", "flipped_byte", "nan", "wrong_shape"])
-def test_a_damaged_cache_entry_is_recomputed_rewritten_and_reported(tmp_path, caplog, damage):
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("zeros_plain", "is not an entry of this cache format"),
+        ("flipped_byte", "does not match its checksum"),
+        ("nan", "holds non-finite values"),
+        ("wrong_shape", "has shape (3, 5, 5), the encoder's is (3, 4, 4)"),
+        ("other_image", "was stored for another image"),
+    ],
+)
+def test_a_damaged_cache_entry_is_recomputed_rewritten_and_reported(tmp_path, caplog, damage, problem):
     images = torch.rand(2, 3, 8, 8)
     encoder = CountingEncoder()
     want = EmbeddingCache(encoder, tmp_path)(images)
-    entry = sorted(EmbeddingCache(encoder, tmp_path).folder.glob("*.pt"))[0]
-    if damage == "zeros_plain":
+    entry, other = sorted(EmbeddingCache(encoder, tmp_path).folder.glob("*.pt"))
+    if damage == "other_image":  # a valid entry copied under another image's key: its values are the other's
+        shutil.copyfile(other, entry)
+    elif damage == "zeros_plain":
         torch.save(torch.zeros(3, 4, 4), entry)  # the right shape, but not an entry with its checksum
     elif damage == "flipped_byte":
         data = bytearray(entry.read_bytes())
@@ -182,12 +192,13 @@ def test_a_damaged_cache_entry_is_recomputed_rewritten_and_reported(tmp_path, ca
         entry.write_bytes(bytes(data))
     else:
         bad = torch.full((3, 4, 4), float("nan")) if damage == "nan" else torch.ones(3, 5, 5)
-        torch.save({"embedding": bad, "shape": list(bad.shape), "sha256": "forged"}, entry)
+        sha = entry_checksum(entry.stem, bad)  # a well-formed entry of the entry's key: only its values are wrong
+        torch.save({"embedding": bad, "shape": list(bad.shape), "key": entry.stem, "sha256": sha}, entry)
     fresh = EmbeddingCache(encoder, tmp_path)
     calls = encoder.calls
     got = fresh(images)
     assert torch.equal(got, want)  # never the damaged values
-    assert fresh.rejected == 1 and "recomputing it" in caplog.text and str(entry) in caplog.text
+    assert fresh.rejected == 1 and f"{entry}: cached embedding {problem}" in caplog.text
     assert encoder.calls > calls
     again = EmbeddingCache(encoder, tmp_path)
     again(images)
