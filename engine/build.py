@@ -74,6 +74,7 @@ def build_model_from_config(cfg: RunConfig, files: dict[str, Any]) -> tuple[AESP
         point_order="yx" if reference else "xy",
         multimask_output=m.multimask_output,
         pixel_branch=m.pixel_branch,
+        memory=m.memory,
         protocol="reference" if reference else "project",
         decoder_block="reference" if reference else "official",
     )

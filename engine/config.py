@@ -23,7 +23,7 @@ from conf.options import declared, finite_positive, flag_of, multiple_of, non_ne
 from dataset import DATASETS, default_data_path
 from interaction.mode import LoopConfig
 from interaction.registry import MODES
-from models import ENCODER_NAMES, FUSION_LAYOUTS
+from models import ENCODER_NAMES, FUSION_LAYOUTS, MEMORY_KINDS
 from models.lite_medsam import LITE_MEDSAM
 
 EMBEDDING_CACHES = ("disk", "memory", "off")
@@ -82,6 +82,13 @@ class ModelConfig:
         "unet: a small U-Net on the image adds per-pixel features to the decoder's mask features (the trainable "
         "path to the pixels a frozen encoder lacks); auto: unet with a frozen encoder, none otherwise",
         choices=("auto", "unet", "none"),
+    )
+
+    memory: str = option(
+        "none",
+        "style: a session memory that carries the user's preference from one image to the next (the style of the "
+        "masks the user ended with), trained on simulated sessions; none: every image starts blind",
+        choices=MEMORY_KINDS,
     )
 
     @property
@@ -197,6 +204,8 @@ def config_from_flags(flags: Mapping[str, Any]) -> RunConfig:
         flags = {**flags, "freeze_encoder": "yes" if flags["freeze_encoder"] else "no"}
     if "pixel_branch" not in flags:  # records of older versions: their models had no pixel branch
         flags = {**flags, "pixel_branch": "none"}
+    if "memory" not in flags:  # ... and no session memory
+        flags = {**flags, "memory": "none"}
     if mode not in MODES:
         raise KeyError(f"unknown mode '{mode}' (known: {', '.join(MODES)})")
     options = _part(DATASETS[dataset].options, flags)

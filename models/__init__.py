@@ -17,6 +17,7 @@ from .build import (
 from .checkpoint import CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
 from .preference import FUSION_LAYOUTS, mixture_latent, responsibilities
 from .sam import Sam
+from .session_memory import MEMORY_KINDS, mean_memory
 
 __all__ = [
     "AESPAModel",
@@ -40,6 +41,8 @@ __all__ = [
     "read_checkpoint",
     "unwrap_state_dict",
     "FUSION_LAYOUTS",
+    "MEMORY_KINDS",
+    "mean_memory",
     "mixture_latent",
     "responsibilities",
     "Sam",

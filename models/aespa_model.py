@@ -18,22 +18,25 @@ import torch.nn.functional as F
 from .pixel_branch import FOLDED_CHANS, PixelBranch, fold_pixels, unfold_pixels
 from .preference import Fusion, MeanVarianceHead, WeightHead, mixture_latent
 from .sam import Sam, build_sam_parts
+from .session_memory import MEMORY_KINDS, SessionMemory
 
 # Keys a SAM/MedSAM checkpoint does not have: initialised afresh when loading one.
-PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_", "pixel_branch.")
+PREFERENCE_PREFIXES = ("fcomb.", "mean_var_head.", "weight_head.", "mixture_", "pixel_branch.", "memory.")
 PIXEL_BRANCHES = ("none", "unet")
 MIXTURE_BUFFERS = ("mixture_weights", "mixture_means", "mixture_variances")
 
 
 @dataclass
 class Prompts:
-    """The prompt side of a round: sparse BxNxD and dense BxDxGxG embeddings, the mixture BxK each."""
+    """The prompt side of a round: sparse BxNxD and dense BxDxGxG embeddings, the mixture BxK each, and the
+    session memory's token shift Bx2xD (None: a model without memory, or no memory given)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
     means: torch.Tensor
     variances: torch.Tensor
     weights: torch.Tensor
+    memory_shift: torch.Tensor | None = None
 
 
 @dataclass
@@ -93,6 +96,7 @@ class AESPAModel(Sam):
         self.pixel_branch = None
         if config.get("pixel_branch", "none") == "unet":
             self.pixel_branch = PixelBranch(config["prompt_embed_dim"] // 8)
+        self.memory = SessionMemory(dim) if config.get("memory", "none") == "style" else None
 
     # --- conventions that travel with the checkpoint (config), not with the command line ---------------
 
@@ -175,13 +179,14 @@ class AESPAModel(Sam):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         pixel_features: torch.Tensor | None = None,
+        memory_shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL, the pixel branch's
-        features Bx(D/8)x4Gx4G (optional) -> low-res logits Bx1x4Gx4G."""
+        features Bx(D/8)x4Gx4G (optional), the memory's token shift Bx2xD (optional) -> low-res logits Bx1x4Gx4G."""
         fused = self.fcomb(embedding, z)
         multimask = self.multimask_output > 1
         pe = self.prompt_encoder.get_dense_pe()
-        masks, iou = self.mask_decoder(fused, pe, sparse, dense, multimask, pixel_features)
+        masks, iou = self.mask_decoder(fused, pe, sparse, dense, multimask, pixel_features, memory_shift)
         if multimask:  # keep the mask SAM scores best
             masks = masks.gather(1, iou.argmax(1)[:, None, None, None].expand(-1, 1, *masks.shape[-2:]))
         return masks
@@ -202,11 +207,13 @@ class AESPAModel(Sam):
         mask_logits: torch.Tensor | None = None,
         em_weights: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Prompts:
-        """The prompt side of a round: prompt embeddings and the per-image mixture.
+        """The prompt side of a round: prompt embeddings, the per-image mixture and the memory's token shift.
 
         The mixture weights are `weights` when given, else the weight head's map of the previous round's
-        responsibilities `em_weights` BxK, else (first round) the stored weights.
+        responsibilities `em_weights` BxK, else (first round) the stored weights. `memory`: (BxD mean style
+        vectors, B bool: which rows have one), read by a model with a session memory (ignored by one without).
 
         The reference protocol (the original project, for its checkpoints): the first round's weights are the
         weight head's map of the stored weights, and weights, means and variances are averaged over the batch
@@ -222,7 +229,8 @@ class AESPAModel(Sam):
             weights = weights.mean(0, keepdim=True)
             weights = (weights / weights.sum()).expand(batch_size, -1)
             means, variances = (t.mean(0, keepdim=True).expand(batch_size, -1) for t in (means, variances))
-        return Prompts(sparse, dense, means, variances, weights)
+        shift = None if self.memory is None or memory is None else self.memory.shift(*memory)
+        return Prompts(sparse, dense, means, variances, weights, shift)
 
     def decode_round(self, features: torch.Tensor, prompts: Prompts, eps: torch.Tensor | None = None) -> Decoded:
         """Decode one round: the images' `image_features` BxC'xGxG and the round's prompts -> M predictions per
@@ -233,12 +241,12 @@ class AESPAModel(Sam):
         embedding, pixel_features = self.split_features(features)
         if eps is None:
             z = self.latent(p.weights, p.means, p.variances)  # BxL
-            low = self.decode(embedding, z, p.sparse, p.dense, pixel_features)  # Bx1x4Gx4G: M = 1 in the mask slot
+            low = self.decode(embedding, z, p.sparse, p.dense, pixel_features, p.memory_shift)  # Bx1x4Gx4G
             return Decoded(low.float(), self.upscale(low).float(), self.reference_protocol)
         b, m = eps.shape[:2]
         rep = lambda t: None if t is None else t.repeat_interleave(m, dim=0)  # noqa: E731  B... -> (B*M)...
         z = self.latent(rep(p.weights), rep(p.means), rep(p.variances), eps.reshape(b * m, -1))
-        low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense), rep(pixel_features))  # (B*M)x1x4Gx4G
+        low = self.decode(rep(embedding), z, rep(p.sparse), rep(p.dense), rep(pixel_features), rep(p.memory_shift))
         logits = self.upscale(low)
         low, logits = low.reshape(b, m, *low.shape[-2:]).float(), logits.reshape(b, m, *logits.shape[-2:]).float()
         return Decoded(low, logits, self.reference_protocol)
@@ -296,12 +304,14 @@ def aespa_config(
     multimask_output: int = 1,
     protocol: str = "project",
     pixel_branch: str = "none",
+    memory: str = "none",
 ) -> dict[str, Any]:
     """A full model configuration: the SAM keys, the preference-head settings and the conventions the model's
     weights were trained with, which travel with its checkpoint: the click order (`point_order` 'xy' as SAM,
     'yx' as the original project), SAM's mask output (`multimask_output` 1 or 3), and the round `protocol`:
     'project' (per-image mixture, bilinear upsampling) or 'reference' (the original's: see `AESPAModel.prompt`,
-    `encode_prompts`, `upscale`, `Decoded.probs`). `pixel_branch` 'unet' adds the pixel branch (pixel_branch.py).
+    `encode_prompts`, `upscale`, `Decoded.probs`). `pixel_branch` 'unet' adds the pixel branch (pixel_branch.py),
+    `memory` 'style' the session memory (session_memory.py).
     Other keys of `sam_cfg` (e.g. `decoder_block`) are kept."""
     if point_order not in ("xy", "yx"):
         raise ValueError(f"point_order must be 'xy' or 'yx', got {point_order!r}")
@@ -311,6 +321,8 @@ def aespa_config(
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if pixel_branch not in PIXEL_BRANCHES:
         raise ValueError(f"pixel_branch must be one of {PIXEL_BRANCHES}, got {pixel_branch!r}")
+    if memory not in MEMORY_KINDS:
+        raise ValueError(f"memory must be one of {MEMORY_KINDS}, got {memory!r}")
     extra = {
         "n_components": n_components,
         "latent_dim": latent_dim,
@@ -319,5 +331,6 @@ def aespa_config(
         "multimask_output": multimask_output,
         "protocol": protocol,
         "pixel_branch": pixel_branch,
+        "memory": memory,
     }
     return {**sam_cfg, **extra}

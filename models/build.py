@@ -125,10 +125,11 @@ def build_model(
     protocol: str = "project",
     decoder_block: str = "official",
     pixel_branch: str = "none",
+    memory: str = "none",
 ) -> tuple[AESPAModel, LoadReport | None]:
     """The full model (SAM parts + preference heads) of a named size, optionally loading `checkpoint` (see
     `load_model_weights`); the conventions (`point_order`, `multimask_output`, `protocol`, `decoder_block`) and
-    `pixel_branch` as in `aespa_config`."""
+    `pixel_branch`, `memory` as in `aespa_config`."""
     sam_cfg = {**sam_config(encoder, image_size), "decoder_block": decoder_block}
     config = aespa_config(
         sam_cfg,
@@ -138,6 +139,7 @@ def build_model(
         multimask_output=multimask_output,
         protocol=protocol,
         pixel_branch=pixel_branch,
+        memory=memory,
     )
     model = AESPAModel(config)
     report = load_model_weights(model, checkpoint) if checkpoint else None

@@ -62,12 +62,14 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         pixel_features: torch.Tensor | None = None,
+        token_shift: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings BxCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG, pixel_features Bx(C/8)x4Gx4G
-        (optional, added to the upscaled embedding the mask tokens read) -> masks Bx(1 or 3)x4Gx4G logits,
+        (optional, added to the upscaled embedding the mask tokens read), token_shift Bx2xC (optional, a session's
+        memory: added to the mask tokens before and after the transformer) -> masks Bx(1 or 3)x4Gx4G logits,
         iou Bx(1 or 3)."""
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, pixel_features
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, pixel_features, token_shift
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
@@ -79,6 +81,7 @@ class MaskDecoder(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         pixel_features: torch.Tensor | None = None,
+        token_shift: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = image_embeddings.shape[0]
         if sparse.shape[0] != b or dense.shape[0] != b:
@@ -87,6 +90,10 @@ class MaskDecoder(nn.Module):
             )
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)  # (1+T)xC
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # Bx(1+T+N)xC
+        if token_shift is not None:
+            mask_slots = torch.zeros_like(tokens[0, :, :1])  # (1+T+N)x1: 1 at the mask tokens
+            mask_slots[1 : 1 + self.num_mask_tokens] = 1
+            tokens = tokens + mask_slots * token_shift[:, :1].to(tokens.dtype)
         src = image_embeddings + dense
         pos_src = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
@@ -94,6 +101,8 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]  # BxTxC
+        if token_shift is not None:
+            mask_tokens_out = mask_tokens_out + token_shift[:, 1:].to(mask_tokens_out.dtype)
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # Bx(C/8)x4Gx4G
         if pixel_features is not None:
