@@ -4,8 +4,13 @@ Every action is also a named API endpoint (for gradio_client and scripts), takin
     /load_sample ()  /upload (file)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
     /suggest (rater)  /set_box (x0, y0, x1, y1)
 each returning (view, caption, gallery, clicks, mask); /upload adds its message (empty when the upload was
-taken). Clicking on the view does what /add_click does, at the model pixel under the pointer; in "box corner"
-mode two clicks on opposite corners set the box (MedSAM's native prompt), which stays in every round's prompt.
+taken). `rater` is the rater's number as a string, "0" to "3" for the bundled sample (the API page's type; an int
+is taken too), `label` "positive" or "negative" (or 1, 0), coordinates numbers (rounded, clamped to the image).
+The endpoints with values skip gradio's own checks (`preprocess=False`): the session checks every value, and a
+refused one is answered with one message naming it (gr.Error, no traceback on the server).
+
+Clicking on the view does what /add_click does, at the model pixel under the pointer; in "box corner" mode two
+clicks on opposite corners set the box (MedSAM's native prompt), which stays in every round's prompt.
 
 Uploads arrive as a file path (gr.File), not as gradio's decoded image: `session.read_upload` checks the size
 in bytes and the header's pixel count before anything is decoded, and refuses a file that is not an image; a
@@ -70,7 +75,7 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
     def load_sample() -> tuple:
         return show(start)
 
-    def suggest(s: sess.Session, rater: int) -> sess.Session:
+    def suggest(s: sess.Session, rater: str | int) -> sess.Session:
         return sess.suggest(predictor, s, rater)
 
     with gr.Blocks(title="AESPA demo", analytics_enabled=False) as app:
@@ -123,7 +128,9 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                 )
                 with gr.Row():
                     target = gr.Dropdown(
-                        [(name, k) for k, name in enumerate(start.rater_names)], value=0, label="Suggest a click toward"
+                        [(name, str(k)) for k, name in enumerate(start.rater_names)],
+                        value="0",
+                        label="Suggest a click toward",
                     )
                     suggest_btn = gr.Button("Suggest next click")
                 with gr.Accordion("Your own image, raw prediction", open=False):
@@ -149,12 +156,14 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         # "multiple" can reorder quick clicks, whose requests race, and "always_last" repeats the first one).
         queue = dict(concurrency_id="aespa", concurrency_limit=1, trigger_mode="once", show_progress="minimal")
         view.select(on_select, [state, label], outputs, api_visibility="private", **queue)
-        add_btn.click(action(sess.add_click), [state, x_in, y_in, label], outputs, api_name="add_click", **queue)
+        # values reach the session unconverted: its checks answer in one line, gradio's would print a traceback
+        checked = dict(queue, preprocess=False)
+        add_btn.click(action(sess.add_click), [state, x_in, y_in, label], outputs, api_name="add_click", **checked)
         undo_btn.click(action(sess.undo), [state], outputs, api_name="undo", **queue)
         redo_btn.click(action(sess.redo), [state], outputs, api_name="redo", **queue)
         clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
-        box_btn.click(action(sess.set_box), [state, *box_in], outputs, api_name="set_box", **queue)
-        suggest_btn.click(action(suggest), [state, target], outputs, api_name="suggest", **queue)
+        box_btn.click(action(sess.set_box), [state, *box_in], outputs, api_name="set_box", **checked)
+        suggest_btn.click(action(suggest), [state, target], outputs, api_name="suggest", **checked)
         upload.upload(on_upload, [state, upload], outputs + [upload_note], api_name="upload", **queue)
         sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)
     return app

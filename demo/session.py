@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -119,11 +120,24 @@ def read_upload(path: str | os.PathLike) -> np.ndarray:
 
 
 def model_pixel(value: object, name: str, size: int) -> int:
-    """A coordinate from the page or the API as a model pixel, clamped to 0..size-1; InputError (one line naming
-    the coordinate) for anything that is not a finite number (None, NaN, text)."""
+    """A coordinate from the page or the API as a model pixel: rounded to the nearest pixel, clamped to 0..size-1;
+    InputError (one line naming the coordinate) for anything that is not a finite number (None, NaN, text)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise InputError(f"{name}: expected a pixel coordinate (a number in 0..{size - 1}), got {value!r}")
-    return min(max(int(value), 0), size - 1)
+    return min(max(round(value), 0), size - 1)
+
+
+def rater_number(value: object, s: Session) -> int:
+    """The rater /suggest follows: its number as text ("0", "1", ...: the API's documented type, what the page's
+    list sends) or as an int; InputError (one line) for anything else, a number the image has no rater for, or an
+    image without raters (an upload)."""
+    if s.raters is None:
+        raise InputError(f"rater: {s.title} has no raters to follow (suggestions need the bundled sample)")
+    last = len(s.raters) - 1
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"[0-9]+", text) or int(text) > last:
+        raise InputError(f'rater: expected a rater number, "0" to "{last}", got {value!r}')
+    return int(text)
 
 
 def add_click(s: Session, x: int, y: int, label: str | int) -> Session:
@@ -174,14 +188,11 @@ def clear(s: Session) -> Session:
     return replace(s, clicks=(), redo_stack=(), box=None, corner=None)
 
 
-def suggest(predictor: Predictor, s: Session, rater: int) -> Session:
-    """Add the simulated user's next click toward `rater` (nothing changes for an image without raters)."""
-    if isinstance(rater, bool) or not isinstance(rater, int):
-        raise InputError(f"rater: expected a rater number, got {rater!r}")
-    if s.raters is None or not 0 <= rater < len(s.raters):
-        return s
+def suggest(predictor: Predictor, s: Session, rater: str | int) -> Session:
+    """Add the simulated user's next click toward `rater` (see `rater_number`)."""
+    k = rater_number(rater, s)
     probs = predictor.predict(to_tensor(s), s.clicks, s.box)
-    return add_click(s, *predictor.suggest(probs, s.raters[rater], s.clicks))
+    return add_click(s, *predictor.suggest(probs, s.raters[k], s.clicks))
 
 
 def to_tensor(s: Session) -> torch.Tensor:

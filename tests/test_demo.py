@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ import aespa_demo
 from demo import session as sess
 from demo.predictor import Click, Predictor
 from demo.render import to_model_xy
+from demo.sample import load_sample
 from interaction.clicks import next_click
 from pipeline.image_files import read_mask, resize_mask
 from pipeline.synthetic import case_stream, make_case
@@ -51,8 +53,14 @@ def image() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint, tmp_path_factory) -> str:
-    with demo_server("-weights", str(checkpoint), log=tmp_path_factory.mktemp("demo_log") / "demo.log") as url:
+def server_log(tmp_path_factory) -> Path:
+    """What the demo server prints (stdout and stderr)."""
+    return tmp_path_factory.mktemp("demo_log") / "demo.log"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, server_log) -> str:
+    with demo_server("-weights", str(checkpoint), log=server_log) as url:
         yield url
 
 
@@ -135,7 +143,7 @@ def test_api_clicks_follow_the_model(server, model, image, tmp_path):
         exclude=exclude,
     )
     suggested = (int(point[0, 0]), int(point[0, 1]), int(label[0]))
-    check(client.predict(1, api_name="/suggest"), CLICKS + [suggested])
+    check(client.predict("1", api_name="/suggest"), CLICKS + [suggested])  # the rater's number as text, as documented
     assert np.array_equal(check(client.predict(api_name="/clear"), []), masks[0])
 
 
@@ -244,14 +252,16 @@ def test_api_sets_a_box(server, model, image, tmp_path):
         ("/add_click", (3, None, "positive"), "y: "),
         ("/add_click", ("abc", 3, "positive"), "'abc'"),  # refused by gradio's Number itself, naming the value
         ("/set_box", (1, 2, None, 4), "x1: "),
-        ("/add_click", (3, 3, "sideways"), "'sideways'"),
+        ("/add_click", (3, 3, "sideways"), "label: a click is positive or negative (1 or 0), got 'sideways'"),
+        ("/suggest", ("rater 1",), 'rater: expected a rater number, "0" to "3", got \'rater 1\''),
+        ("/suggest", ("4",), 'rater: expected a rater number, "0" to "3", got \'4\''),
     ],
-    ids=["null", "text", "box", "label"],
+    ids=["null", "text", "box", "label", "rater-name", "rater-out-of-range"],
 )
-def test_api_calls_with_bad_values_answer_one_message(server, tmp_path, endpoint, args, named):
-    """null or text where a coordinate belongs (NaN cannot travel as JSON; model_pixel refuses it below): the call
-    fails with a message naming it (not a bare `{"error": null}` and a server traceback), and the session goes
-    on."""
+def test_api_calls_with_bad_values_answer_one_message(server, server_log, tmp_path, endpoint, args, named):
+    """null or text where a coordinate belongs (NaN cannot travel as JSON; model_pixel refuses it below), a label or
+    a rater that is not one: the call fails with a message naming it (not a bare `{"error": null}`), the server
+    prints no traceback, and the session goes on."""
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
@@ -262,6 +272,35 @@ def test_api_calls_with_bad_values_answer_one_message(server, tmp_path, endpoint
     assert named in str(err.value), str(err.value)
     _, _, _, clicks_text, _ = client.predict(3, 4, "positive", api_name="/add_click")
     assert "(3, 4) positive" in clicks_text
+    assert "Traceback" not in server_log.read_text()
+
+
+def test_the_suggest_endpoint_documents_the_rater_as_the_text_it_accepts(server):
+    from gradio_client import Client
+
+    (rater,) = Client(server, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"][
+        "/suggest"
+    ]["parameters"]
+    assert rater["type"] == {"type": "string", "enum": ["0", "1", "2", "3"]}
+
+
+@pytest.mark.parametrize("value, number", [("2", 2), ("0", 0), (3, 3)])
+def test_a_rater_is_its_number_as_text_or_an_int(value, number):
+    s = sess.new_session(np.zeros((8, 8)), S, "Bundled sample", load_sample())
+    assert sess.rater_number(value, s) == number
+
+
+@pytest.mark.parametrize("value", ["rater 1", "4", "-1", -1, 4, True, None, 1.0, "²", " 1"])
+def test_a_value_that_names_no_rater_is_refused_in_one_line(value):
+    s = sess.new_session(np.zeros((8, 8)), S, "Bundled sample", load_sample())
+    with pytest.raises(InputError, match=f'^rater: expected a rater number, "0" to "3", got {re.escape(repr(value))}$'):
+        sess.rater_number(value, s)
+
+
+def test_suggest_on_an_image_without_raters_says_so():
+    upload = sess.new_session(np.zeros((8, 8)), S, "Uploaded image")
+    with pytest.raises(InputError, match="^rater: Uploaded image has no raters to follow"):
+        sess.rater_number("0", upload)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), None, "3", True])
