@@ -35,7 +35,7 @@ from interaction.registry import MODES
 from models import CHECKPOINT_FORMAT, CheckpointError, encoder_of_shape, encoder_of_state
 from models.lite_medsam import LITE_MEDSAM
 from models.reference_format import is_reference_checkpoint, reference_model_config
-from utils import InputError, OneLineParser, run_cli
+from utils import InputError, OneLineParser, run_cli, unusable_folder
 
 # Flags that define the architecture (and the protocol a model was trained for): a checkpoint sets them.
 ARCHITECTURE_FLAGS = (
@@ -191,7 +191,7 @@ def make_config(
     explicit = given_flags(argv, parser_of) - set(own)
     setup = Setup(extra=argparse.Namespace(**{k: getattr(args, k) for k in own}), explicit=explicit)
     flags = {k: v for k, v in vars(args).items() if k not in own}
-    problem = value_problem(flags) or weights_problem(flags, explicit)
+    problem = value_problem(flags, writes_runs=purpose in ("train", "evaluate")) or weights_problem(flags, explicit)
     if problem:
         parser.error(problem)
     flags = device_of_legacy_flags(flags)
@@ -210,8 +210,9 @@ def make_config(
     return setup
 
 
-def value_problem(flags: Mapping[str, Any]) -> str | None:
-    """The first flag value that breaks a rule (`argument -flag: ...`), or None."""
+def value_problem(flags: Mapping[str, Any], writes_runs: bool = True) -> str | None:
+    """The first flag value that breaks a rule (`argument -flag: ...`), or None; -log_dir only for a command that
+    writes run folders there (`writes_runs`: train.py, val.py)."""
     for cls in (*PARTS, *(m.options for m in MODES.values()), *(d.options for d in DATASETS.values())):
         problem = problems(cls, flags)
         if problem:
@@ -226,7 +227,7 @@ def value_problem(flags: Mapping[str, Any]) -> str | None:
         torch.device("cpu" if flags["device"] == "auto" else flags["device"])
     except (RuntimeError, ValueError):
         return f"argument -device: '{flags['device']}' is not a device (auto, cpu, cuda or cuda:N)"
-    unusable = unusable_folder(Path(flags["log_dir"]))
+    unusable = unusable_folder(Path(flags["log_dir"])) if writes_runs else None
     return f"argument -log_dir {flags['log_dir']}: {unusable}" if unusable else None
 
 
@@ -251,18 +252,6 @@ def learning_rate_problem(lr: float | None) -> str | None:
     configuration's loss is already NaN within the first epoch at 1)."""
     if lr is not None and lr > MAX_LR:
         return f"argument -lr: must be at most {MAX_LR:g} (Adam moves each weight by about lr per step), got {lr:g}"
-    return None
-
-
-def unusable_folder(path: Path) -> str | None:
-    """Why run folders cannot be created under `path` (a file in the way, no write permission), or None."""
-    for part in [path, *path.parents]:
-        if part.exists():
-            if not part.is_dir():
-                return f"{part} is a file, not a folder"
-            if not os.access(part, os.W_OK | os.X_OK):
-                return f"{part} is not writable"
-            return None
     return None
 
 

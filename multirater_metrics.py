@@ -1,11 +1,12 @@
 """Multi-rater, personalised and interactive segmentation metrics (docs/metrics.md); as a command, the per-case scorer
 of whole MBH-Seg predictions (volumes/scoring.py):
 
-    python multirater_metrics.py -pred PRED -gt DIR [-convention challenge|plain]
+    python multirater_metrics.py -pred PRED -gt DIR [-convention challenge|plain] [-scores CSV]
 
-scores PRED/<case>.nii.gz against DIR/<case>/label_annot_<id>.nii.gz for every case of DIR, writes PRED/scores.csv
-(one row per case, then the mean), prints the mean, and stops (exit status 2) naming the first case without a
-prediction or with one of another shape.
+scores PRED/<case>.nii.gz against DIR/<case>/label_annot_<id>.nii.gz for every case of DIR, writes a row per case,
+then the mean, to CSV (default: scores_<PRED's name>.csv beside PRED, so that it never ships in the submission),
+prints the mean, and stops (exit status 2) naming the first case without a prediction or with one not in the case's
+geometry, and a folder that does not match the predict.py manifest beside it (volumes/submission.py).
 
 Three groups, all batched tensor code on the inputs' device (no Python loop over pixels or pairs):
 
@@ -473,15 +474,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="challenge: the MBH-Seg 2025 evaluator's rules (class-averaged Dice, empty-label rule, GED over 5 "
         "classes); plain: this project's definitions on foreground masks",
     )
+    p.add_argument(
+        "-scores",
+        default=None,
+        help="the CSV of per-case scores (default: scores_<name of PRED>.csv beside PRED, outside the submission)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from volumes.scoring import KEYS, mean_row, score_folder, write_scores  # nibabel: only the command needs it
+    from volumes.scoring import KEYS, mean_row, score_folder, scores_path, write_scores  # nibabel: the command's
 
     args = parse_args(argv)
+    path = scores_path(Path(args.pred), args.scores)  # an unwritable place is refused before anything is computed
     rows = score_folder(args.pred, args.gt, args.convention)
-    path = Path(args.pred) / "scores.csv"
     write_scores(rows, path)
     mean = mean_row(rows)
     print(f"{len(rows)} cases ({args.convention} convention) -> {path}")

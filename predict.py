@@ -5,30 +5,46 @@
 DIR holds <case>/image.nii.gz and <case>/label_annot_<id>.nii.gz (the labels drive the simulated user). Every
 case is read from its NIfTI files (reoriented and windowed as process_mbhseg.py does), predicted slice by slice
 with each slice's image embedding computed once, and written back in its own geometry (shape, affine, header;
-uint8; scaling reset) as OUT/follow_<id>/<case>.nii.gz: one folder per followed rater, each a submission that
+uint8; scaling reset) as OUT/follow_<id>/<case>.nii.gz (one folder per rater id) and OUT/follow_rank<k>/<case>.nii.gz
+(each case's k-th rater by id: complete whenever every case has k raters), each a submission that
 `python multirater_metrics.py -pred OUT/follow_<id> -gt DIR` scores. OUT/interaction.csv holds the 3-D Dice of
 every case against its followed rater after each click, OUT/noc.csv the clicks each case needed (interaction/
-volume.py describes the two protocols; every file names the protocol and the track).
+volume.py describes the two protocols; every file names the protocol, the track and the first prompt).
+
+A run is written into a fresh folder and put in OUT's place when every case is done, with OUT/manifest.json
+(volumes/submission.py): its outputs never mix with an earlier run's. Only the flags it uses are accepted; a
+checkpoint trained with `-first_prompt box` gets the box of the followed rater's mask on every slice it marks.
 """
 
 from __future__ import annotations
 
 import csv
+import shutil
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cfg import Setup, make_config, run_command
+from cfg import ARCHITECTURE_FLAGS, Setup, build_parser, given_flags, make_config, run_command
 from engine.build import build_model_from_config
 from engine.distributed import choose_device
-from interaction.volume import PROTOCOLS, VolumeInteraction, run_budget, run_marked, slice_embeddings, upsample
+from interaction.volume import (
+    PROTOCOLS,
+    Session,
+    VolumeInteraction,
+    run_budget,
+    run_marked,
+    slice_embeddings,
+    upsample,
+)
 from multirater_metrics import NOC_THRESHOLDS
 from pipeline.image_files import resize_image, resize_mask
-from utils import InputError, OneLineParser
+from utils import InputError, OneLineParser, natural_key
 from volumes.nifti import (
     case_folders,
+    check_window,
     display_slice,
     from_display,
     load_image,
@@ -39,8 +55,12 @@ from volumes.nifti import (
     window,
 )
 from volumes.scoring import challenge_dice, plain_dice
+from volumes.submission import RunFolder
 
 TRACKS = ("binary", "multiclass")
+# The shared flags predict.py uses: the model (the checkpoint sets its architecture), the data, the device and
+# -clicks (the marked protocol's rounds); every other training or validation flag is refused.
+USED_FLAGS = ("weights", "sam_ckpt", "data_path", "device", "gpu", "gpu_device", "clicks", *ARCHITECTURE_FLAGS)
 
 
 def predict_flags(parser: OneLineParser) -> list[str]:
@@ -100,18 +120,35 @@ class Case:
         save_like(to_file_order(canonical, self.image), self.image, path)
 
 
-def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int) -> tuple:
-    """One followed rater: the sessions of the track, the protocol's clicks -> (final display planes uint8, the
-    case's Dice after each click count)."""
+def sessions_of(case: Case, vi: VolumeInteraction, label: np.ndarray, args, size: int, box: bool) -> list[Session]:
+    """The sessions of one followed rater: one per slice and class it marks (the track's classes); under the budget
+    protocol also one per slice it leaves empty (an empty target: false positives there are errors a click should
+    fix), about the class its click-free foreground takes. `box`: each marked session starts from its target's box."""
     classes = [None] if args.track == "binary" else [c for c in range(1, 6) if (label == c).any()]
-    sessions = []
+    sessions, marked = [], set()
     for cls in classes:
         for z, mask in enumerate(case.planes(label, cls)):
-            if mask.any():  # the slices (and classes) the followed rater marks
+            if mask.any():
                 target = torch.from_numpy(resize_mask(mask, size)).to(vi.embeddings.device)
-                sessions.append(vi.session(z, 1 if cls is None else cls, target))
-    # click-free slices: their foreground takes the followed rater's most frequent class (multiclass track)
-    default_cls = 1 if args.track == "binary" else int(np.bincount(label[label > 0], minlength=6).argmax() or 1)
+                sessions.append(vi.session(z, 1 if cls is None else cls, target, box=box))
+                marked.add(z)
+    if args.protocol == "budget":
+        empty = torch.zeros(size, size, dtype=torch.bool, device=vi.embeddings.device)
+        sessions += [vi.session(z, default_class(label, args.track), empty) for z in range(case.z) if z not in marked]
+    return sessions
+
+
+def default_class(label: np.ndarray, track: str) -> int:
+    """The class of a slice's foreground without a session of its own: 1 (binary track), else the followed rater's
+    most frequent class (the labels choose it)."""
+    return 1 if track == "binary" else int(np.bincount(label[label > 0], minlength=6).argmax() or 1)
+
+
+def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int, box: bool) -> tuple:
+    """One followed rater: the sessions of the track, the protocol's clicks -> (final display planes uint8, the
+    case's Dice after each click count)."""
+    sessions = sessions_of(case, vi, label, args, size, box)
+    default_cls = default_class(label, args.track)
     dice_curve: list[tuple[int, float]] = []
 
     def volume() -> list[np.ndarray]:
@@ -150,7 +187,41 @@ def noc(curve: list[tuple[int, float]], budget: int) -> dict[str, int]:
     return {f"NoC@{t:.2f}": next((c for c, d in curve if d >= t), budget) for t in NOC_THRESHOLDS}
 
 
+def refuse_unused_flags(argv: Sequence[str] | None) -> None:
+    """A training or validation flag named on predict.py's command line (it would change nothing): one line."""
+    own: list[str] = []
+
+    def parser() -> OneLineParser:
+        built = build_parser("predict.py")
+        own[:] = predict_flags(built)
+        return built
+
+    unused = sorted(given_flags(argv, parser) - set(own) - set(USED_FLAGS))
+    if unused:
+        raise InputError(
+            f"argument -{unused[0]}: not used by predict.py (it uses -{', -'.join(USED_FLAGS)} and its own flags: "
+            f"-{', -'.join(own)})"
+        )
+
+
+def trained_first_prompt(checkpoint) -> str:
+    """The `-first_prompt` a checkpoint of this project was trained with ('none' for other weights)."""
+    args = checkpoint.get("args") if isinstance(checkpoint, Mapping) else None
+    return str(args.get("first_prompt") or "none") if isinstance(args, Mapping) else "none"
+
+
+def rater_folders(raters: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """{folder: the cases it lacks} for follow_<id> (cases the rater did not annotate) and follow_rank<k> (cases of
+    fewer than k raters), given each case's rater ids in order."""
+    ids = sorted({r for found in raters.values() for r in found}, key=natural_key)
+    ranks = max((len(found) for found in raters.values()), default=0)
+    out = {f"follow_{r}": [c for c, found in raters.items() if r not in found] for r in ids}
+    out.update({f"follow_rank{k}": [c for c, found in raters.items() if len(found) < k] for k in range(1, ranks + 1)})
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    refuse_unused_flags(argv)
     setup: Setup = make_config(argv, "demo", prog="predict.py", extra_flags=predict_flags)
     cfg, args = setup.config, setup.extra
     if not cfg.model.weights:
@@ -159,41 +230,64 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise InputError("-data_path is required: the folder of cases (<case>/image.nii.gz, label_annot_<id>.nii.gz)")
     if args.budget < 0:
         raise InputError(f"-budget: must not be negative, got {args.budget}")
-    data, out = Path(cfg.data.data_path), Path(args.out)
+    check_window(args.window_level, args.window_width)
+    data, run = Path(cfg.data.data_path), RunFolder(args.out)  # RunFolder refuses an -out it cannot write
     cases = case_folders(data)
     if not cases:
         raise InputError(f"-data_path {data}: no case folders (<case>/image.nii.gz, <case>/label_annot_<id>.nii.gz)")
+    first_prompt = trained_first_prompt(setup.files.get(cfg.model.weights))
     device = choose_device(cfg.device)
     model, reports = build_model_from_config(cfg, setup.files)
     model.to(device).eval()
     for line in setup.notes + [r.summary() for r in reports]:
         print(line)
-    size, rows, counts, final = cfg.model.image_size, [], [], []
+    if first_prompt == "click":
+        print("the checkpoint was trained with -first_prompt click; here every session starts without a click")
+    size, rows, counts, final, raters = cfg.model.image_size, [], [], [], {}
     budget = args.budget if args.protocol == "budget" else cfg.loop.clicks - 1
-    tag = {"protocol": args.protocol, "track": args.track}
+    box = first_prompt == "box"
+    tag = {"protocol": args.protocol, "track": args.track, "first_prompt": "box" if box else "none"}
     print(
         f"predicting {len(cases)} cases of {data} with {cfg.model.weights} ({args.protocol} protocol, "
-        f"{args.track} track) -> {out}"
+        f"{args.track} track{', a box of the followed mask first' if box else ''}) -> {run.out}"
     )
-    for folder in cases:
-        start = time.time()
-        case = Case(folder, model, size, device, args.window_level, args.window_width)
-        vi = VolumeInteraction(model, case.embeddings)
-        for k, (rater, label) in enumerate(case.raters):
-            planes, curve = follow(case, vi, label, args, cfg.loop.clicks, size)
-            case.write(planes, out / f"follow_{rater}" / f"{case.name}.nii.gz")
-            if args.save_sets:
-                case.write(planes, out / "sets" / f"{case.name}_pred_s{k}.nii.gz")
-            rows += [{"case": case.name, "followed": rater, **tag, "clicks": c, "Dice": d} for c, d in curve]
-            counts.append({"case": case.name, "followed": rater, **tag, **noc(curve, budget)})
-            final.append(curve[-1][1])  # after the last click
-        print(f"{case.name}: {len(case.raters)} raters, {case.z} slices ({time.time() - start:.1f} s)")
-    write_csv(rows, out / "interaction.csv")
-    write_csv(counts, out / "noc.csv")
+    with run:
+        for folder in cases:
+            start = time.time()
+            case = Case(folder, model, size, device, args.window_level, args.window_width)
+            vi = VolumeInteraction(model, case.embeddings)
+            raters[case.name] = [rater for rater, _ in case.raters]
+            if any(r.startswith("rank") for r in raters[case.name]):
+                raise InputError(f"{folder}: a rater id starting with 'rank' would share follow_rank<k>'s folder names")
+            for k, (rater, label) in enumerate(case.raters):
+                planes, curve = follow(case, vi, label, args, cfg.loop.clicks, size, box)
+                written = run.tmp / f"follow_{rater}" / f"{case.name}.nii.gz"
+                case.write(planes, written)
+                copies = [run.tmp / f"follow_rank{k + 1}" / written.name]
+                if args.save_sets:
+                    copies.append(run.tmp / "sets" / f"{case.name}_pred_s{k}.nii.gz")
+                for copy in copies:
+                    copy.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(written, copy)
+                rows += [{"case": case.name, "followed": rater, **tag, "clicks": c, "Dice": d} for c, d in curve]
+                counts.append({"case": case.name, "followed": rater, **tag, **noc(curve, budget)})
+                final.append(curve[-1][1])  # after the last click
+            print(f"{case.name}: {len(case.raters)} raters, {case.z} slices ({time.time() - start:.1f} s)")
+        write_csv(rows, run.tmp / "interaction.csv")
+        write_csv(counts, run.tmp / "noc.csv")
+        lacking = rater_folders(raters)
+        settings = {"weights": str(cfg.model.weights), "data_path": str(data), **tag, "budget": budget}
+        settings.update(window_level=args.window_level, window_width=args.window_width)
+        run.publish(settings, raters, lacking)
     print(
         f"mean Dice against the followed rater after the last click: {np.mean(final):.4f}"
-        f" ({args.protocol} protocol, {args.track} track); folders follow_<rater id>/ in {out}"
+        f" ({args.protocol} protocol, {args.track} track) -> {run.out}"
     )
+    complete = [f for f, missing in lacking.items() if not missing]
+    print(f"complete submissions (a prediction for every case): {', '.join(complete)}")
+    for folder, missing in lacking.items():
+        if missing:
+            print(f"incomplete: {folder} lacks {len(missing)} case(s), e.g. {missing[0]} (its rater did not annotate)")
     return rows
 
 

@@ -2,7 +2,8 @@
 
     python process_mbhseg.py --src data/MBHSeg --dst data [--window_level 40 --window_width 80] [--keep_empty]
 
-Input:  <src>/{train,test}/<case>/image.nii.gz and label_annot_<id>.nii.gz (values 0..5, 0 background).
+Input:  <src>/{train,test}/<case>/image.nii.gz (finite HU) and label_annot_<id>.nii.gz (whole numbers 0..5, 0
+        background; a NaN scan or a label of other values is refused naming the file, never rounded).
 Output: <dst>/MBHSeg-Binary/<split>/imgs/<case>/slice_<z>.png        8-bit windowed CT
         <dst>/MBHSeg-Binary/<split>/gt/<case>/slice_<z>_r<id>.npy     uint8 HxW 0/255 (label > 0)
         <dst>/MBHSeg-Multi/<split>/imgs/<case>/slice_<z>.png         the same image
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import re
 from pathlib import Path
 
@@ -34,7 +34,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from utils import InputError, atomic_write_bytes, run_cli
-from volumes.nifti import N_CLASSES, case_folders, display_slice, load_image, load_label, read_case, window
+from volumes.nifti import (
+    N_CLASSES,
+    case_folders,
+    check_window,
+    display_slice,
+    load_image,
+    load_label,
+    read_case,
+    window,
+)
 
 SPLITS = ("train", "test")
 OUTPUTS = {"binary": "MBHSeg-Binary", "multi": "MBHSeg-Multi"}
@@ -125,10 +134,7 @@ def _remove_stale(folder: Path, keep: set[str]) -> int:
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
     args = parse_args(argv)
-    if not math.isfinite(args.window_level):
-        raise InputError(f"--window_level must be a finite number of HU, got {args.window_level}")
-    if not (math.isfinite(args.window_width) and args.window_width > 0):
-        raise InputError(f"--window_width must be a finite number of HU > 0, got {args.window_width}")
+    check_window(args.window_level, args.window_width, dash="--")
     src, dst = Path(args.src), Path(args.dst)
     cases = find_cases(src)
     counts = {"slices": 0, "written": 0, "unchanged": 0, "removed": 0}

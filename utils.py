@@ -149,6 +149,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def unusable_folder(path: str | os.PathLike) -> str | None:
+    """Why files cannot be created in the folder `path` or a folder made there (a file in the way, no write
+    permission on the deepest folder that exists), or None."""
+    path = Path(path)
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                return f"{part} is a file, not a folder"
+            if not os.access(part, os.W_OK | os.X_OK):
+                return f"{part} is not writable"
+            return None
+    return None
+
+
 def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> list[Path]:
     """Delete the temporary files that interrupted atomic writes left in `folder` (plain files named exactly
     `.{name}.{8 characters}.tmp`, nothing else; with `older_than` only those not modified for that many seconds);

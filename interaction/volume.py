@@ -10,7 +10,9 @@ previous round's low-resolution logits, the mixture weights). Two protocols, alw
 marked  every slice the followed rater marks gets `rounds` rounds of centre clicks on its own (as the 2-D
         validation does: comparable with the 2-D numbers, but it uses the ground truth to choose the slices);
 budget  `clicks` clicks for the whole case: each click goes to the session whose prediction is furthest from its
-        target (most wrong pixels), as a centre click there; unclicked slices keep the click-free prediction.
+        target (most wrong pixels), as a centre click there; unclicked slices keep the click-free prediction. Every
+        slice is a candidate: a slice the followed rater leaves empty has a session whose target is empty, so false
+        positives there are counted and a (negative) click can remove them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from interaction.clicks import NOC_STRATEGY, next_click
+from interaction.clicks import NOC_STRATEGY, mask_boxes, next_click
 from interaction.rounds import RoundState, deterministic_round
 from models import AESPAModel
 
@@ -68,11 +70,18 @@ class VolumeInteraction:
         self._after_first = [(s.prev_low, s.em_weights) for s in first]
         self.batch = batch
 
-    def session(self, z: int, cls: int, target: torch.Tensor) -> Session:
-        """A session on slice z about class `cls`, starting from the slice's click-free prediction."""
+    @torch.no_grad()
+    def session(self, z: int, cls: int, target: torch.Tensor, box: bool = False) -> Session:
+        """A session on slice z about class `cls` (target SxS), starting from the slice's click-free prediction; with
+        `box` (a model trained with `-first_prompt box`), from a prediction prompted with the target's bounding box,
+        which stays in every round's prompt (as the 2-D validation gives it; an empty target has no box)."""
+        size, device = self.model.image_size, self.embeddings.device
+        if box and target.any():
+            state = RoundState.start(1, size, device, box=mask_boxes(target[None]))
+            return Session(z, cls, target, state, deterministic_round(self.model, state, self.embeddings[z : z + 1])[0])
         low, em = self._after_first[z // self.batch]
         k = z % self.batch
-        state = RoundState.start(1, self.model.image_size, self.embeddings.device)
+        state = RoundState.start(1, size, device)
         state.prev_low = low[k : k + 1]
         state.em_weights = None if em is None else em[k : k + 1]
         return Session(z, cls, target, state, self.click_free[z].clone())

@@ -268,3 +268,23 @@ def test_non_finite_label_voxels_are_refused_naming_the_file(tmp_path):
     bad = write_nifti(case / "label_annot_1.nii.gz", label, np.eye(4))
     with pytest.raises(InputError, match=f"{bad}: 1 label voxels are not finite"):
         process_mbhseg.main(["--src", str(tmp_path / "raw"), "--dst", str(tmp_path / "out")])
+
+
+def test_a_label_that_is_not_whole_numbers_is_refused_not_rounded(tmp_path):
+    """A float label of 0.5 was rounded half to even into an empty rater ("no lesion"): refused naming the file."""
+    raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
+    bad = raw.root / "train" / "case_0" / "label_annot_2.nii.gz"
+    write_nifti(bad, raw.labels[1].astype(np.float32) * 0.25, raw.affine)  # class 2 * 0.25 = 0.5
+    with pytest.raises(InputError, match=f"{bad}: {int((raw.labels[1] > 0).sum())} voxels are not whole numbers"):
+        process_mbhseg.main(["--src", str(raw.root), "--dst", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_scan_with_nan_voxels_is_refused_naming_it(tmp_path):
+    raw = write_mbhseg_raw(tmp_path / "MBHSeg", n_cases=1)
+    image = raw.root / "train" / "case_0" / "image.nii.gz"
+    hu = np.full(raw.hu.shape, np.nan, np.float32)  # an all-NaN scan
+    write_nifti(image, hu, raw.affine)
+    with pytest.raises(InputError, match=f"{image}: {hu.size} of {hu.size} CT voxels are not finite"):
+        process_mbhseg.main(["--src", str(raw.root), "--dst", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

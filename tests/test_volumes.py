@@ -140,7 +140,7 @@ def test_a_case_without_a_prediction_stops_the_scorer_naming_it(tmp_path):
 def test_a_prediction_of_another_shape_is_refused_naming_it(tmp_path):
     gt = case_tree(tmp_path, {"1": l_shape(), "2": l_shape()})
     (tmp_path / "pred").mkdir()
-    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4)), tmp_path / "pred" / "case_0.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), affine_of("LPS")), tmp_path / "pred" / "case_0.nii.gz")
     with pytest.raises(InputError, match="case_0.nii.gz: shape \\(5, 5, 5\\)"):
         scoring.score_folder(tmp_path / "pred", gt, "plain")
 
@@ -153,10 +153,10 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("protocol", ["budget", "marked"])
 def test_predict_writes_a_submission_per_followed_rater_that_the_scorer_reads(tmp_path, checkpoint, protocol):
     gt = case_tree(tmp_path, {"1": l_shape(2), "5": l_shape(3)}, orientation="SRA")
-    args = ["-weights", str(checkpoint), "-data_path", str(gt), "-out", str(tmp_path / "out"), "-protocol", protocol,
-            "-budget", "3", "-clicks", "3", "-w", "0"]  # fmt: skip
-    rows = predict.main(args)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["follow_1", "follow_5"]
+    args = ["-weights", str(checkpoint), "-data_path", str(gt), "-out", str(tmp_path / "out")]
+    rows = predict.main([*args, "-protocol", protocol, "-budget", "3", "-clicks", "3"])
+    folders = ["follow_1", "follow_5", "follow_rank1", "follow_rank2"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == folders
     original = nib.load(gt / "case_0" / "label_annot_1.nii.gz")
     for rater in ("1", "5"):
         written = nib.load(tmp_path / "out" / f"follow_{rater}" / "case_0.nii.gz")
@@ -168,12 +168,13 @@ def test_predict_writes_a_submission_per_followed_rater_that_the_scorer_reads(tm
         assert {r["protocol"] for r in csv.DictReader(f)} == {protocol}
     mean = multirater_metrics.main(["-pred", str(tmp_path / "out" / "follow_1"), "-gt", str(gt)])
     assert 0.0 <= mean["Dice_mean"] <= 1.0
-    assert (tmp_path / "out" / "follow_1" / "scores.csv").read_text().splitlines()[-1].startswith("mean,")
+    assert (tmp_path / "out" / "scores_follow_1.csv").read_text().splitlines()[-1].startswith("mean,")
+    assert not (tmp_path / "out" / "follow_1" / "scores.csv").exists()  # the submission holds predictions only
 
 
 def test_predict_multiclass_writes_the_followed_raters_classes(tmp_path, checkpoint):
     gt = case_tree(tmp_path, {"1": l_shape(4), "2": l_shape(4)})
-    predict.main(["-weights", str(checkpoint), "-data_path", str(gt), "-out", str(tmp_path / "out"), "-track",
-                  "multiclass", "-budget", "2", "-w", "0"])  # fmt: skip
+    args = ["-weights", str(checkpoint), "-data_path", str(gt), "-out", str(tmp_path / "out")]
+    predict.main([*args, "-track", "multiclass", "-budget", "2"])
     values, _ = read_labels(tmp_path / "out" / "follow_1" / "case_0.nii.gz")
     assert set(np.unique(values).tolist()) <= {0, 4}

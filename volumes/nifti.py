@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -71,22 +72,39 @@ def _array(image: nib.Nifti1Image, path: Path, labels: bool) -> np.ndarray:
 
 
 def load_image(path: str | Path) -> Volume:
-    """A CT image, float32 HU, in canonical orientation."""
+    """A CT image, float32 HU, in canonical orientation; refuses (one line naming the file) NaN or inf voxels."""
     path = Path(path)
     image = _read(path)
+    data = _array(image, path, labels=False)
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: {bad} of {data.size} CT voxels are not finite (NaN or inf)")
     ornt = io_orientation(image.affine)
-    return Volume(apply_orientation(_array(image, path, labels=False), ornt), image, ornt, path)
+    return Volume(apply_orientation(data, ornt), image, ornt, path)
+
+
+def orientation(image: nib.Nifti1Image) -> str:
+    """The patient directions of a file's voxel axes, e.g. 'LPS' (nibabel's aff2axcodes)."""
+    return "".join(str(code) for code in nib.aff2axcodes(image.affine))
 
 
 def read_labels(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """A label (or prediction) file as uint8 classes 0..5 in its own voxel order, and its image object; refuses (one
-    line naming the file) non-finite values and values outside 0..5."""
+    line naming the file) non-finite values, values that are not whole numbers (never rounded: a probability map is
+    not a label) and values outside 0..5."""
     path = Path(path)
     label = _read(path)
-    data = _array(label, path, labels=True)
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        raise InputError(f"{path}: {int((~np.isfinite(data)).sum())} label voxels are not finite (NaN or inf)")
-    values = np.rint(data) if np.issubdtype(data.dtype, np.floating) else data
+    values = _array(label, path, labels=True)
+    if np.issubdtype(values.dtype, np.floating):
+        if not np.isfinite(values).all():
+            raise InputError(f"{path}: {int((~np.isfinite(values)).sum())} label voxels are not finite (NaN or inf)")
+        fractional = values != np.floor(values)
+        if fractional.any():
+            example = float(values[fractional].flat[0])
+            raise InputError(
+                f"{path}: {int(fractional.sum())} voxels are not whole numbers (e.g. {example:g}): a probability "
+                f"map? labels and predictions hold classes 0..{N_CLASSES - 1}"
+            )
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= N_CLASSES:
         raise InputError(f"{path}: label values must lie in 0..{N_CLASSES - 1}, found {low}..{high}")
@@ -95,8 +113,9 @@ def read_labels(path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
 
 def load_label(path: str | Path, image: Volume) -> Volume:
     """A rater's label (uint8 classes 0..5) on `image`'s voxel grid, in the image's canonical orientation. Refuses
-    (one line naming the file) another shape, non-finite values and values outside 0..5; an affine that disagrees
-    with the image's is reported (warning naming both files) and the voxel grid is used as is."""
+    (one line naming the file) another shape, non-finite values, values that are not whole numbers and values outside
+    0..5; an affine that disagrees with the image's is reported (warning naming both files) and the voxel grid is
+    used as is."""
     path = Path(path)
     values, label = read_labels(path)
     if values.shape != image.shape:
@@ -156,6 +175,15 @@ def save_like(array: np.ndarray, volume: Volume, path: str | Path) -> None:
     data = out.to_bytes()
     path = Path(path)
     atomic_write_bytes(path, gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+
+
+def check_window(level: float, width: float, dash: str = "-") -> None:
+    """The CT window flags (`{dash}window_level`, `{dash}window_width`) of predict.py and process_mbhseg.py: a finite
+    level and a finite width > 0, or an InputError naming the flag."""
+    if not math.isfinite(level):
+        raise InputError(f"{dash}window_level must be a finite number of HU, got {level}")
+    if not (math.isfinite(width) and width > 0):
+        raise InputError(f"{dash}window_width must be a finite number of HU > 0, got {width}")
 
 
 def window(hu: np.ndarray, level: float, width: float) -> np.ndarray:

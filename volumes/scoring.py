@@ -23,21 +23,28 @@ raters needs a few arrays of its size in memory, never float64 copies of it.
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from utils import InputError, natural_key
-from volumes.nifti import N_CLASSES, case_folders, read_case, read_labels
+from utils import InputError, atomic_write_bytes, natural_key, unusable_folder
+from volumes.nifti import N_CLASSES, case_folders, orientation, read_case, read_labels
+from volumes.submission import PREDICTION_RE, check_prediction_folder
+
+log = logging.getLogger(__name__)
 
 CONVENTIONS = ("challenge", "plain")
 KEYS = ("Dice_mean", "Dice_max", "Dice_match", "GED", "Dice_soft")
 SOFT_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 EMPTY_LIMIT = 100  # challenge: Dice against an empty label falls linearly to 0 at this many predicted voxels
 EPS = 1e-8
+AFFINE_TOLERANCE = 1e-2  # mm: a prediction's affine against its case image's (float32 headers round)
 
 
 def joint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -127,35 +134,91 @@ def score_case(
     return out
 
 
+def prediction_files(pred_dir: Path) -> dict[str, Path]:
+    """{case name: its prediction file} of a prediction folder: `<case>.nii.gz`, else `<case>.nii` (warned: the
+    challenge's evaluator reads only .nii.gz). InputError for a folder that is missing, a file, or holds no
+    prediction but subfolders that do (the parent of predict.py's follow_* folders)."""
+    if not pred_dir.exists():
+        raise InputError(f"-pred {pred_dir}: folder not found")
+    if not pred_dir.is_dir():
+        raise InputError(f"-pred {pred_dir}: a file, not a folder of <case>.nii.gz predictions")
+    found: dict[str, list[Path]] = {}
+    for path in sorted(pred_dir.iterdir(), key=lambda p: p.name):
+        if path.is_file() and (m := PREDICTION_RE.fullmatch(path.name)):
+            found.setdefault(m["case"], []).append(path)
+    if not found:
+        inside = [p.name for p in sorted(pred_dir.iterdir(), key=lambda p: natural_key(p.name)) if p.is_dir()]
+        holding = [n for n in inside if any(PREDICTION_RE.fullmatch(f.name) for f in (pred_dir / n).iterdir())]
+        if holding:
+            raise InputError(
+                f"-pred {pred_dir}: no prediction here, but in {', '.join(holding)}: name one of them, e.g. "
+                f"-pred {pred_dir / holding[0]}"
+            )
+    files = {}
+    for case, paths in found.items():
+        gz = [p for p in paths if p.name.endswith(".gz")]
+        if gz and len(paths) > 1:
+            log.warning("%s beside %s: scoring the .nii.gz (the challenge's evaluator ignores .nii)", paths[0], gz[0])
+        elif not gz:
+            log.warning(
+                "%s: the challenge's evaluator reads only .nii.gz predictions (compress it to submit)", paths[0]
+            )
+        files[case] = gz[0] if gz else paths[0]
+    return files
+
+
+def geometry_problem(pred: nib.Nifti1Image, image: nib.Nifti1Image) -> str | None:
+    """Why a prediction is not in its case's geometry (the challenge compares voxel arrays): another orientation
+    (naming both), another shape or another affine; None when it is."""
+    if orientation(pred) != orientation(image):
+        return (
+            f"stored {orientation(pred)}, the case's image {orientation(image)}: write it in the case's own "
+            "orientation (the challenge compares voxel arrays)"
+        )
+    if tuple(pred.shape[:3]) != tuple(image.shape[:3]):
+        return f"shape {tuple(pred.shape[:3])}, the case's is {tuple(image.shape[:3])}"
+    if not np.allclose(pred.affine, image.affine, atol=AFFINE_TOLERANCE):
+        return "affine differs from the case's image's (another voxel grid?)"
+    return None
+
+
 def score_folder(pred_dir: str | Path, gt_dir: str | Path, convention: str) -> list[dict]:
     """Every case of the ground-truth tree (`<case>/label_annot_<id>.nii.gz`) against `pred_dir/<case>.nii.gz`, per
-    case: rows {case, raters, scores...}. A case without a prediction, with a prediction of another shape, or (under
-    the challenge convention) with fewer than two raters is an InputError naming it: none is left out of the mean."""
+    case: rows {case, raters, scores...}. A case without a prediction, with a prediction not in the case's geometry
+    (orientation, shape, affine), or (under the challenge convention) with fewer than two raters is an InputError
+    naming it: none is left out of the mean. A folder a predict.py manifest describes must match it
+    (volumes/submission.py); predictions without a case are named in a warning."""
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not gt_dir.is_dir():
         raise InputError(f"-gt {gt_dir}: folder not found")
     cases = case_folders(gt_dir)
     if not cases:
         raise InputError(f"-gt {gt_dir}: no case folders")
+    predictions = prediction_files(pred_dir)
+    check_prediction_folder(pred_dir, [case.name for case in cases])
+    strays = sorted(set(predictions) - {case.name for case in cases}, key=natural_key)
+    if strays:
+        log.warning(
+            "%s: %d prediction(s) without a case in %s, not scored: %s",
+            pred_dir,
+            len(strays),
+            gt_dir,
+            ", ".join(predictions[c].name for c in strays),
+        )
     rows = []
     for case in cases:
         image_path, raters = read_case(case)
         if convention == "challenge" and len(raters) < 2:
             raise InputError(f"{case}: {len(raters)} rater(s); the challenge scores cases of two raters or more")
-        pred_path = next(
-            (
-                pred_dir / f"{case.name}{ext}"
-                for ext in (".nii.gz", ".nii")
-                if (pred_dir / f"{case.name}{ext}").is_file()
-            ),
-            None,
-        )
+        pred_path = predictions.get(case.name)
         if pred_path is None:
             raise InputError(f"{pred_dir}: no prediction for case {case.name} ({case.name}.nii.gz)")
-        shape = tuple(nib.load(image_path).shape[:3])
-        pred, _ = read_labels(pred_path)
-        if pred.shape != shape:
-            raise InputError(f"{pred_path}: shape {pred.shape}, the case's is {shape} ({image_path})")
+        image = nib.load(image_path)
+        shape = tuple(image.shape[:3])
+        pred, pred_image = read_labels(pred_path)
+        problem = geometry_problem(pred_image, image)
+        if problem:
+            raise InputError(f"{pred_path}: {problem} ({image_path})")
         labels = [read_labels(path)[0] for _, path in raters]
         for (_, path), label in zip(raters, labels):
             if label.shape != shape:
@@ -175,10 +238,20 @@ def write_scores(rows: list[dict], path: Path) -> None:
     """scores.csv: one row per case, then the mean."""
     raters = {k for r in rows for k in r if k.startswith("Dice_rater")}
     columns = ["case", "raters", *KEYS] + sorted(raters, key=natural_key)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in [*rows, mean_row(rows)]:
-            writer.writerow(
-                {k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()}
-            )
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in [*rows, mean_row(rows)]:
+        writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) and math.isfinite(v) else v) for k, v in row.items()})
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def scores_path(pred_dir: Path, given: str | None) -> Path:
+    """Where the scorer writes its CSV: `given` (-scores), else scores_<name>.csv beside the prediction folder (never
+    inside it: the folder is the submission); InputError when it cannot be written there."""
+    folder = Path(os.path.abspath(pred_dir))  # a name of its own even for "."
+    path = Path(given) if given else folder.parent / f"scores_{folder.name}.csv"
+    problem = f"{path} is a folder" if path.is_dir() else unusable_folder(path.parent)
+    if problem:
+        raise InputError(f"-scores {path}: {problem} (name another file with -scores)")
+    return path

@@ -7,25 +7,28 @@ writes <out>/{train,test}/case_<NNN>/image.nii.gz (CT in HU: air, skull, brain, 
 label_annot_{1,2,5}.nii.gz (rater ids need not run 1, 2, 3). Each haemorrhage is an ellipsoid of one class 1..5;
 rater 1 marks it 1 voxel inside its boundary, rater 2 1 voxel outside, rater 5 exactly but misses faint ones. The
 cases are stored in different orientations (RAS, LPS, and one whose slice axis comes first), as scanners write
-them. Case i is drawn from numpy's default_rng([seed, split, i]): the same seed writes the same files.
+them. Case i is drawn from numpy's default_rng([seed, split, i]): the same seed writes the same files, and a
+rerun with fewer cases removes the case folders it no longer writes.
 """
 
 from __future__ import annotations
 
-import argparse
+import re
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from utils import run_cli
+from utils import InputError, OneLineParser, run_cli
 
 SHAPE = (48, 56, 10)  # x, y, z in canonical order
 RATERS = {"1": -1.0, "2": 1.0, "5": 0.0}  # rater id -> boundary offset in voxels
 FAINT_HU = 58  # rater 5 does not mark haemorrhages fainter than this
 SPLITS = {"train": 0, "test": 1}
 ORIENTATIONS = ("RAS", "LPS", "SRA")  # the case's storage: its voxel axes as patient directions
+CASE_RE = re.compile(r"case_\d{3,}")  # the case folders this module writes
 
 
 def affine_of(orientation: str) -> np.ndarray:
@@ -84,8 +87,15 @@ def make_case(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarra
 
 
 def write(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> Path:
-    """The synthetic raw tree under `out` (rewritten whole)."""
+    """The synthetic raw tree under `out`, rewritten whole: case folders (case_<NNN>) an earlier, larger run left in
+    a split are removed, so the tree holds exactly these cases."""
+    if min(n_train, n_test) < 0 or n_train + n_test == 0:
+        raise InputError(f"-train {n_train} -test {n_test}: case counts must be >= 0 and not both 0")
+    if seed < 0:
+        raise InputError(f"-seed {seed}: must be >= 0 (numpy's seed sequences take no negative numbers)")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: a file, not a folder")
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
             rng = np.random.default_rng([seed, SPLITS[split], i])
@@ -96,15 +106,23 @@ def write(out: str | Path, n_train: int = 12, n_test: int = 4, seed: int = 0) ->
             nib.save(nib.Nifti1Image(to_storage(hu, orientation), affine), case / "image.nii.gz")
             for rater, label in labels.items():
                 nib.save(nib.Nifti1Image(to_storage(label, orientation), affine), case / f"label_annot_{rater}.nii.gz")
+        folder = out / split
+        stale = (
+            [p for p in folder.iterdir() if CASE_RE.fullmatch(p.name) and int(p.name[5:]) >= n]
+            if folder.is_dir()
+            else []
+        )
+        for case in stale:
+            shutil.rmtree(case)
     return out
 
 
 def main(argv: list[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(prog="python -m volumes.synthetic", description="Write a synthetic raw MBH-Seg set.")
+    p = OneLineParser(prog="python -m volumes.synthetic", description="Write a synthetic raw MBH-Seg set.")
     p.add_argument("out", help="output folder: <out>/{train,test}/case_<NNN>/")
-    p.add_argument("-train", type=int, default=12, help="training cases")
-    p.add_argument("-test", type=int, default=4, help="test cases")
-    p.add_argument("-seed", type=int, default=0, help="seed of the cases")
+    p.add_argument("-train", type=int, default=12, help="training cases (>= 0)")
+    p.add_argument("-test", type=int, default=4, help="test cases (>= 0)")
+    p.add_argument("-seed", type=int, default=0, help="seed of the cases (>= 0)")
     args = p.parse_args(argv)
     out = write(args.out, args.train, args.test, args.seed)
     print(f"{args.train} train and {args.test} test cases, raters {', '.join(RATERS)} -> {out}")
