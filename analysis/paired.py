@@ -30,7 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from analysis.run_files import is_final, read_per_image_rows
-from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, find_run_folders, note, read_json_object
+from analysis.runs import (
+    DEFAULT_ROUNDS,
+    Run,
+    config_flags,
+    find_run_folders,
+    note,
+    read_json_object,
+    warn_if_incomplete,
+)
 from conf.metrics import current_name
 from utils import InputError, natural_key
 
@@ -240,6 +248,7 @@ def load_side(path: str, split: str, metric: str, same_target: bool = True) -> S
     per_run, epochs = [], []
     for run in runs:
         epoch, cells = read_per_image(run.path, split, metric)
+        warn_if_incomplete(run.path, split, epoch)
         data_seed = run.args.get("data_seed", 0)  # runs from before -data_seed used the fixed data seed 0
         if not isinstance(data_seed, int):
             raise InputError(f"{run.path / 'args.json'}: data_seed must be an integer, got {data_seed!r}")
@@ -377,6 +386,11 @@ def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: in
     if n_boot < MIN_BOOTSTRAP:
         raise InputError(f"-bootstrap: at least {MIN_BOOTSTRAP} resamples, got {n_boot}")
     side = load_side(path, split, metric, same_target=False)
+    if rounds_text is None and side.n_rounds < 2:
+        raise InputError(
+            f"-gain {path}: its {split} rows have one round only (no click after the first prediction): no gain to "
+            "measure"
+        )
     tokens = [t.strip() for t in (rounds_text or f"1,{side.n_rounds}").split(",") if t.strip()]
     if len(tokens) != 2 or not all(t.isdigit() for t in tokens) or int(tokens[0]) >= int(tokens[1]):
         raise InputError(f"-rounds {rounds_text}: with -gain, two rounds FIRST,LAST (FIRST < LAST), e.g. 1,6")

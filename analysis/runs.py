@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.run_files import is_final, read_numbered_metrics
+from analysis.run_files import SUMMARY, is_final, read_numbered_metrics, read_summary
 from conf.metrics import current_name
 from utils import InputError
 
@@ -44,6 +44,31 @@ SEED_SUFFIX = re.compile(r"(?:[_-](?:data[_-]?)?seed[_-]?\d+|[_-]data[_-]?\d+)+(
 
 def note(message: str) -> None:
     print(f"note: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def warn_if_incomplete(folder: Path, split: str, epoch: int) -> None:
+    """A run's test rows are its final test's only when summary.json, written last by that test, names their epoch;
+    otherwise (no summary.json: the run is still training, stopped, was killed during its final test or is an older
+    version's; another epoch: a final test replaced but not finished) they are still tabulated, with a warning line
+    naming the run. Only the test split has a final test."""
+    if split != "test":
+        return
+    summary = read_summary(folder)
+    if not summary:
+        warn(
+            f"{folder}: no {SUMMARY}, so its final test did not complete (still training, stopped or killed, or an "
+            f"older version's run); its test rows of epoch {epoch} are used; resume the run to complete it"
+        )
+    elif summary.get("test_epoch") != epoch:
+        warn(
+            f"{folder}: {SUMMARY} names test epoch {summary.get('test_epoch')}, but its test rows are of epoch "
+            f"{epoch} (a final test interrupted before {SUMMARY} was rewritten?); the rows are used; resume the run "
+            "to complete it"
+        )
 
 
 @dataclass
@@ -118,7 +143,9 @@ def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
                     f"{r['line']}): a run folder written over by two processes or an older version's resume"
                 )
             by_round[r["round"]] = with_current_names({k: v for k, v in r.items() if k != "line"})
-    return Run(folder, read_json_object(folder / "args.json"), epoch, dict(sorted(by_round.items())))
+    run = Run(folder, read_json_object(folder / "args.json"), epoch, dict(sorted(by_round.items())))
+    warn_if_incomplete(folder, split, epoch)
+    return run
 
 
 def load_runs(paths: Sequence[str], split: str = "test", skip_bad: bool = False) -> list[Run]:

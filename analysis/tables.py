@@ -12,7 +12,10 @@ configuration (exp_name and paths compared without a `_seed<N>` suffix or a run-
 data/synthetic and data/synthetic_seed1 agree); a configuration's cell is the mean ± sample std (ddof=1) over
 all its runs, i.e. over training seeds (`-seed`) and data seeds (`-data_seed`) together; `n` is the number of
 runs. A configuration of one run shows its value with no ± and an empty std in the CSV: the spread of one sample
-is undefined, not 0.
+is undefined, not 0. A cell shows `-` where a run of the configuration has no value for it (not measured, e.g. an
+older run without the metric) and `nan` where every run has one but it is not a number (measured, undefined:
+Follow_accuracy where every image has a single rater); the CSV leaves the first empty and writes `nan` for the
+second.
 Rows: one per configuration, named by exp_name with the differing flags as columns (and, where configurations
 share an exp_name, in the label `exp_name (flag=value, ...)` of the CSV and the plot legend). Columns:
 `<metric>@<round>` for per-round metrics, `NoC@τ` / `NoF@τ` once (one value per evaluation). Writes table.md,
@@ -59,6 +62,7 @@ class Table:
     columns: list[tuple[str, str, int | None]]  # (header, metric, round; None for a per-run metric)
     mean: np.ndarray  # CxN (configs x columns), NaN where a run lacks the value
     std: np.ndarray  # CxN sample std over runs, NaN for a single run
+    measured: np.ndarray  # CxN bool: every run of the configuration has a value (a number or NaN) in the column
     flags: list[str] = field(default_factory=list)  # the flags that differ between configurations (CSV columns)
     shown: list[str] = field(default_factory=list)  # those named in labels and as Markdown / LaTeX columns
 
@@ -155,9 +159,19 @@ def check_metrics(metrics: list[str], runs: list[Run], explicit: bool) -> list[s
 
 
 def run_value(run: Run, metric: str, round_: int | None) -> float:
-    row = run.rows[run.n_rounds if round_ is None else round_]
-    value = row.get(metric)
-    return float(value) if isinstance(value, (int, float)) else math.nan
+    """The run's value of a column (`round_` None: a per-run metric, read from the last round's row): NaN where it
+    has none (see `has_value`) or where the value is NaN."""
+    value = run.rows[run.n_rounds if round_ is None else round_].get(metric)
+    return float(value) if is_number(value) else math.nan
+
+
+def has_value(run: Run, metric: str, round_: int | None) -> bool:
+    """Whether the run measured a column: a number there, NaN included (JSON's NaN: measured, undefined)."""
+    return is_number(run.rows[run.n_rounds if round_ is None else round_].get(metric))
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def build_table(runs: list[Run], metrics: list[str], rounds: list[int]) -> Table:
@@ -167,23 +181,33 @@ def build_table(runs: list[Run], metrics: list[str], rounds: list[int]) -> Table
         columns += [(m, m, None)] if is_per_run(m) else [(f"{m}@{r}", m, r) for r in rounds]
     mean = np.full((len(configs), len(columns)), math.nan)
     std = np.full_like(mean, math.nan)
+    measured = np.zeros(mean.shape, dtype=bool)
     for i, c in enumerate(configs):
         for j, (_, metric, round_) in enumerate(columns):
             values = np.array([run_value(run, metric, round_) for run in c.runs])  # one per seed
             mean[i, j] = values.mean()
             if len(values) > 1:
                 std[i, j] = values.std(ddof=1)
-    return Table(configs, columns, mean, std, differing, shown)
+            measured[i, j] = all(has_value(run, metric, round_) for run in c.runs)
+    return Table(configs, columns, mean, std, measured, differing, shown)
 
 
 # ------------------------------------------------------------------------------------------------
 # Writers
 
 
-def cell(mean: float, std: float, digits: int, pm: str = " ± ") -> str:
-    if not math.isfinite(mean):
+def cell(mean: float, std: float, measured: bool, digits: int, pm: str = " ± ") -> str:
+    """A Markdown / LaTeX cell: `-` not measured, `nan` measured but undefined, else mean (± std over runs)."""
+    if not measured:
         return "-"
+    if not math.isfinite(mean):
+        return "nan"
     return f"{mean:.{digits}f}" + (f"{pm}{std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def metric_cells(table: Table, i: int, digits: int, pm: str = " ± ") -> list[str]:
+    """The metric cells of configuration `i`."""
+    return [cell(m, s, k, digits, pm) for m, s, k in zip(table.mean[i], table.std[i], table.measured[i])]
 
 
 def to_markdown(table: Table, digits: int) -> str:
@@ -193,7 +217,7 @@ def to_markdown(table: Table, digits: int) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|"]
     for i, c in enumerate(table.configs):
         cells = [c.exp_name, *(str(c.flags[k]) for k in table.shown), str(len(c.runs))]
-        cells += [cell(m, s, digits) for m, s in zip(table.mean[i], table.std[i])]
+        cells += metric_cells(table, i, digits)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -226,7 +250,7 @@ def to_latex(table: Table, digits: int) -> str:
     ]
     for i, c in enumerate(table.configs):
         cells = [latex_escape(str(v)) for v in (c.exp_name, *(c.flags[k] for k in table.shown))] + [str(len(c.runs))]
-        cells += [cell(m, s, digits, pm=" $\\pm$ ") for m, s in zip(table.mean[i], table.std[i])]
+        cells += metric_cells(table, i, digits, pm=" $\\pm$ ")
         lines.append(" & ".join(cells) + " \\\\")
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
@@ -249,8 +273,8 @@ def write_csv(table: Table, path: Path) -> None:
                 ";".join(str(r.args.get("data_seed", 0)) for r in c.runs),
                 ";".join(str(r.epoch) for r in c.runs),
             ]
-            for m, s in zip(table.mean[i], table.std[i]):
-                row += [repr(float(m)) if math.isfinite(m) else "", repr(float(s)) if math.isfinite(s) else ""]
+            for m, s, k in zip(table.mean[i], table.std[i], table.measured[i]):
+                row += [repr(float(m)) if k else "", repr(float(s)) if k and math.isfinite(s) else ""]
             writer.writerow(row)
 
 

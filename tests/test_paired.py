@@ -38,6 +38,9 @@ def write_run(folder: Path, rows: list[dict], seed: int = 0, data_seed: int = 0,
         writer = csv.DictWriter(f, HEADER)
         writer.writeheader()
         writer.writerows(rows)
+    tested = [int(r["epoch"]) for r in rows if r["split"] == "test"]
+    if tested:  # a finished run's summary.json names its test epoch (tables.py warns about a run without one)
+        (folder / "summary.json").write_text(json.dumps({"test_epoch": max(tested)}))
     return folder
 
 

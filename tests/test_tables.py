@@ -352,3 +352,71 @@ def test_plot_follow_matrix_writes_a_png_of_the_documented_size(tmp_path: Path) 
 )
 def test_seed_suffixes_are_stripped_from_names_and_paths(name: str, expect: str) -> None:
     assert normalise(name) == expect
+
+
+# --- runs whose final test is incomplete, undefined values, -gain on one round -------------------------------------
+
+
+def finished_run(folder: Path, summary: dict | None, **args) -> Path:
+    """A run whose last test rows are of epoch 2, with the given summary.json (None: none)."""
+    rows = rows_of(1, "test", [0.1, 0.2]) + rows_of(2, "test", [0.4, 0.5])
+    write_run(folder, base_args(**args), rows)
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_a_run_whose_final_test_did_not_complete_is_tabulated_with_a_warning_naming_it(tmp_path: Path, capsys) -> None:
+    complete = finished_run(tmp_path / "complete", {"best_epoch": 2, "test_epoch": 2})
+    unfinished = finished_run(tmp_path / "no_summary", None, seed=1)
+    stale = finished_run(tmp_path / "stale", {"best_epoch": 1, "test_epoch": 1}, seed=2)
+    table = tables.main(
+        [str(complete), str(unfinished), str(stale), "-metrics", "Dice_follow", "-out", str(tmp_path / "o")]
+    )
+    assert len(table.configs[0].runs) == 3  # tabulated, not refused
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {unfinished}: no summary.json, so its final test did not complete (still training, stopped or "
+        "killed, or an older version's run); its test rows of epoch 2 are used; resume the run to complete it",
+        f"warning: {stale}: summary.json names test epoch 1, but its test rows are of epoch 2 (a final test "
+        "interrupted before summary.json was rewritten?); the rows are used; resume the run to complete it",
+    ]
+
+
+def test_the_validation_split_needs_no_summary(tmp_path: Path, capsys) -> None:
+    write_run(tmp_path / "run", base_args(), rows_of(1, "val", [0.4, 0.5]))
+    tables.main([str(tmp_path / "run"), "-split", "val", "-metrics", "Dice_follow", "-out", str(tmp_path / "o")])
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_an_undefined_metric_shows_nan_and_a_missing_one_a_dash(tmp_path: Path, capsys) -> None:
+    """Dice_soft NaN in both runs (measured, undefined, as Follow_accuracy is where every image has one rater);
+    Dice_match absent from one of the two runs (not measured): 'nan' and '-' in Markdown and LaTeX, 'nan' and an
+    empty cell in the CSV."""
+    for seed in (0, 1):
+        extra = {"Dice_soft": float("nan")} | ({"Dice_match": 0.5} if seed == 0 else {})
+        finished_run(tmp_path / f"run{seed}", {"test_epoch": 2}, seed=seed)
+        rows = rows_of(2, "test", [0.4, 0.5], **extra)
+        (tmp_path / f"run{seed}" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "NaN" in (tmp_path / "run0" / "metrics.jsonl").read_text()  # what json.dumps writes for a NaN
+    out = tmp_path / "o"
+    table = tables.main([str(tmp_path), "-rounds", "2", "-out", str(out)])
+    assert [h for h, _, _ in table.columns] == ["Dice_neutral@2", "Dice_follow@2", "Dice_match@2", "Dice_soft@2"]
+    assert "| LIDC_SPA | 2 | 0.400 ± 0.000 | 0.500 ± 0.000 | - | nan |" in (out / "table.md").read_text()
+    assert "& - & nan \\\\" in (out / "table.tex").read_text()
+    with (out / "table.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert (row["Dice_soft@2_mean"], row["Dice_soft@2_std"]) == ("nan", "")  # no spread of undefined values
+    assert (row["Dice_match@2_mean"], row["Dice_match@2_std"]) == ("", "")
+
+
+def test_gain_of_a_run_with_one_round_names_what_was_given(tmp_path: Path) -> None:
+    run = tmp_path / "A"
+    write_run(run, base_args(), rows_of(1, "test", [0.4]))
+    (run / "summary.json").write_text(json.dumps({"test_epoch": 1}))
+    header = "epoch,split,mode,round,clicks,image,followed,Dice_follow,empty_followed,final"
+    (run / "per_image.csv").write_text(f"{header}\n1,test,AESPA,1,0,img0,0,0.4,0,1\n1,test,AESPA,1,0,img1,1,0.6,0,1\n")
+    message = one_error(tmp_path, "-gain", str(run))
+    one_round = "its test rows have one round only (no click after the first prediction): no gain to measure"
+    assert message == f"error: -gain {run}: {one_round}"
+    assert "None" not in message
