@@ -196,7 +196,7 @@ def build_table(runs: list[Run], metrics: list[str], rounds: list[int]) -> Table
 # Writers
 
 
-def cell(mean: float, std: float, measured: bool, digits: int, pm: str = " ± ") -> str:
+def cell(mean: float, std: float, digits: int, pm: str = " ± ", measured: bool = True) -> str:
     """A Markdown / LaTeX cell: `-` not measured, `nan` measured but undefined, else mean (± std over runs)."""
     if not measured:
         return "-"
@@ -207,7 +207,7 @@ def cell(mean: float, std: float, measured: bool, digits: int, pm: str = " ± ")
 
 def metric_cells(table: Table, i: int, digits: int, pm: str = " ± ") -> list[str]:
     """The metric cells of configuration `i`."""
-    return [cell(m, s, k, digits, pm) for m, s, k in zip(table.mean[i], table.std[i], table.measured[i])]
+    return [cell(m, s, digits, pm, k) for m, s, k in zip(table.mean[i], table.std[i], table.measured[i])]
 
 
 def to_markdown(table: Table, digits: int) -> str:
