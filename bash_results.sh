@@ -25,7 +25,8 @@
 set -e
 OUT=${OUT:-logs_results}
 PARALLEL=${PARALLEL:-2}
-if [ -e "$OUT" ]; then echo "bash_results.sh: $OUT/ exists; move it away first" >&2; exit 1; fi
+# (sweep.py reads this file again while its jobs fill $OUT, and says so with AESPA_SWEEP_CONTINUES)
+if [ -e "$OUT" ] && [ -z "${AESPA_SWEEP_CONTINUES:-}" ]; then echo "bash_results.sh: $OUT/ exists; move it away first" >&2; exit 1; fi
 
 # Baselines (no training) and the data of both seeds, generated before any job runs beside another.
 for d in 0 1; do
