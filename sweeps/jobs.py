@@ -207,12 +207,13 @@ class Plan:
 
 
 def finished(job: Job, run: Path, record: dict[str, Any]) -> bool:
-    """A complete run: train.py's summary.json (written last); val.py's exit status 0 for this folder."""
+    """A complete run: train.py's summary.json (written last); val.py's exit status 0 for this folder (or, once
+    moved out of the job's folder, its record's done)."""
     if job.trains:
         return (run / SUMMARY).is_file()
-    return record.get("state") == "done" or any(
-        a.get("run") == run.name and a.get("exit") == 0 for a in attempts(record)
-    )
+    if run.parent != job.folder:
+        return record.get("state") == "done"
+    return any(a.get("run") == run.name and a.get("exit") == 0 for a in attempts(record))
 
 
 def attempts(record: dict[str, Any]) -> list[dict[str, Any]]:
