@@ -342,11 +342,15 @@ def test_a_sweep_stopped_by_sigterm_and_run_again_equals_one_never_stopped(clust
     first.send_signal(signal.SIGTERM)
     out, _ = first.communicate(timeout=120)
     assert first.returncode == 143, out
+    # the runs the stop left with a checkpoint (at least the one seen, unless it finished before the signal came)
+    to_resume = {p.parts[-4] for p in tmp_path.glob("state/jobs/*/*/Model/checkpoint_last.pth")}
     second = run_sweep(path, env, *flags)
     assert second.returncode == 0
-    records = [json.loads(p.read_text()) for p in tmp_path.glob("state/jobs/*/job.json")]
+    records = {p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("state/jobs/*/job.json")}
     assert len(records) == 4
-    assert any(a["action"] == "resume" for r in records for a in r["attempts"])  # a run continued, not restarted
+    for job in to_resume:  # continued, not started again
+        assert records[job]["attempts"][-1]["action"] == "resume"
+    records = list(records.values())
     for record in records:  # no job ran twice to completion
         assert [a["exit"] for a in record["attempts"]].count(0) == 1
     for run in (tmp_path / "logs").iterdir():
