@@ -200,3 +200,17 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def claim_folder(path: Path) -> Path:
+    """Create `path` as an empty folder, or `path_2`, `path_3`, ... when it is taken (two runs started in the same
+    second, two sweep jobs finishing at once): mkdir is atomic, so no two processes ever claim one name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path}: no free name")

@@ -37,11 +37,7 @@ from analysis.run_files import (
 )
 from conf import metrics
 from engine.config import RunConfig
-from utils import InputError, atomic_write_bytes, remove_stale_temporaries
-
-# Columns of the per-round table printed after an evaluation (all are in metrics.jsonl).
-TABLE_COLUMNS = ("round", "clicks", *metrics.names("console"))
-
+from utils import InputError, atomic_write_bytes, claim_folder, remove_stale_temporaries
 
 DATE = "%Y-%m-%d %H:%M:%S"
 WARNING_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", DATE)
@@ -87,19 +83,6 @@ def make_logger(name: str, log_file: Path | None, enabled: bool = True) -> loggi
         h.setFormatter(fmt)
         logger.addHandler(h)
     return logger
-
-
-def claim_folder(path: Path) -> Path:
-    """Create `path`, or `path_2`, `path_3`, ... when a run started in the same second already took it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path}: could not create a fresh run folder")
 
 
 LOCK_FILE = ".lock"
@@ -328,8 +311,15 @@ class RunFolder:
             h.close()
 
 
-def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLUMNS) -> str:
-    """A markdown table of per-round rows (missing values shown as '-')."""
+def format_table(rows: list[dict[str, Any]], columns: Iterable[str] | None = None) -> str:
+    """A markdown table of per-round rows (missing values shown as '-'); by default the console metrics of
+    conf/metrics.py, those with one value per evaluation (per_run) once, on a line below the table."""
+    if columns is None:
+        console = metrics.names("console")
+        columns = ["round", "clicks", *(c for c in console if not metrics.is_per_run(c))]
+        once = [c for c in console if metrics.is_per_run(c) and rows and c in rows[-1]]
+    else:
+        once = []
     columns = [c for c in columns if any(c in r for r in rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
@@ -338,4 +328,6 @@ def format_table(rows: list[dict[str, Any]], columns: Iterable[str] = TABLE_COLU
             v = r.get(c, "-")
             cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
+    if once:
+        lines.append("  ".join(f"{c} {rows[-1][c]:.4f}" for c in once))
     return "\n".join(lines)

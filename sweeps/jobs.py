@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover
 from analysis.run_files import SUMMARY
 from conf.global_settings import LOG_DIR
 from sweeps.discover import Call
-from utils import atomic_write_bytes
+from utils import atomic_write_bytes, claim_folder
 
 RECORD, LOG, PREVIOUS = "job.json", "job.log", "previous"
 # The run folder's files the runner reads (engine/run_folder.py names them; tests/test_sweep.py checks they agree:
@@ -248,20 +248,6 @@ def plan(job: Job, retry_failed: bool = False) -> Plan:
 # --- running it ---------------------------------------------------------------------------------------------------
 
 
-def claim(path: Path) -> Path:
-    """Create `path` as an empty folder, or `path_2`, `path_3`, ... when it is taken (two runs started in the same
-    second, two jobs finishing at once): mkdir is atomic, so no two jobs ever claim one name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 10_000):
-        candidate = path if n == 1 else path.with_name(f"{path.name}_{n}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{path}: no free name")
-
-
 def move_folder(source: Path, dest: Path) -> None:
     """Move `source` onto `dest`, an empty folder (`claim`): a rename; across file systems a copy into a temporary
     sibling of `dest`, renamed onto it, then the source removed."""
@@ -287,7 +273,7 @@ def finish(job: Job, run: Path) -> Path:
     if run.parent == job.folder:
         record = read_record(job)
         planned = Path(record["dest"]) if record.get("state") == "moving" else None
-        dest = planned if planned is not None and is_empty_folder(planned) else claim(job.destination / run.name)
+        dest = planned if planned is not None and is_empty_folder(planned) else claim_folder(job.destination / run.name)
         write_record(job, state="moving", dest=str(dest))
         move_folder(run, dest)
         run = dest
@@ -298,7 +284,7 @@ def finish(job: Job, run: Path) -> Path:
 def set_aside(job: Job, run: Path) -> None:
     """A run folder a job left without a checkpoint (or a failed one), moved to previous/ before the job starts
     again: kept for its log, out of the way of the new run."""
-    move_folder(run, claim(job.folder / PREVIOUS / run.name))
+    move_folder(run, claim_folder(job.folder / PREVIOUS / run.name))
 
 
 def execute(

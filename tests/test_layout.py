@@ -21,12 +21,13 @@ ALLOWED = {
     "volumes": {"utils"},
     "multirater_metrics": {"utils", "volumes"},  # volumes: its command's scorer, imported inside main (nibabel)
     "analysis": {"conf", "utils"},
-    "pipeline": {"conf", "utils"},
+    "pipeline": {"conf", "utils", "models", "volumes"},  # models, volumes: the LIDC-readers build only
     "dataset": {"conf", "utils", "pipeline"},
     "process_mbhseg": {"utils", "volumes"},
     "interaction": {"conf", "utils", "models", "multirater_metrics", "pipeline"},
     "engine": {"conf", "utils", "models", "multirater_metrics", "pipeline", "dataset", "interaction", "analysis"},
     "demo": {"conf", "utils", "models", "multirater_metrics", "pipeline", "dataset", "interaction", "engine"},
+    "sweeps": {"utils", "conf", "analysis"},  # torch-free: it runs train.py / val.py as processes
 }
 
 
