@@ -8,6 +8,14 @@ samples are dicts:
                   MBHSeg-Multiclass
     valid_raters  R       bool; raters are padded to the split's largest rater count (padding: zeros, False)
     name          str     "<patient>/<slice>" (LIDC, synthetic), "<case>/slice_<z>" (MBHSeg), "<id>" (REFUGE)
+    spacing       2       float32 (row, column) size of a pixel of the SxS sample in mm: the native pixel's size
+                          (`Record.spacing`, 1.0 where the layout does not know it, i.e. 1 native px = 1 unit)
+                          times native size / S; the surface metrics (NSD) measure their tolerance in it
+
+Options: each dataset's options dataclass (`Layout.options`) declares its settings once: every field declared with
+`conf.options.option` is a flag (offered with that dataset, refused with the others), and every field is a keyword of
+`build_dataset`, which refuses keywords the dataset does not declare and values that break a field's rule, and hands
+the options instance to the layout's reader, its generator and the dataset (`MultiRaterDataset.options`).
 
 Resizing: images bilinearly (antialiased when shrinking, align_corners=False); masks by nearest
 neighbour with pixel centres aligned, i.e. output pixel i reads input pixel floor((i + 0.5) * in / out)
@@ -45,8 +53,9 @@ import numbers
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +63,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from conf import global_settings as settings
-from conf.options import option, seed_range, within
+from conf.options import declared, field_problem, option, seed_range, within
 from pipeline.image_files import image_size_of, mask_shape_of, read_image, read_mask, resize_image, resize_mask
 from pipeline.synthetic import DEFAULT_ROOT as SYNTHETIC_ROOT
 from pipeline.synthetic import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
@@ -75,12 +84,14 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 @dataclass(frozen=True)
 class Record:
     """One sample on disk: its name, image file and rater mask files (sorted by rater id); marked: some rater
-    marks foreground (LIDC layout only; slices without are dropped unless keep_empty)."""
+    marks foreground (LIDC layout only; slices without are dropped unless keep_empty); spacing: the (row, column)
+    size of the image's pixel in mm, where the layout knows it (else 1 native pixel = 1 unit)."""
 
     name: str
     image: Path
     raters: tuple[Path, ...]
     marked: bool = True
+    spacing: tuple[float, float] = (1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------- shapes
@@ -99,7 +110,8 @@ def _shape_error(mask: Path, shape: tuple, image: Path, h: int, w: int, n_classe
 
 
 class MultiRaterDataset(Dataset):
-    """Samples of `records`, read and resized on access (see the module docstring for the dict)."""
+    """Samples of `records`, read and resized on access (see the module docstring for the dict); `options`: the
+    dataset's options instance (its `Layout.options` dataclass), for settings that act per sample."""
 
     def __init__(
         self,
@@ -109,6 +121,7 @@ class MultiRaterDataset(Dataset):
         n_classes: int = 1,
         valid_raters: str = "present",
         dataset_name: str = "",
+        options: object | None = None,
     ):
         self.records = records
         self.image_size = image_size
@@ -116,6 +129,7 @@ class MultiRaterDataset(Dataset):
         self.n_classes = n_classes
         self.valid_rule = valid_raters
         self.dataset_name = dataset_name
+        self.options = options
 
     def __len__(self) -> int:
         return len(self.records)
@@ -139,6 +153,7 @@ class MultiRaterDataset(Dataset):
             "multi_rater": torch.from_numpy(masks),
             "valid_raters": torch.from_numpy(valid),
             "name": rec.name,
+            "spacing": torch.tensor([rec.spacing[0] * h / S, rec.spacing[1] * w / S], dtype=torch.float32),
         }
 
 
@@ -346,7 +361,8 @@ def _carve(records: list[Record], grouping: Grouping, split: str, val_fraction: 
 # ----------------------------------------------------------------------------------------- entry
 
 
-# Options of some datasets: each field is a flag (conf/options.py) and a keyword of build_dataset.
+# Options of the datasets (see the module docstring): a field declared with `option` is a flag (conf/options.py);
+# every field is a keyword of build_dataset and an attribute of the options instance the layout's reader gets.
 
 
 @dataclass(frozen=True)
@@ -385,6 +401,10 @@ class SyntheticOptions(EmptySliceOptions):
         "seed of the generated synthetic data (seed N != 0 lives in data/synthetic_seed<N> by default)",
         check=seed_range(settings.MAX_SEED),
     )
+    # the generated tree's sizes: keywords of build_dataset (tests, scripts), not flags
+    n_train: int = N_TRAIN
+    n_val: int = N_VAL
+    n_test: int = N_TEST
 
 
 @dataclass(frozen=True)
@@ -393,14 +413,15 @@ class Layout:
     records, the classes of its masks (1: binary), the split folder names, and either a "val" split folder or
     the grouping by which validation is carved from the training folder. `generate` makes generated data on
     first use ((root, options) -> root); its default folder then depends on the data seed. `options`: the
-    dataclass of the dataset's own settings (flags)."""
+    dataclass of the dataset's own settings (flags, build_dataset keywords); the reader and the generator get its
+    instance."""
 
     default_path: str
-    records: Callable[[Path, dict], list[Record]]
+    records: Callable[[Path, Any], list[Record]]
     n_classes: int = 1
     split_folders: Mapping[str, str] = field(default_factory=lambda: {"train": "train", "test": "test"})
     val_grouping: Grouping | None = None
-    generate: Callable[[Path, dict], Path] | None = None
+    generate: Callable[[Path, Any], Path] | None = None
     options: type = CarvedOptions
 
     def __post_init__(self):
@@ -408,8 +429,8 @@ class Layout:
             raise ValueError("a layout has either a val split folder or a val_grouping to carve one")
 
 
-def _ensure_synthetic(root: Path, options: dict) -> Path:
-    return ensure_synthetic(root, options["data_seed"], options["n_train"], options["n_test"], options["n_val"])
+def _ensure_synthetic(root: Path, options: SyntheticOptions) -> Path:
+    return ensure_synthetic(root, options.data_seed, options.n_train, options.n_test, options.n_val)
 
 
 # Every dataset the command line offers (-dataset), in the order it lists them.
@@ -438,7 +459,7 @@ DATASETS: dict[str, Layout] = {
     ),
     "REFUGE": Layout(
         "data/REFUGE-Multirater",
-        lambda d, o: _refuge_records(d, o["refuge_target"]),
+        lambda d, o: _refuge_records(d, o.refuge_target),
         split_folders=REFUGE_FOLDERS,
         val_grouping=Grouping("image", _whole_name),
         options=REFUGEOptions,
@@ -475,6 +496,25 @@ def has_val_split(name: str, val_fraction: float = settings.VAL_FRACTION) -> boo
     return "val" in layout.split_folders or (layout.val_grouping is not None and val_fraction > 0)
 
 
+def dataset_options(name: str, options: Mapping[str, Any]) -> Any:
+    """The options instance of dataset `name` (its `Layout.options` dataclass) from keywords {field: value}; an
+    InputError naming the keyword for one the dataset does not declare or a value that breaks the field's rule."""
+    cls = DATASETS[name].options
+    known = [f.name for f in fields(cls)]
+    for key in options:
+        if key not in known:
+            raise InputError(f"dataset {name} has no option '{key}' (its options: {', '.join(known) or 'none'})")
+    for f, _ in declared(cls):
+        problem = field_problem(f, options[f.name]) if f.name in options else None
+        if problem:
+            raise InputError(f"dataset {name}, option {f.name}: {problem}")
+    if "val_fraction" in options:
+        _check_val_fraction(options["val_fraction"])
+    if "data_seed" in options:
+        _check_data_seed(options["data_seed"])
+    return cls(**options)
+
+
 def build_dataset(
     name: str,
     data_path: str | os.PathLike | None,
@@ -482,55 +522,49 @@ def build_dataset(
     image_size: int,
     *,
     valid_raters: str = "present",
-    keep_empty: bool = False,
-    refuge_target: str = "cup",
-    val_fraction: float = settings.VAL_FRACTION,
-    data_seed: int = settings.DATA_SEED,
-    n_train: int = N_TRAIN,
-    n_val: int = N_VAL,
-    n_test: int = N_TEST,
     seed: int | None = None,
+    **options: Any,
 ) -> MultiRaterDataset:
     """The `split` ('train'|'val'|'test') of dataset `name` under `data_path`, samples resized to image_size.
 
-    Options (mirroring the CLI flags): valid_raters 'present'|'nonempty'; keep_empty (LIDC/synthetic);
-    refuge_target 'cup'|'disc' (REFUGE); val_fraction in [0, 1): the share of training groups carved out as
-    the val split (see the module docstring; not synthetic); data_seed, n_train, n_val, n_test (synthetic:
-    generated on first use into data_path, default `default_data_path(name, data_seed)`).
+    valid_raters: 'present'|'nonempty' (every dataset). `options`: the fields of the dataset's options dataclass
+    (`DATASETS[name].options`; the module docstring): keep_empty (LIDC, synthetic), refuge_target 'cup'|'disc'
+    (REFUGE), val_fraction in [0, 1): the share of training groups carved out as the val split (LIDC, MBHSeg,
+    REFUGE); data_seed, n_train, n_val, n_test (synthetic: generated on first use into data_path, default
+    `default_data_path(name, data_seed)`). A keyword the dataset does not declare is refused.
     Raises InputError (one line naming the path or option) for a bad tree or option. `seed` is the earlier name of
     `data_seed` (kept for scripts written against it).
     """
-    data_seed = data_seed if seed is None else seed
     if name not in DATASETS:
         raise InputError(f"unknown dataset '{name}' (valid: {', '.join(DATASETS)})")
+    if seed is not None:
+        options = {**options, "data_seed": seed}
     if split not in SPLITS:
         raise InputError(f"unknown split '{split}' (valid: {', '.join(SPLITS)})")
     if valid_raters not in VALID_RULES:
         raise InputError(f"unknown valid_raters rule '{valid_raters}' (valid: {', '.join(VALID_RULES)})")
-    if refuge_target not in REFUGE_TARGETS:
-        raise InputError(f"unknown refuge_target '{refuge_target}' (valid: {', '.join(REFUGE_TARGETS)})")
     if int(image_size) != image_size or image_size < 1:
         raise InputError(f"image_size must be a positive integer, got {image_size}")
-    _check_val_fraction(val_fraction)
+    chosen = dataset_options(name, options)
+    val_fraction = getattr(chosen, "val_fraction", 0.0)
     if split == "val" and not has_val_split(name, val_fraction):
         raise InputError(f"dataset {name} has no val split with val_fraction 0 (give a fraction in (0, 1))")
     layout = DATASETS[name]
     if data_path is None and layout.generate is None:
         raise InputError(f"dataset {name} needs a data path")
-    options = {"keep_empty": keep_empty, "refuge_target": refuge_target, "data_seed": data_seed}
-    options.update(n_train=n_train, n_val=n_val, n_test=n_test)
+    data_seed = getattr(chosen, "data_seed", settings.DATA_SEED)
     root = Path(data_path if data_path is not None else default_data_path(name, data_seed))
     if layout.generate is not None:
-        root = layout.generate(root, options)
+        root = layout.generate(root, chosen)
     _require_dir(root, f"{name} data folder")
     carve = layout.val_grouping is not None and split != "test"  # train and val share the training folder
     split_dir = _require_dir(root / layout.split_folders["train" if carve else split], "split folder")
-    records = layout.records(split_dir, options)
+    records = layout.records(split_dir, chosen)
     if carve:
         records = _carve(records, layout.val_grouping, split, val_fraction, split_dir)
-    kept = records if keep_empty else [r for r in records if r.marked]
+    kept = records if getattr(chosen, "keep_empty", False) else [r for r in records if r.marked]
     if not kept:
         raise InputError(f"{split_dir}: no slice of the {split} split has a marked lesion (keep_empty keeps them)")
     log.info("%s (%s): %d samples (%d without lesion skipped)", split_dir, split, len(kept), len(records) - len(kept))
     n_raters = max(len(rec.raters) for rec in kept)
-    return MultiRaterDataset(kept, int(image_size), n_raters, layout.n_classes, valid_raters, name)
+    return MultiRaterDataset(kept, int(image_size), n_raters, layout.n_classes, valid_raters, name, chosen)

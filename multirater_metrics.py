@@ -8,15 +8,18 @@ then the mean, to CSV (default: scores_<PRED's name>.csv beside PRED, so that it
 prints the mean, and stops (exit status 2) naming the first case without a prediction or with one not in the case's
 geometry, and a folder that does not match the predict.py manifest beside it (volumes/submission.py).
 
-Three groups, all batched tensor code on the inputs' device (no Python loop over pixels or pairs):
+Four groups, all batched tensor code on the inputs' device (no Python loop over pixels or pairs):
 
 * set metrics of a prediction set P (M masks) against the valid raters L (R masks) of each image,
   following the MBH-Seg 2025 challenge evaluator (binary mode): `set_metrics` -> GED, Dice_max,
   Dice_max_reverse, Dice_match, Dice_soft;
 * personalised metrics of one prediction against the followed rater and the neutral majority
   mask: `personalised_metrics`, `neutral_mask`;
-* interactive metrics: `noc` (number of clicks to reach a Dice threshold) and per-round curves,
-  which are `MetricAccumulator.update(values, round=t)` followed by `compute()`.
+* interactive metrics: `noc` (number of clicks to reach a Dice threshold), per-round curves,
+  which are `MetricAccumulator.update(values, round=t)` followed by `compute()`, and the area under a
+  per-click curve (`click_auc`: DSC_AUC, NSD_AUC);
+* surface metrics: `surface_dice` (normalised surface Dice, NSD, at a tolerance in mm, for 2-D and 3-D
+  batches with per-sample spacing) and `surface_dice_case` (one 3-D case, spacing from its affine).
 
 Conventions: masks are binarised with a strict `> 0.5` (bool masks are taken as they are);
 `dice(a, b) = (2|a∧b| + 1e-8) / (|a| + |b| + 1e-8)` (empty vs empty = 1);
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from utils import OneLineParser, run_cli
@@ -329,6 +334,123 @@ def personalised_metrics(
 
 
 # ------------------------------------------------------------------------------------------------
+# Surface metrics: normalised surface Dice (docs/metrics.md#surface-dice)
+
+NSD_TOLERANCE = 2.0  # mm: the tolerance of the CVPR 2025 interactive-segmentation challenge's NSD
+_AT_TOLERANCE = 1 + 1e-6  # a distance equal to the tolerance counts as within it (d <= tolerance), float error aside
+
+
+def boundary(masks: torch.Tensor, dims: int) -> torch.Tensor:
+    """The boundary elements of masks over their last `dims` axes (`...xHxW`: 2, `...xDxHxW`: 3) -> bool, same shape:
+    foreground elements with a background neighbour along some axis (4- / 6-connectivity), the outside of the grid
+    counting as background (the edges of a binary erosion with a cross, as MONAI's `get_mask_edges` finds them)."""
+    fg = binarize(masks)
+    interior = fg.clone()
+    for axis in range(fg.dim() - dims, fg.dim()):
+        n = fg.shape[axis]
+        before, after = torch.zeros_like(fg), torch.zeros_like(fg)
+        before.narrow(axis, 1, n - 1).copy_(fg.narrow(axis, 0, n - 1))  # the neighbour at i - 1
+        after.narrow(axis, 0, n - 1).copy_(fg.narrow(axis, 1, n - 1))  # the neighbour at i + 1
+        interior &= before & after
+    return fg & ~interior
+
+
+def _tolerance_kernels(spacing: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Nx1xK1x..xKd float {0,1}: per row of `spacing` (Nxd, mm per element along each axis), the grid offsets
+    within `tolerance` mm of the centre, in kernels padded to the widest row's size."""
+    n, dims = spacing.shape
+    spacing = spacing.double()
+    reach = torch.floor(tolerance * _AT_TOLERANCE / spacing).amax(0).long().tolist()  # half-widths, in elements
+    axes = [torch.arange(-r, r + 1, dtype=torch.float64, device=spacing.device) for r in reach]
+    offsets = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)  # K1x..xKdxd
+    squared = (offsets[None] * spacing.view(n, *[1] * dims, dims)).pow(2).sum(-1)  # NxK1x..xKd, mm^2
+    return (squared <= (tolerance * _AT_TOLERANCE) ** 2)[:, None].float()
+
+
+def _near(edges: torch.Tensor, spacing: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Nx(spatial) bool: the grid elements within `tolerance` mm of an element of `edges` (Nx(spatial) bool) — a
+    dilation by each row's own ellipsoid, one grouped convolution for the batch (float32: exact counts)."""
+    kernels = _tolerance_kernels(spacing, tolerance)
+    dims = edges.dim() - 1
+    conv = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    with torch.autocast(edges.device.type, enabled=False):
+        hits = conv(edges.float()[None], kernels, padding=[k // 2 for k in kernels.shape[2:]], groups=len(edges))
+    return hits[0] > 0.5
+
+
+def _elements(x: torch.Tensor) -> torch.Tensor:
+    """`B` float32: the number of True elements of each sample of `x` (`Bx...` bool)."""
+    return x.flatten(1).sum(1).float()
+
+
+def surface_dice(
+    pred: torch.Tensor,
+    ref: torch.Tensor,
+    spacing: torch.Tensor | Sequence[float] | None = None,
+    tolerance: float = NSD_TOLERANCE,
+) -> torch.Tensor:
+    """Normalised surface Dice (NSD) at `tolerance` mm, per sample (docs/metrics.md#surface-dice).
+
+    Args:
+        pred, ref: `BxHxW` (2-D) or `BxDxHxW` (3-D) masks or probabilities (binarised > 0.5), the same shape.
+        spacing: element size in mm along each spatial axis, `Bxd` (per sample) or `d` (all samples); None: 1.
+        tolerance: mm, finite and >= 0.
+
+    Returns:
+        `B` float32: (|∂P near ∂R| + |∂R near ∂P|) / (|∂P| + |∂R|), where ∂X are the boundary elements of X
+        (`boundary`) and "near" means within `tolerance` of some element of the other boundary (Euclidean distance
+        between element centres, in mm; equal counts as within). Both masks empty: 1 (as `dice`); exactly one empty: 0.
+    """
+    if pred.shape != ref.shape or pred.dim() not in (3, 4):
+        raise ValueError(
+            f"pred, ref: expected the same BxHxW or BxDxHxW shape, got {tuple(pred.shape)}, {tuple(ref.shape)}"
+        )
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"tolerance: expected a finite number >= 0 (mm), got {tolerance}")
+    b, dims = pred.shape[0], pred.dim() - 1
+    spacing = torch.ones(dims) if spacing is None else torch.as_tensor(spacing, dtype=torch.float64)
+    spacing = spacing.to(pred.device).double().expand(b, dims) if spacing.dim() == 1 else spacing.to(pred.device)
+    if spacing.shape != (b, dims) or not bool((spacing > 0).all()) or not bool(torch.isfinite(spacing).all()):
+        raise ValueError(f"spacing: expected {dims} or {b}x{dims} positive sizes (mm), got {tuple(spacing.shape)}")
+    if b == 0:
+        return torch.zeros(0, device=pred.device)
+    edges_p, edges_r = boundary(pred, dims), boundary(ref, dims)
+    near_p, near_r = _near(edges_p, spacing, tolerance), _near(edges_r, spacing, tolerance)
+    size_p, size_r = _elements(edges_p), _elements(edges_r)  # 0 only for an empty mask: any foreground has a boundary
+    nsd = (_elements(edges_p & near_r) + _elements(edges_r & near_p)) / (size_p + size_r).clamp(min=1)
+    nsd = torch.where((size_p == 0) & (size_r == 0), torch.ones_like(nsd), nsd)  # both empty: 1
+    return torch.where((size_p == 0) != (size_r == 0), torch.zeros_like(nsd), nsd)  # one empty: 0
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
+    """Element size in mm along each array axis of a NIfTI image from its 4x4 affine (the lengths of its columns)."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
+
+
+def surface_dice_case(
+    pred: np.ndarray | torch.Tensor,
+    ref: np.ndarray | torch.Tensor,
+    affine: np.ndarray,
+    tolerance: float = NSD_TOLERANCE,
+) -> float:
+    """NSD of one 3-D case (`DxHxW`-like, any axis order, spacing from the NIfTI `affine` of that array order) at
+    `tolerance` mm: `surface_dice` on the bounding box of both masks, grown by the tolerance (the rest of the volume
+    holds no boundary), so a small lesion in a large scan costs little."""
+    pred, ref = (torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x) > 0 for x in (pred, ref))
+    if pred.shape != ref.shape or pred.dim() != 3:
+        raise ValueError(f"pred, ref: expected the same 3-D shape, got {tuple(pred.shape)}, {tuple(ref.shape)}")
+    spacing = torch.tensor(spacing_of(affine), dtype=torch.float64)
+    both = (pred | ref).nonzero()
+    if len(both):
+        margin = torch.ceil(tolerance * _AT_TOLERANCE / spacing).long() + 1
+        low = (both.amin(0) - margin).clamp(min=0).tolist()
+        high = (both.amax(0) + margin + 1).tolist()
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high))
+        pred, ref = pred[box], ref[box]
+    return float(surface_dice(pred[None], ref[None], spacing, tolerance)[0])
+
+
+# ------------------------------------------------------------------------------------------------
 # Interactive metrics
 
 
@@ -366,6 +488,15 @@ def noc(
         out[f"NoC@{name}"] = torch.where(failed, torch.full_like(first, budget), first).float()
         out[f"NoF@{name}"] = failed.float()
     return out
+
+
+def click_auc(curve: torch.Tensor) -> torch.Tensor:
+    """Area under per-click score curves `BxN` (N >= 2; column k: the score after the (k+1)-th click) by the
+    trapezoid rule, one unit per click, not divided by the span: the CVPR 2025 interactive-segmentation challenge's
+    DSC_AUC / NSD_AUC (its five click predictions give a range of [0, 4]) -> `B`."""
+    if curve.dim() != 2 or curve.shape[1] < 2:
+        raise ValueError(f"curve: expected BxN with N >= 2, got {tuple(curve.shape)}")
+    return torch.trapezoid(curve.float(), dx=1.0, dim=1)
 
 
 # ------------------------------------------------------------------------------------------------

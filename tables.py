@@ -15,7 +15,7 @@ from typing import Any
 
 from analysis import paired
 from analysis.runs import DEFAULT_ROUNDS
-from analysis.tables import DEFAULT_METRICS, DEFAULT_OUT, make_table
+from analysis.tables import DEFAULT_OUT, default_metrics, make_table
 from conf import metrics
 from utils import InputError, OneLineParser, run_cli
 
@@ -67,7 +67,7 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "-metrics",
         default=None,
-        help=f"comma-separated metric names of metrics.jsonl (default: {','.join(DEFAULT_METRICS)}); "
+        help=f"comma-separated metric names of metrics.jsonl (default: {','.join(default_metrics())}); "
         "NoC@/NoF@ values are one per run",
     )
     p.add_argument(

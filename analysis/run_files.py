@@ -14,21 +14,16 @@ from typing import Any
 from conf import metrics
 from utils import InputError, atomic_write_bytes
 
-# per_image.csv: one row per (evaluation, image, followed rater, round); followed -1 when the target is not a rater.
-PER_IMAGE_COLUMNS = (
-    "epoch",
-    "split",
-    "mode",
-    "round",
-    "clicks",
-    "image",
-    "followed",
-    *metrics.names("per_image"),
-    "empty_followed",
-    "final",
-)
 FINAL = "final"  # rows of the final test carry final: true (metrics.jsonl) / 1 (per_image.csv)
 SUMMARY = "summary.json"  # written last by a run's final test: its presence says the run is complete
+
+
+def per_image_columns() -> list[str]:
+    """The columns of a new per_image.csv, one row per (evaluation, image, followed rater, round): the key columns
+    (followed -1 when the target is not a rater), the per_image metrics of conf/metrics.py as the table is now, and
+    whether the followed mask is empty and the row belongs to the final test."""
+    keys = ["epoch", "split", "mode", "round", "clicks", "image", "followed"]
+    return [*keys, *metrics.names("per_image"), "empty_followed", FINAL]
 
 
 def _is_count(value: Any) -> bool:
@@ -189,9 +184,9 @@ def rewrite_per_image(
 
 def csv_lines(rows: list[dict], header: bytes = b"", columns: list[str] | None = None) -> str:
     """per_image.csv lines of `rows`: in the columns of an existing file's `header` (an older run's names mapped to
-    today's), or, for a new file, `columns` (default PER_IMAGE_COLUMNS) with the header line first."""
+    today's), or, for a new file, `columns` (default `per_image_columns()`) with the header line first."""
     out = io.StringIO()
-    columns = next(csv.reader([header.decode()])) if header else list(columns or PER_IMAGE_COLUMNS)
+    columns = next(csv.reader([header.decode()])) if header else list(columns or per_image_columns())
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")  # \r\n, as csv writes
     if not header:
         writer.writeheader()

@@ -41,9 +41,13 @@ from analysis.runs import DEFAULT_ROUNDS, Run, config_flags, load_runs, note
 from conf import metrics as metric_table
 from utils import InputError, natural_key, pyplot
 
-DEFAULT_METRICS = (*metric_table.names("paper"), *metric_table.PAPER_DEFAULTS)
 DEFAULT_OUT = "tables_out"
 LABEL_FIRST = ("dataset", "mode")  # named first in configuration labels
+
+
+def default_metrics() -> list[str]:
+    """The columns of a table without -metrics: the paper metrics of conf/metrics.py and PAPER_DEFAULTS."""
+    return [*metric_table.names("paper"), *metric_table.PAPER_DEFAULTS]
 
 
 @dataclass
@@ -321,7 +325,7 @@ def make_table(
     """`tables.py RUN_DIR...`: build the table, write table.md, table.tex, table.csv and round_curves.png into `out`
     and print the Markdown."""
     runs = load_runs(paths, split, skip_bad)
-    names = [m.strip() for m in (metrics or ",".join(DEFAULT_METRICS)).split(",") if m.strip()]
+    names = [m.strip() for m in (metrics or ",".join(default_metrics())).split(",") if m.strip()]
     kept = check_metrics([metric_table.current_name(m) for m in names], runs, explicit=metrics is not None)
     chosen = resolve_rounds(rounds or DEFAULT_ROUNDS, runs, explicit=rounds is not None)
     if not kept or not chosen:

@@ -5,6 +5,12 @@ tables.py and the validation code read it; the values come from multirater_metri
 
 A name ending in "@" is a family (`NoC@0.90`, `Dice_follow@rater2`). `aliases` are names older run folders
 used for the same quantity (read by tables.py, never written).
+
+Adding a metric (docs/design.md#extending): compute it where metrics are computed and add one row here. Everything
+that shows metrics reads this table when it runs (never a copy made at import), so the row alone decides where the
+metric shows. A per_image metric has one value per interaction row (image x followed rater): per round, or, with
+per_run, one per evaluation (repeated on every round's row); a mode that does not compute it leaves its cells
+empty (NaN).
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ METRICS: tuple[Metric, ...] = (
     ),
     Metric("IoU_follow", "IoU against the followed rater"),
     Metric(
+        "NSD_follow",
+        "normalised surface Dice at 2 mm (pixel spacing of the data) against the followed rater",
+        console=True,
+        plot=True,
+        per_image=True,
+    ),
+    Metric(
         "Gain_over_consensus",
         "Dice_follow minus the majority mask's Dice against the followed rater",
         console=True,
@@ -75,21 +88,48 @@ METRICS: tuple[Metric, ...] = (
         "Empty_click_map", "SPA: share of images whose click map (|selected - others|) is empty", False, console=True
     ),
     Metric("NoC@", "clicks to reach Dice_follow τ (failures count the budget)", False, paper=True, per_run=True),
+    # the CVPR 2025 interactive-segmentation challenge's, over the predictions made with 1..5 clicks
+    Metric(
+        "DSC_AUC",
+        "area under Dice_follow over 1..5 clicks (trapezoid, one unit per click: 0..4)",
+        console=True,
+        paper=True,
+        per_image=True,
+        per_run=True,
+    ),
+    Metric(
+        "NSD_AUC",
+        "area under NSD_follow over 1..5 clicks (trapezoid, one unit per click: 0..4)",
+        console=True,
+        paper=True,
+        per_image=True,
+        per_run=True,
+    ),
+    Metric("DSC_Final", "Dice_follow after 5 clicks", console=True, per_image=True, per_run=True),
+    Metric("NSD_Final", "NSD_follow after 5 clicks", console=True, per_image=True, per_run=True),
     Metric("NoF@", "share of rows never reaching τ within the budget", False, per_run=True),
     Metric("NoI@", "SPA's convention: rounds to reach τ within 6, failures count 10", False, per_run=True),
 )
-BY_NAME = {m.name: m for m in METRICS}
-ALIASES = {alias: m.name for m in METRICS for alias in m.aliases}
 PAPER_DEFAULTS = ("NoC@0.90",)  # family members shown by default in paper tables
+_index: tuple[tuple[Metric, ...], dict[str, Metric], dict[str, str]] = ((), {}, {})
+
+
+def _lookup() -> tuple[dict[str, Metric], dict[str, str]]:
+    """{name: entry} and {alias: name} of METRICS as it is now (rebuilt when the table is replaced)."""
+    global _index
+    if _index[0] is not METRICS:
+        _index = (METRICS, {m.name: m for m in METRICS}, {a: m.name for m in METRICS for a in m.aliases})
+    return _index[1], _index[2]
 
 
 def metric(name: str) -> Metric | None:
     """The table's entry of a metric name (a family member by its prefix), or None for an unknown name."""
-    name = ALIASES.get(name, name)
-    if name in BY_NAME:
-        return BY_NAME[name]
+    by_name, aliases = _lookup()
+    name = aliases.get(name, name)
+    if name in by_name:
+        return by_name[name]
     head, at, _ = name.partition("@")
-    return BY_NAME.get(head + at) if at else None
+    return by_name.get(head + at) if at else None
 
 
 def names(where: str) -> list[str]:
@@ -104,4 +144,4 @@ def is_per_run(name: str) -> bool:
 
 def current_name(name: str) -> str:
     """The name a metric has today (an older run folder's alias mapped)."""
-    return ALIASES.get(name, name)
+    return _lookup()[1].get(name, name)

@@ -83,13 +83,28 @@ def add_flags(group: argparse._ActionsContainer, cls: type, notes: Mapping[str, 
 
 def problems(cls: type, values: Mapping[str, Any]) -> str | None:
     """The first value of `values` ({flag: value}) that breaks its field's rule, as `argument -flag: ...`."""
-    for f, meta in declared(cls):
+    for f, _ in declared(cls):
         name = flag_of(f)
-        if meta["check"] is not None and name in values and values[name] is not None:
-            problem = meta["check"](values[name])
-            if problem:
-                return f"argument -{name}: {problem}"
+        problem = field_problem(f, values[name]) if name in values else None
+        if problem:
+            return f"argument -{name}: {problem}"
     return None
+
+
+def field_problem(f: Field, value: Any) -> str | None:
+    """What is wrong with `value` for option field `f`: not among its choices, or breaking its rule (None: fine).
+    Used where values arrive without argparse (build_dataset's keywords) as well as for parsed flags."""
+    meta = f.metadata["option"]
+    if value is None:
+        return None
+    if meta["choices"] is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(map(str, meta['choices']))}, got {value!r}"
+    if meta["check"] is None:
+        return None
+    try:
+        return meta["check"](value)
+    except TypeError:  # a rule comparing numbers, given something else
+        return f"must be a {type(f.default).__name__}, got {value!r}"
 
 
 # --- rules -------------------------------------------------------------------------------------------------

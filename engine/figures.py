@@ -11,14 +11,19 @@ import torch
 from conf import metrics
 from utils import pyplot
 
-ROUND_METRICS = metrics.names("plot")  # one panel each (conf/metrics.py)
+PANELS_PER_ROW = 3
 
 
 def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = "") -> None:
-    """One panel per metric, x = clicks, one line per labelled list of per-round rows."""
+    """One panel per metric marked `plot` in conf/metrics.py, x = clicks, one line per labelled list of per-round
+    rows."""
     plt = pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    for ax, metric in zip(axes.flat, ROUND_METRICS):
+    panels = metrics.names("plot")
+    n_rows = max(1, -(-len(panels) // PANELS_PER_ROW))
+    fig, axes = plt.subplots(n_rows, PANELS_PER_ROW, figsize=(12, 3.25 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, panels):
         for label, rows in series.items():
             pts = [(r["clicks"], r[metric]) for r in rows if metric in r]
             if pts:

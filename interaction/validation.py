@@ -3,6 +3,8 @@ follows its rater, the following matrix, per-image values for paired comparisons
 figures.
 
 Keys written per round besides docs/metrics.md's (averaged by the accumulator, each over the rows or images it has):
+    NSD_follow             normalised surface Dice (multirater_metrics.NSD_TOLERANCE mm, the batch's pixel spacing)
+                           of each row's prediction against its followed mask
     Follow_accuracy        1 when the prediction is closer (Dice) to the followed rater than to every other
                            valid rater, else 0 (rows with another valid rater; chance 1/R)
     Dice_follow@rater<k>   Dice_follow of the rows following rater slot k
@@ -10,6 +12,9 @@ Keys written per round besides docs/metrics.md's (averaged by the accumulator, e
                            the rows whose followed mask is non-empty / empty (where "predict nothing" scores 1)
     matrix/<i>/<j>         Dice of the prediction made following rater i against rater j (the following matrix;
                            kept out of metrics.jsonl, written as follow_matrix_*.json)
+and once per interaction (`ValidatedBatch.counts`, one value per row): NoC@τ, NoF@τ, NoI@τ, and over the predictions
+made with 1..AUC_CLICKS clicks, as the CVPR 2025 interactive-segmentation challenge scores them: DSC_AUC, NSD_AUC
+(`click_auc` of Dice_follow, NSD_follow) and DSC_Final, NSD_Final (their values at AUC_CLICKS clicks).
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from interaction.clicks import NOC_STRATEGY, ClickState
 from interaction.mode import Mode, RunSettings, User
 from interaction.rounds import image_embedding, interact, round_metrics
 from models import AESPAModel
-from multirater_metrics import NOC_THRESHOLDS, dice, noc
+from multirater_metrics import NOC_THRESHOLDS, click_auc, dice, noc, surface_dice
 from pipeline.batch import Batch
 
 MATRIX_PREFIX = "matrix/"
 NOI_ROUNDS, NOI_FAILURE = 6, 10.0  # SPA's convention: iterations within 6, a failure counts 10
+AUC_CLICKS = 5  # the CVPR 2025 challenge's click predictions (after its first, box, prediction)
 
 
 @dataclass
@@ -96,21 +102,56 @@ def empty_split(values: dict[str, torch.Tensor], empty: torch.Tensor) -> dict[st
     }
 
 
-PER_IMAGE_KEYS = metrics.names("per_image")  # per_image.csv columns (conf/metrics.py)
+def surface_metrics(batch: Batch, user: User, pred: torch.Tensor) -> dict[str, torch.Tensor]:
+    """NSD_follow of one round's predictions PxSxS against the rows' followed masks, in the batch's pixel spacing."""
+    spacing = None if batch.spacing is None else batch.spacing[user.rows]
+    return {"NSD_follow": surface_dice(pred, user.followed, spacing)}
 
 
-def per_image_rows(batch: Batch, user: User, mode: Mode, cfg: RunSettings, rounds: list[dict]) -> list[dict]:
-    """Rows of per_image.csv: one per (image, followed rater, round)."""
+def click_curve_metrics(rounds: list[dict[str, torch.Tensor]], clicks: list[int]) -> dict[str, torch.Tensor]:
+    """DSC_AUC, NSD_AUC, DSC_Final, NSD_Final per row (docs/metrics.md#interactive) from the rounds' Dice_follow and
+    NSD_follow (`clicks`: the clicks each round's prediction used): over the predictions made with 1..AUC_CLICKS
+    clicks, as the challenge scores its five; nothing when the rounds do not reach AUC_CLICKS clicks (-clicks)."""
+    chosen = [t for t, n in enumerate(clicks) if 1 <= n <= AUC_CLICKS]
+    if len(chosen) < AUC_CLICKS:
+        return {}
+    out = {}
+    for name, key in (("DSC", "Dice_follow"), ("NSD", "NSD_follow")):
+        curve = torch.stack([rounds[t][key] for t in chosen], 1)  # PxAUC_CLICKS
+        out[f"{name}_AUC"], out[f"{name}_Final"] = click_auc(curve), curve[:, -1]
+    return out
+
+
+def _per_row(values: torch.Tensor, name: str, n_rows: int) -> list[float]:
+    out = values.tolist()
+    if len(out) != n_rows:
+        raise ValueError(f"per_image metric {name}: {len(out)} values for {n_rows} interaction rows (conf/metrics.py)")
+    return out
+
+
+def per_image_rows(
+    batch: Batch,
+    user: User,
+    mode: Mode,
+    cfg: RunSettings,
+    rounds: list[dict],
+    counts: dict[str, torch.Tensor] | None = None,
+) -> list[dict]:
+    """Rows of per_image.csv: one per (image, followed rater, round), with every per_image metric of conf/metrics.py
+    (read now, so that a row added there shows here): a per-round one from `rounds`, a per_run one (one value per
+    interaction) from `counts` on every round's row, NaN where this mode computes no such value."""
     names = [batch.names[i] for i in user.rows.tolist()]
     followed = user.rater.tolist() if user.rater is not None else [-1] * len(names)
     empty = (~user.followed.flatten(1).gt(0.5).any(1)).tolist()
+    keys = metrics.names("per_image")
+    once = {k: _per_row(v, k, len(names)) for k, v in (counts or {}).items() if k in keys}
     out = []
     for t, values in enumerate(rounds, start=1):
-        columns = {k: values[k].tolist() for k in PER_IMAGE_KEYS}
+        columns = {**{k: _per_row(values[k], k, len(names)) for k in keys if k in values}, **once}
         clicks = mode.clicks_of_round(t, cfg.options)
         for i, name in enumerate(names):
             row = {"mode": mode.name, "round": t, "clicks": clicks, "image": name, "followed": followed[i]}
-            row.update({k: columns[k][i] for k in PER_IMAGE_KEYS})
+            row.update({k: columns[k][i] if k in columns else float("nan") for k in keys})
             row["empty_followed"] = int(empty[i])
             out.append(row)
     return out
@@ -146,6 +187,7 @@ def validate_batch(
         values = round_metrics(batch, user, selection)
         if loss is not None:
             values["loss"] = loss
+        values.update(surface_metrics(batch, user, selection.pred))
         values.update(following(batch, user, selection.pred))
         values.update(empty_split(values, empty))
         per_round.append(values)
@@ -156,7 +198,10 @@ def validate_batch(
     counts = noc_of(dice_follow, first, budget) if budget else {}
     if len(run.dice_follow) >= NOI_ROUNDS:
         counts.update(noi_of(run.dice_follow))
-    return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round))
+    counts.update(
+        click_curve_metrics(per_round, [mode.clicks_of_round(t, cfg.options) for t in range(1, len(per_round) + 1)])
+    )
+    return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round, counts))
 
 
 @torch.no_grad()

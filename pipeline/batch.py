@@ -27,6 +27,9 @@ class Batch:
     keys: torch.Tensor
     source: torch.Generator | KeyedRandom  # where this batch's random draws come from
     embedding: torch.Tensor | None = None  # BxCxGxG SAM embedding of a frozen encoder (precomputed, cached)
+    # Bx2 (row, column) pixel size in mm (the loader's `spacing`; None: 1), as loaded: augmentation's quarter turns
+    # do not swap it, so only evaluation, which never augments, measures in it (NSD)
+    spacing: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -36,7 +39,10 @@ class Batch:
         """The first n images (keyed streams restart for them)."""
         source = KeyedRandom(self.source.seed, self.keys[:n]) if isinstance(self.source, KeyedRandom) else self.source
         embedding = None if self.embedding is None else self.embedding[:n]
-        return Batch(self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source, embedding)
+        spacing = None if self.spacing is None else self.spacing[:n]
+        return Batch(
+            self.images[:n], self.raters[:n], self.valid[:n], self.names[:n], self.keys[:n], source, embedding, spacing
+        )
 
 
 def prepare_batch(
@@ -66,6 +72,7 @@ def prepare_batch(
     if raters.shape[2] > 1:
         raters = binarize_multiclass(raters, valid, source)
     images, raters = data["image"].to(device, non_blocking=True), raters[:, :, 0]
+    spacing = data["spacing"].to(device) if "spacing" in data else None
     if augment != "none":
         images, raters = augment_batch(images, raters, source, augment)
-    return Batch(images, raters, valid, list(data["name"]), keys, source)
+    return Batch(images, raters, valid, list(data["name"]), keys, source, spacing=spacing)

@@ -18,7 +18,8 @@ from utils import InputError
 
 
 def _check_sample(sample: dict, n_raters: int, n_classes: int, size: int) -> None:
-    assert set(sample) == {"image", "multi_rater", "valid_raters", "name"}
+    assert set(sample) == {"image", "multi_rater", "valid_raters", "name", "spacing"}
+    assert sample["spacing"].shape == (2,) and sample["spacing"].dtype == torch.float32
     image, masks = sample["image"], sample["multi_rater"]
     assert image.shape == (3, size, size) and image.dtype == torch.float32
     assert 0.0 <= image.min() and image.max() <= 1.0

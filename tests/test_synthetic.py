@@ -154,10 +154,11 @@ def test_val_split_has_its_own_stream(tmp_path):
     for i, image in enumerate(images["val"]):  # the val stream's cases, no image of train or test among them
         assert np.array_equal(image, sd.make_case(sd.case_stream(2, "val", i)).image)
         assert not any(np.array_equal(image, other) for other in images["train"] + images["test"])
-    # val_fraction does not carve synthetic data: train is the whole train folder, val the generated one
-    train = build_dataset("synthetic", root, "train", 64, data_seed=2, keep_empty=True, val_fraction=0.5, **sizes)
+    # synthetic data is not carved: train is the whole train folder, val the generated one; val_fraction is refused
+    train = build_dataset("synthetic", root, "train", 64, data_seed=2, keep_empty=True, **sizes)
     assert len(train) == 12
-    assert len(build_dataset("synthetic", root, "val", 64, data_seed=2, keep_empty=True, val_fraction=0, **sizes)) == 12
+    with pytest.raises(InputError, match="dataset synthetic has no option 'val_fraction'"):
+        build_dataset("synthetic", root, "val", 64, data_seed=2, keep_empty=True, val_fraction=0.5, **sizes)
 
 
 def _old_tree(root: Path, seed: int, n_train: int, n_test: int) -> Path:
