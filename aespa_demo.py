@@ -14,7 +14,7 @@ import sys
 
 from cfg import Setup, build_parser, given_flags, make_config, run_command
 from demo.predictor import Predictor
-from demo.sample import load_sample
+from demo.sample import load_series
 from engine.build import build_model_from_config, default_run_checkpoint
 from engine.distributed import choose_device
 from utils import InputError, OneLineParser
@@ -65,7 +65,7 @@ def demo_setup(argv: list[str] | None) -> Setup:
 def load_predictor(setup: Setup) -> tuple[Predictor, list[str]]:
     """The model of the demo's configuration on the chosen device -> (Predictor, notes to print)."""
     model, reports = build_model_from_config(setup.config, setup.files)
-    predictor = Predictor(model, choose_device(setup.config.device))
+    predictor = Predictor(model, choose_device(setup.config.device), memory_window=setup.config.loop.memory_window)
     return predictor, setup.notes + [r.summary() for r in reports]
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     predictor, notes = load_predictor(setup)
     from demo.app import build_app  # gradio is slow to import: after the checkpoint is known to be good
 
-    app = build_app(predictor, load_sample())
+    app = build_app(predictor, load_series())
     for line in notes:
         print(line)
     try:

@@ -44,12 +44,15 @@ ARCHITECTURE_FLAGS = (
     "n_components",
     "fcomb",
     "pixel_branch",
+    "memory",
     "multimask_output",
     "compat",
     "mode",
 )
 # Flags a resumed run may change (every other flag is the run's own): how long, how often, how it runs.
 RESUME_MAY_CHANGE = ("epochs", "val_freq", "test_every_val", "w", "device")
+# Flags that only a model with a session memory reads.
+MEMORY_FLAGS = ("memory_context", "memory_switch", "session_memory", "memory_window")
 # Flags of the original project that map onto others or are refused.
 LEGACY_FLAGS = ("gpu", "gpu_device", "distributed")
 PURPOSES = ("train", "evaluate", "demo", "bench")
@@ -291,6 +294,10 @@ def usage_problem(flags: Mapping[str, Any], explicit: set[str]) -> str | None:
     problem = weights_problem(flags, explicit)
     if problem:
         return problem
+    if flags.get("memory", "none") == "none":
+        for flag in MEMORY_FLAGS:
+            if flag in explicit:
+                return f"argument -{flag}: only used by a model with a session memory (-memory style)"
     for registry, chosen, what in ((MODES, mode, "-mode"), (DATASETS, dataset, "-dataset")):
         used = set(flag_names(registry[chosen].options))
         for flag, users in owners(registry).items():
@@ -422,6 +429,8 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
         c = reference_model_config(setup.files[m.weights], m.image_size, str(m.weights))
         named = encoder_of_shape(c["embed_dim"], c["depth"]) or m.encoder
         changes = dict(encoder=named, image_size=c["img_size"], fcomb="reference", compat="reference")
+        if m.memory != "none":
+            raise InputError(f"-memory {m.memory}: {m.weights} is an original-project checkpoint, which has no memory")
         return with_default_lr(cfg.with_flags(**changes, n_components=c["n_components"], pixel_branch="none"))
     sources, _ = weights_to_load(m, setup.files)  # reads -sam_ckpt unless -weights holds every tensor
     if m.encoder == "auto":
@@ -435,6 +444,8 @@ def resolve_architecture(cfg: RunConfig, setup: Setup) -> RunConfig:
             )
     if m.image_size is None:
         changes["image_size"] = default_image_size(changes.get("encoder", m.encoder))
+    if m.compat == "reference" and m.memory != "none":
+        raise InputError(f"-memory {m.memory}: -compat reference runs the original project's model, which has none")
     if m.compat == "reference" and m.fcomb != "reference":
         setup.notes.append("-compat reference: using the reference Fcomb")
         changes["fcomb"] = "reference"

@@ -32,6 +32,7 @@ from engine.build import build_model_from_config
 from engine.distributed import choose_device
 from interaction.volume import (
     PROTOCOLS,
+    CaseMemory,
     Session,
     VolumeInteraction,
     run_budget,
@@ -60,7 +61,18 @@ from volumes.submission import RunFolder
 TRACKS = ("binary", "multiclass")
 # The shared flags predict.py uses: the model (the checkpoint sets its architecture), the data, the device and
 # -clicks (the marked protocol's rounds); every other training or validation flag is refused.
-USED_FLAGS = ("weights", "sam_ckpt", "data_path", "device", "gpu", "gpu_device", "clicks", *ARCHITECTURE_FLAGS)
+USED_FLAGS = (
+    "weights",
+    "sam_ckpt",
+    "data_path",
+    "device",
+    "gpu",
+    "gpu_device",
+    "clicks",
+    "session_memory",
+    "memory_window",
+    *ARCHITECTURE_FLAGS,
+)
 
 
 def predict_flags(parser: OneLineParser) -> list[str]:
@@ -106,7 +118,8 @@ class Case:
         image_path, raters = read_case(folder)
         self.name, self.image = folder.name, load_image(image_path)
         self.raters = [(rater, load_label(path, self.image).data) for rater, path in raters]
-        self.embeddings = slice_embeddings(model, model_inputs(self.image.data, size, level, width).to(device))
+        self.inputs = model_inputs(self.image.data, size, level, width).to(device)  # Zx3xSxS
+        self.embeddings = slice_embeddings(model, self.inputs)
         self.z = self.image.data.shape[2]
         self.height, self.width = display_slice(self.image.data, 0).shape
 
@@ -144,9 +157,11 @@ def default_class(label: np.ndarray, track: str) -> int:
     return 1 if track == "binary" else int(np.bincount(label[label > 0], minlength=6).argmax() or 1)
 
 
-def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int, box: bool) -> tuple:
+def follow(
+    case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int, box: bool, memory=None
+) -> tuple:
     """One followed rater: the sessions of the track, the protocol's clicks -> (final display planes uint8, the
-    case's Dice after each click count)."""
+    case's Dice after each click count). `memory`: a CaseMemory (a model with a session memory), fresh per rater."""
     sessions = sessions_of(case, vi, label, args, size, box)
     default_cls = default_class(label, args.track)
     dice_curve: list[tuple[int, float]] = []
@@ -176,9 +191,9 @@ def follow(case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: i
         dice_curve.append((clicks, score))
 
     if args.protocol == "marked":
-        run_marked(vi, sessions, rounds, record)
+        run_marked(vi, sessions, rounds, record, memory)
     else:
-        run_budget(vi, sessions, args.budget, record)
+        run_budget(vi, sessions, args.budget, record, memory)
     return volume(), dice_curve
 
 
@@ -246,7 +261,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     size, rows, counts, final, raters = cfg.model.image_size, [], [], [], {}
     budget = args.budget if args.protocol == "budget" else cfg.loop.clicks - 1
     box = first_prompt == "box"
-    tag = {"protocol": args.protocol, "track": args.track, "first_prompt": "box" if box else "none"}
+    memory = cfg.loop.session_memory if model.memory is not None else "none"
+    tag = {"protocol": args.protocol, "track": args.track, "first_prompt": "box" if box else "none", "memory": memory}
     print(
         f"predicting {len(cases)} cases of {data} with {cfg.model.weights} ({args.protocol} protocol, "
         f"{args.track} track{', a box of the followed mask first' if box else ''}) -> {run.out}"
@@ -260,7 +276,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if any(r.startswith("rank") for r in raters[case.name]):
                 raise InputError(f"{folder}: a rater id starting with 'rank' would share follow_rank<k>'s folder names")
             for k, (rater, label) in enumerate(case.raters):
-                planes, curve = follow(case, vi, label, args, cfg.loop.clicks, size, box)
+                case_memory = None
+                if memory != "none":  # the case is a session: fresh for every followed rater
+                    case_memory = CaseMemory(vi, case.inputs, cfg.loop.memory_window, memory)
+                planes, curve = follow(case, vi, label, args, cfg.loop.clicks, size, box, case_memory)
                 written = run.tmp / f"follow_{rater}" / f"{case.name}.nii.gz"
                 case.write(planes, written)
                 copies = [run.tmp / f"follow_rank{k + 1}" / written.name]
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         run.publish(settings, raters, lacking)
     print(
         f"mean Dice against the followed rater after the last click: {np.mean(final):.4f}"
-        f" ({args.protocol} protocol, {args.track} track) -> {run.out}"
+        f" ({args.protocol} protocol, {args.track} track, memory {memory}) -> {run.out}"
     )
     complete = [f for f, missing in lacking.items() if not missing]
     print(f"complete submissions (a prediction for every case): {', '.join(complete)}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis import paired
 from analysis.runs import DEFAULT_ROUNDS
+from analysis.sessions_table import MAX_POSITION, make_session_table, parse_positions
 from analysis.tables import DEFAULT_OUT, default_metrics, make_table
 from conf import metrics
 from utils import InputError, OneLineParser, run_cli
@@ -77,6 +78,13 @@ def build_parser() -> OneLineParser:
         "with -compare also 'all'",
     )
     p.add_argument(
+        "-positions",
+        default=None,
+        help="the session protocol (docs/evaluation.md#the-session-protocol): 'all' or positions such as 4-8 or 1,2; "
+        "with run folders a table by position (sessions.md, sessions.csv, sessions.png), with -compare/-gain the "
+        "pairs at those positions (default: the per-image protocol)",
+    )
+    p.add_argument(
         "-split",
         choices=("test", "val", "train"),
         default="test",
@@ -122,13 +130,25 @@ def main(argv: list[str] | None = None) -> Any:
             args.empty or "all",
             out,
             args.digits,
+            pair_positions(args),
         )
     given = [f for f in ("metric", "bootstrap", "empty") if getattr(args, f) is not None]
     if given:
         raise InputError(f"-{given[0]}: only with -compare A B or -gain A")
     if not args.runs:
         raise InputError("RUN_DIR: give at least one run folder (or -compare A B)")
+    if args.positions is not None:
+        return make_session_table(
+            args.runs, args.split, args.positions, args.metrics, args.rounds, out, args.digits, args.skip_bad
+        )
     return make_table(args.runs, args.split, args.metrics, args.rounds, out, args.digits, args.skip_bad)
+
+
+def pair_positions(args: Any) -> tuple[int, ...] | None:
+    """-positions for a paired comparison: None (the per-image protocol), or the positions ('all': 1..1000)."""
+    if args.positions is None:
+        return None
+    return parse_positions(args.positions) or tuple(range(1, MAX_POSITION + 1))
 
 
 def compare_main(args: Any, out: Path) -> Any:
@@ -148,6 +168,7 @@ def compare_main(args: Any, out: Path) -> Any:
         empty=args.empty or "all",
         out=out,
         digits=args.digits,
+        positions=pair_positions(args),
     )
 
 

@@ -28,6 +28,7 @@ from engine.distributed import broadcast_state, check_in_sync, distributed_sessi
 from engine.loops import evaluate, record_evaluation, train_one_epoch
 from engine.optim import Diverged, Stepper, build_optimizer
 from engine.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT, RunFolder, early_warnings, format_table
+from engine.sessions import evaluate_sessions, log_sessions, session_length
 from utils import InputError, copy_atomically
 
 BEST_METRIC = "Dice_follow"  # at the last round of the validation split: does the model follow the user?
@@ -237,17 +238,39 @@ def warn_if_samples_collapsed(run: RunFolder, epoch: int, rows: list[dict]) -> N
 def evaluate_split(
     run: RunFolder, model, loader, cfg: RunConfig, epoch: int, device, split: str, cache, final: bool = False
 ) -> list[dict]:
-    """Evaluate a split and record it in the run folder (rows, per-image values, following matrix, figures)."""
+    """Evaluate a split and record it in the run folder (rows, per-image values, following matrix, figures). The
+    final test of a model with a session memory (`-session_length` > 1) runs both protocols, recorded together."""
     start = time.time()
     result = evaluate(model, loader, cfg, epoch, device, split, cache)
-    record_evaluation(run, result, cfg, epoch, split, final)
+    sessions = None
+    if final and session_length(cfg) > 1:
+        sessions = evaluate_sessions(model, loader, cfg, epoch, device, split, cache)
+    record_evaluation(run, result if sessions is None else result + sessions, cfg, epoch, split, final)
     follow = result.rows[-1].get("Follow_accuracy", float("nan"))
     run.log(
         f"epoch {epoch} {split} {BEST_METRIC} {last_round(result.rows, BEST_METRIC):.4f} Follow_accuracy "
         f"{follow:.4f} Gain_over_consensus {last_round(result.rows, 'Gain_over_consensus'):.4f} "
         f"({time.time() - start:.0f} s)"
     )
+    if sessions is not None:
+        record_evaluation(run, sessions, cfg, epoch, split, rows=False)  # its matrix and figure
+        log_sessions(run, sessions.rows, split, cfg)
     return result.rows
+
+
+def validate_sessions(run: RunFolder, model, loader, cfg: RunConfig, epoch: int, device, cache) -> float:
+    """The validation split under the session protocol (a model with a session memory is chosen on what it is for):
+    recorded as any evaluation; -> the mean over every (position, image, rater) of the last round's Dice_follow."""
+    start = time.time()
+    result = evaluate_sessions(model, loader, cfg, epoch, device, "val", cache, noc=False)
+    record_evaluation(run, result, cfg, epoch, "val")
+    last = max(r["round"] for r in result.per_image)
+    scores = [r[BEST_METRIC] for r in result.per_image if r["round"] == last]
+    score = sum(scores) / len(scores)
+    run.log(
+        f"epoch {epoch} val sessions {BEST_METRIC} {score:.4f} (last round, all positions; {time.time() - start:.0f} s)"
+    )
+    return score
 
 
 def validate(
@@ -258,7 +281,10 @@ def validate(
     improved = False
     if epoch % cfg.val_freq == 0 or epoch == cfg.epochs:
         if data.val is not None:
-            score = last_round(evaluate_split(run, model, data.val, cfg, epoch, device, "val", cache), BEST_METRIC)
+            if cfg.model.memory != "none" and session_length(cfg) > 1:  # chosen on what the model is for
+                score = validate_sessions(run, model, data.val, cfg, epoch, device, cache)
+            else:
+                score = last_round(evaluate_split(run, model, data.val, cfg, epoch, device, "val", cache), BEST_METRIC)
             improved = state.best_metric is None or score > state.best_metric
             if improved:
                 state.best_metric, state.best_epoch = score, epoch
@@ -309,9 +335,12 @@ def final_test(run: RunFolder, model, data: Data, cfg: RunConfig, device, state:
     if stale not in (None, best_epoch) and not cfg.loop.test_every_val:
         run.remove_test_files(stale)  # an earlier final test's matrix and figures, of another epoch
     selected_on = "val" if data.val is not None else "last epoch"
+    if data.val is not None and cfg.model.memory != "none" and session_length(cfg) > 1:
+        selected_on = "val, session protocol"
     summary = {
         "best_epoch": best_epoch,
         "selected_on": selected_on,
+        "session_length": session_length(cfg),
         "test_epoch": best_epoch,
         "metric": BEST_METRIC,
         "trained_epochs": cfg.epochs,

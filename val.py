@@ -20,6 +20,7 @@ from engine.build import build_loader, build_model_from_config, freeze_and_cache
 from engine.distributed import distributed_session, is_main_process
 from engine.loops import evaluate, record_evaluation
 from engine.run_folder import RunFolder, early_warnings, format_table
+from engine.sessions import evaluate_sessions, log_sessions, session_length
 from interaction.registry import MODES
 from utils import InputError
 
@@ -70,12 +71,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{len(loader.dataset)} test samples of {cfg.data.dataset}"
         )
         result = evaluate(model, loader, cfg, epoch, device, "test", cache)
-        record_evaluation(run, result, cfg, epoch, "test")
+        sessions = None
+        if session_length(cfg) > 1:
+            sessions = evaluate_sessions(model, loader, cfg, epoch, device, "test", cache)
+        record_evaluation(run, result if sessions is None else result + sessions, cfg, epoch, "test")
         follow = f", follow {cfg.options.val_follow}" if hasattr(cfg.options, "val_follow") else ""
         run.log(f"test split ({cfg.mode}{follow}), per round:\n" + format_table(result.rows))
         counts = {k: v for k, v in result.rows[-1].items() if k.startswith(("NoC", "NoF", "NoI"))}
         if counts:
             run.log("  ".join(f"{k} {v:.3f}" for k, v in counts.items()))
+        if sessions is not None:
+            record_evaluation(run, sessions, cfg, epoch, "test", rows=False)  # its matrix and figure
+            log_sessions(run, sessions.rows, "test", cfg)
         run.close()
     return result.rows
 

@@ -154,10 +154,22 @@ def parse_float(text: str | None, column: str, path: Path, line: int) -> float:
         raise InputError(f"{path} line {line}: {column} '{text}' is not a number") from None
 
 
-def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tuple[str, int, int], Cell]]:
-    """folder/per_image.csv's `split` rows of the final test (rows marked final), else of the last epoch that has
-    such rows -> (epoch, {(image, followed, round): Cell}). A key that appears twice among them, a row cut short (a
-    kill while writing) or a row with the wrong number of fields is an InputError naming the file and line."""
+def in_protocol(row: dict[str, str], positions: tuple[int, ...] | None) -> bool:
+    """Whether a per_image.csv row belongs to the protocol asked for: the per-image protocol's (`positions` None: no
+    position), or the session protocol's at one of `positions` (docs/evaluation.md#the-session-protocol)."""
+    position = row.get("position") or ""
+    if positions is None:
+        return position == ""
+    return position != "" and position.isdigit() and int(position) in positions
+
+
+def read_per_image(
+    folder: Path, split: str, metric: str, positions: tuple[int, ...] | None = None
+) -> tuple[int, dict[tuple[str, int, int], Cell]]:
+    """folder/per_image.csv's `split` rows of one protocol (`in_protocol`) of the final test (rows marked final),
+    else of the last epoch that has such rows -> (epoch, {(image, followed, round): Cell}) (in a session plan an
+    image has one position). A key that appears twice among them, a row cut short (a kill while writing) or a row
+    with the wrong number of fields is an InputError naming the file and line."""
     path = folder / "per_image.csv"
     if not path.is_file():
         raise InputError(f"{folder}: no per_image.csv (a run folder of an evaluation that writes per-image values)")
@@ -172,10 +184,11 @@ def read_per_image(folder: Path, split: str, metric: str) -> tuple[int, dict[tup
     if column is None or metric in NOT_METRICS:
         known = [c for c in header if c not in NOT_METRICS]
         raise InputError(f"-metric {metric}: not a metric column of {path} (it has: {', '.join(known)})")
-    rows = [(n, r) for n, r in numbered if r.get("split") == split]
+    rows = [(n, r) for n, r in numbered if r.get("split") == split and in_protocol(r, positions)]
     rows = [(n, r) for n, r in rows if is_final(r)] or rows
     if not rows:
-        raise InputError(f"{path}: no {split} rows")
+        where = "" if positions is None else f" of the session protocol at positions {list(positions)}"
+        raise InputError(f"{path}: no {split} rows{where}")
     epochs = [parse_int(r["epoch"], "epoch", path, n) for n, r in rows]
     last = max(epochs)
     cells: dict[tuple[str, int, int], Cell] = {}
@@ -238,16 +251,18 @@ def average_runs(
     return out
 
 
-def load_side(path: str, split: str, metric: str, same_target: bool = True) -> Side:
+def load_side(
+    path: str, split: str, metric: str, same_target: bool = True, positions: tuple[int, ...] | None = None
+) -> Side:
     """A configuration's run folders -> their per-image cells averaged over training seeds, per data seed
-    (`same_target`: see `average_runs`)."""
+    (`same_target`: see `average_runs`; `positions`: see `in_protocol`)."""
     folder = Path(path)
     found = [f for f, _ in find_run_folders([path])]
     runs = [Run(f, read_json_object(f / "args.json"), 0, {}) for f in found]
     one_configuration(folder, runs)
     per_run, epochs = [], []
     for run in runs:
-        epoch, cells = read_per_image(run.path, split, metric)
+        epoch, cells = read_per_image(run.path, split, metric, positions)
         warn_if_incomplete(run.path, split, epoch)
         data_seed = run.args.get("data_seed", 0)  # runs from before -data_seed used the fixed data seed 0
         if not isinstance(data_seed, int):
@@ -342,14 +357,22 @@ def paired_keys(a: Side, b: Side, rounds: list[int], empty: str) -> list[Key]:
 
 
 def compare(
-    path_a: str, path_b: str, metric: str, split: str, rounds_text: str | None, n_boot: int, empty: str = "all"
+    path_a: str,
+    path_b: str,
+    metric: str,
+    split: str,
+    rounds_text: str | None,
+    n_boot: int,
+    empty: str = "all",
+    positions: tuple[int, ...] | None = None,
 ) -> Comparison:
     """Per round: the mean paired difference A - B with its cluster-bootstrap interval (see the module docstring)."""
     if n_boot < MIN_BOOTSTRAP:
         raise InputError(f"-bootstrap: at least {MIN_BOOTSTRAP} resamples, got {n_boot}")
     if empty not in EMPTY_CHOICES:
         raise InputError(f"-empty: one of {', '.join(EMPTY_CHOICES)}, got '{empty}'")
-    a, b = load_side(path_a, split, metric), load_side(path_b, split, metric)
+    a = load_side(path_a, split, metric, positions=positions)
+    b = load_side(path_b, split, metric, positions=positions)
     if {p.resolve() for p in a.runs} & {p.resolve() for p in b.runs}:
         raise InputError(f"{path_a} and {path_b}: A and B share run folders: a paired difference of a run with itself")
     rounds = resolve_rounds(rounds_text, a, b)
@@ -377,7 +400,15 @@ def compare(
     return result
 
 
-def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: int, empty: str = "all") -> RoundResult:
+def gain(
+    path: str,
+    metric: str,
+    split: str,
+    rounds_text: str | None,
+    n_boot: int,
+    empty: str = "all",
+    positions: tuple[int, ...] | None = None,
+) -> RoundResult:
     """Does interaction help? The mean paired difference of a configuration's metric between its last and first
     rounds (`rounds_text` "FIRST,LAST", default the first and the last), per (data seed, image, followed rater),
     with the same cluster-bootstrap interval over images as `compare`. A difference within one run needs no
@@ -385,7 +416,7 @@ def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: in
     is the difference of their means, so cells are averaged first as in `compare`)."""
     if n_boot < MIN_BOOTSTRAP:
         raise InputError(f"-bootstrap: at least {MIN_BOOTSTRAP} resamples, got {n_boot}")
-    side = load_side(path, split, metric, same_target=False)
+    side = load_side(path, split, metric, same_target=False, positions=positions)
     if rounds_text is None and side.n_rounds < 2:
         raise InputError(
             f"-gain {path}: its {split} rows have one round only (no click after the first prediction): no gain to "
@@ -426,10 +457,18 @@ def gain(path: str, metric: str, split: str, rounds_text: str | None, n_boot: in
 
 
 def run_gain(
-    path: str, metric: str, split: str, rounds: str | None, n_boot: int, empty: str, out: Path, digits: int
+    path: str,
+    metric: str,
+    split: str,
+    rounds: str | None,
+    n_boot: int,
+    empty: str,
+    out: Path,
+    digits: int,
+    positions: tuple[int, ...] | None = None,
 ) -> RoundResult:
     """`tables.py -gain A`: write gain.md into `out`, print it."""
-    r = gain(path, metric, split, rounds, n_boot, empty)
+    r = gain(path, metric, split, rounds, n_boot, empty, positions)
     first = rounds.split(",")[0] if rounds else "1"
     text = (
         f"{path}: {metric} round {r.round} ({r.clicks} clicks) - round {first}: {r.diff:+.{digits}f} "
@@ -506,10 +545,19 @@ def write_csv(c: Comparison, path: Path) -> None:
 
 
 def run_compare(
-    a: str, b: str, metric: str, split: str, rounds: str | None, n_boot: int, empty: str, out: Path, digits: int
+    a: str,
+    b: str,
+    metric: str,
+    split: str,
+    rounds: str | None,
+    n_boot: int,
+    empty: str,
+    out: Path,
+    digits: int,
+    positions: tuple[int, ...] | None = None,
 ) -> Comparison:
     """`tables.py -compare A B`: compute, write compare.md and compare.csv into `out`, print the Markdown."""
-    c = compare(a, b, metric, split, rounds, n_boot, empty)
+    c = compare(a, b, metric, split, rounds, n_boot, empty, positions)
     out.mkdir(parents=True, exist_ok=True)
     markdown = to_markdown(c, digits)
     (out / "compare.md").write_text(markdown + "\n")

@@ -20,9 +20,11 @@ SUMMARY = "summary.json"  # written last by a run's final test: its presence say
 
 def per_image_columns() -> list[str]:
     """The columns of a new per_image.csv, one row per (evaluation, image, followed rater, round): the key columns
-    (followed -1 when the target is not a rater), the per_image metrics of conf/metrics.py as the table is now, and
-    whether the followed mask is empty and the row belongs to the final test."""
-    keys = ["epoch", "split", "mode", "round", "clicks", "image", "followed"]
+    (followed -1 when the target is not a rater; position and session empty in the per-image protocol, the image's
+    1-based position in its session and the session's number in the session protocol), the per_image metrics of
+    conf/metrics.py as the table is now, and whether the followed mask is empty and the row belongs to the final
+    test."""
+    keys = ["epoch", "split", "mode", "round", "clicks", "image", "followed", "position", "session"]
     return [*keys, *metrics.names("per_image"), "empty_followed", FINAL]
 
 

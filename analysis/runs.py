@@ -114,22 +114,29 @@ def find_run_folders(paths: Sequence[str]) -> list[tuple[Path, bool]]:
     return list(found.values())
 
 
-def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
-    """A run's flags and its `split` rows: the final test's (rows marked final) when it has one, else the last
-    evaluated epoch's. A (split, epoch, round) that appears twice among them is an InputError naming the file and
-    the line (a run folder written twice over). A run found inside a parent folder that has no results yet (still
-    running, or stopped before its first evaluation) is skipped with a note; one named explicitly is an error."""
+def load_run(folder: Path, split: str, explicit: bool, position: int | None = None) -> Run | None:
+    """A run's flags and its `split` rows of one protocol — the per-image protocol's (`position` None), or the
+    session protocol's at that position (docs/evaluation.md#the-session-protocol) — the final test's (rows marked
+    final) when it has one, else the last evaluated epoch's. A (split, epoch, round) that appears twice among them
+    is an InputError naming the file and the line (a run folder written twice over). A run found inside a parent
+    folder that has no results yet (still running, or stopped before its first evaluation) is skipped with a note;
+    one named explicitly is an error."""
     metrics_file = folder / "metrics.jsonl"
     if not metrics_file.is_file():
         if explicit:
             raise InputError(f"{folder}: not a run folder with results (no metrics.jsonl)")
         note(f"skipped {folder}: no metrics.jsonl yet")
         return None
-    rows = [{**r, "line": n} for n, r in read_numbered_metrics(metrics_file) if r["split"] == split]
+    rows = [
+        {**r, "line": n}
+        for n, r in read_numbered_metrics(metrics_file)
+        if r["split"] == split and r.get("position") == position
+    ]
     if not rows:
+        what = f"{split} rows" + ("" if position is None else f" of the session protocol at position {position}")
         if explicit:
-            raise InputError(f"{metrics_file}: no {split} rows (the run has not been evaluated yet)")
-        note(f"skipped {folder}: no {split} rows yet")
+            raise InputError(f"{metrics_file}: no {what} (not evaluated so yet)")
+        note(f"skipped {folder}: no {what} yet")
         return None
     final = [r for r in rows if is_final(r)]
     rows = final or rows
@@ -148,13 +155,16 @@ def load_run(folder: Path, split: str, explicit: bool) -> Run | None:
     return run
 
 
-def load_runs(paths: Sequence[str], split: str = "test", skip_bad: bool = False) -> list[Run]:
-    """Every run with `split` rows; with `skip_bad` an unreadable run (bad args.json, a malformed metrics.jsonl line,
-    ...) is listed on stderr and left out instead of being an error."""
+def load_runs(
+    paths: Sequence[str], split: str = "test", skip_bad: bool = False, position: int | None = None
+) -> list[Run]:
+    """Every run with `split` rows (of the session protocol at `position`, see `load_run`); with `skip_bad` an
+    unreadable run (bad args.json, a malformed metrics.jsonl line, ...) is listed on stderr and left out instead of
+    being an error."""
     runs, skipped = [], 0
     for folder, explicit in find_run_folders(paths):
         try:
-            run = load_run(folder, split, explicit)
+            run = load_run(folder, split, explicit and position is None, position)
         except InputError as err:
             if not skip_bad:
                 raise
@@ -164,7 +174,8 @@ def load_runs(paths: Sequence[str], split: str = "test", skip_bad: bool = False)
             runs.append(run)
     if not runs:
         reason = f" ({skipped} unreadable run folders skipped)" if skipped else ""
-        raise InputError(f"{', '.join(paths)}: no run folder with {split} rows{reason}")
+        where = "" if position is None else f" of the session protocol at position {position}"
+        raise InputError(f"{', '.join(paths)}: no run folder with {split} rows{where}{reason}")
     return runs
 
 

@@ -2,7 +2,7 @@
 
 Every action is also a named API endpoint (for gradio_client and scripts), taking clicks in model pixels:
     /load_sample ()  /upload (file)  /add_click (x, y, label)  /undo ()  /redo ()  /clear ()
-    /suggest (rater)  /set_box (x0, y0, x1, y1)
+    /suggest (rater)  /set_box (x0, y0, x1, y1)  /next_image ()  /new_session ()
 each returning (view, caption, gallery, clicks, mask); /upload adds its message (empty when the upload was
 taken). `rater` is the rater's number as a string, "0" to "3" for the bundled sample (the API page's type; an int
 is taken too), `label` "positive" or "negative" (or 1, 0), coordinates numbers (rounded, clamped to the image).
@@ -11,6 +11,10 @@ refused one is answered with one message naming it (gr.Error, no traceback on th
 
 Clicking on the view does what /add_click does, at the model pixel under the pointer; in "box corner" mode two
 clicks on opposite corners set the box (MedSAM's native prompt), which stays in every round's prompt.
+
+A session is a series of images: /next_image moves to the next bundled image, and a model with a session memory
+(`-memory style`) carries the style of the prediction the user ended with; /new_session forgets it (the current
+image, no clicks); /load_sample starts over on the first image with a new session. An upload continues the session.
 
 Uploads arrive as a file path (gr.File), not as gradio's decoded image: `session.read_upload` checks the size
 in bytes and the header's pixel count before anything is decoded, and refuses a file that is not an image; a
@@ -34,13 +38,16 @@ Click on the scan: **positive** clicks mark what belongs to the lesion, **negati
 The prediction (red) is recomputed after every click. For the bundled sample, the gallery compares it with
 each rater (yellow: both, cyan: rater only, red: prediction only); **Suggest next click** makes the click
 a user following the chosen rater would make. A **box** (choose "box corner", then click two opposite corners)
-is MedSAM's own prompt: it stays in the prompt while you click. Upload your own image below (no raters then)."""
+is MedSAM's own prompt: it stays in the prompt while you click. **Next image** goes on with the series: a model
+with a session memory remembers whose style you followed and starts the next image from it (**New session**
+forgets). Upload your own image below (no raters then)."""
 
 
-def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
-    """The Blocks app; nothing is launched."""
+def build_app(predictor: Predictor, samples: Sample | list[Sample]) -> gr.Blocks:
+    """The Blocks app on the bundled sample (or a series of them, demo.sample.load_series); nothing is launched."""
     size = predictor.size
-    start = sess.new_session(sample.image, size, "Bundled sample", sample)
+    series = samples if isinstance(samples, list) else [samples]
+    start = sess.series_session(series, 0, size)
     first = sess.render(predictor, start)
 
     def show(s: sess.Session) -> tuple:
@@ -70,13 +77,16 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         except InputError as err:  # too large, or not an image: say so, keep the session
             return (*show(s), f"**{err}**")
         gr.Info("Computing the image embedding (once per image; a few seconds on a CPU for a large model)")
-        return (*show(sess.new_session(image, size, "Uploaded image")), "")
+        return (*show(sess.new_session(image, size, "Uploaded image", memory=s.memory)), "")
 
     def load_sample() -> tuple:
         return show(start)
 
     def suggest(s: sess.Session, rater: str | int) -> sess.Session:
         return sess.suggest(predictor, s, rater)
+
+    def next_image(s: sess.Session) -> sess.Session:
+        return sess.next_image(predictor, s, series)
 
     with gr.Blocks(title="AESPA demo", analytics_enabled=False) as app:
         state = gr.State(start)
@@ -99,6 +109,8 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
                         label="Next click (a box: two clicks on opposite corners)",
                     )
                     undo_btn, redo_btn, clear_btn = gr.Button("Undo"), gr.Button("Redo"), gr.Button("Clear")
+                with gr.Row():
+                    next_btn, forget_btn = gr.Button("Next image"), gr.Button("New session")
                 clicks_box = gr.Textbox(
                     first.clicks_text,
                     label=f"Clicks: (x, y) in pixels of the {size}x{size} model input",
@@ -164,6 +176,8 @@ def build_app(predictor: Predictor, sample: Sample) -> gr.Blocks:
         clear_btn.click(action(sess.clear), [state], outputs, api_name="clear", **queue)
         box_btn.click(action(sess.set_box), [state, *box_in], outputs, api_name="set_box", **checked)
         suggest_btn.click(action(suggest), [state, target], outputs, api_name="suggest", **checked)
+        next_btn.click(action(next_image), [state], outputs, api_name="next_image", **queue)
+        forget_btn.click(action(sess.forget), [state], outputs, api_name="new_session", **queue)
         upload.upload(on_upload, [state, upload], outputs + [upload_note], api_name="upload", **queue)
         sample_btn.click(load_sample, None, outputs, api_name="load_sample", **queue)
     return app

@@ -51,12 +51,21 @@ def click_tensors(clicks: Sequence[Click], device: torch.device) -> tuple[torch.
 
 @torch.no_grad()
 def replay(
-    model: AESPAModel, embedding: torch.Tensor, clicks: Sequence[Click], box: Sequence[int] | None = None
+    model: AESPAModel,
+    embedding: torch.Tensor,
+    clicks: Sequence[Click],
+    box: Sequence[int] | None = None,
+    memory: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Rounds 0..n of the protocol for one image (embedding 1xCxGxG) -> probabilities (n+1)xSxS, one per round.
-    A box (x0, y0, x1, y1) in model pixels is part of every round's prompt (`-first_prompt box`)."""
-    box_t = None if box is None else torch.tensor([box], dtype=torch.float32, device=embedding.device)  # 1x4
-    state = RoundState.start(1, model.image_size, embedding.device, box=box_t)
+    A box (x0, y0, x1, y1) in model pixels is part of every round's prompt (`-first_prompt box`); `memory` D, a
+    session's mean style vector, is read by every round of a model with a session memory."""
+    device = embedding.device
+    box_t = None if box is None else torch.tensor([box], dtype=torch.float32, device=device)  # 1x4
+    carried = None
+    if memory is not None:
+        carried = (torch.as_tensor(memory, device=device)[None], torch.ones(1, dtype=torch.bool, device=device))
+    state = RoundState.start(1, model.image_size, device, box=box_t, memory=carried)
     points, labels = click_tensors(clicks, embedding.device)
     rounds = []
     for i in range(len(clicks) + 1):
@@ -72,8 +81,9 @@ class Predictor:
     Thread-safe: gradio serves sessions from a thread pool, so model calls and the cache share one lock.
     """
 
-    def __init__(self, model: AESPAModel, device: torch.device, cache_size: int = 8):
+    def __init__(self, model: AESPAModel, device: torch.device, cache_size: int = 8, memory_window: int = 2):
         self.model = model.to(device).eval()
+        self.memory_window = memory_window  # a session's memory: the mean style of its last N images
         self.device = device
         self.size = model.image_size
         self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -94,11 +104,31 @@ class Predictor:
             self.cache.popitem(last=False)
         return emb
 
-    def predict(self, image: torch.Tensor, clicks: Sequence[Click], box: Sequence[int] | None = None) -> np.ndarray:
-        """Probabilities SxS (float32 numpy) after every click of `clicks` (and a box), for the 3xSxS `image`."""
+    @property
+    def has_memory(self) -> bool:
+        """Whether the model carries a preference from one image to the next (`-memory style`)."""
+        return self.model.memory is not None
+
+    def predict(
+        self,
+        image: torch.Tensor,
+        clicks: Sequence[Click],
+        box: Sequence[int] | None = None,
+        memory: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Probabilities SxS (float32 numpy) after every click of `clicks` (and a box), for the 3xSxS `image`, with a
+        session's memory (D, the mean of recent style vectors) when the model has one."""
         with self.lock:
-            rounds = replay(self.model, self.embedding(image), clicks, box)
+            rounds = replay(self.model, self.embedding(image), clicks, box, memory if self.has_memory else None)
         return rounds[-1].cpu().numpy()
+
+    @torch.no_grad()
+    def styles(self, image: torch.Tensor, masks: np.ndarray) -> np.ndarray:
+        """Style vectors MxD of `masks` MxSxS (bool or probabilities, binarised at 0.5) on the 3xSxS `image`."""
+        masks_t = torch.as_tensor(np.asarray(masks) > 0.5, dtype=torch.float32, device=self.device)
+        images = image[None].to(self.device).expand(len(masks_t), -1, -1, -1)
+        with self.lock:
+            return self.model.memory.styles(images, masks_t).cpu().numpy()
 
     def suggest(self, probs: np.ndarray, rater: np.ndarray, clicks: Sequence[Click]) -> Click:
         """The simulated user's next centre click (docs/interaction.md#clicks) toward `rater` (SxS bool), never on a

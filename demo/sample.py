@@ -1,10 +1,12 @@
-"""The demo's bundled sample: one synthetic test image and each rater's mask, as PNG files in demo/sample/.
+"""The demo's bundled sample: synthetic test images and each rater's mask, as PNG files in demo/sample/.
 
     python -m demo.sample            # (re)writes demo/sample/ deterministically
 
-The case is chosen from the synthetic generator (docs/data.md#synthetic-data) so that the raters visibly disagree: two
-lesions, every rater marking a sizeable region, and the lowest mean pairwise inter-rater Dice among the
-first test cases of seed 0.
+The first image is chosen from the synthetic generator (docs/data.md#synthetic-data) so that the raters visibly
+disagree: two lesions, every rater marking a sizeable region, and the lowest mean pairwise inter-rater Dice among
+the first test cases of seed 0. It opens a series (`demo/sample/series_<k>/`, the next test cases with a lesion
+every rater marks) on which a session memory carries the user's preference from one image to the next: the four
+raters keep their styles on every image of the synthetic set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from utils import InputError
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SEED, SPLIT, CANDIDATES = 0, "test", 20
+SERIES = 5  # images after the first one
 MIN_RATER_PIXELS = 800  # of 128x128: every rater's region is clearly visible
 
 
@@ -53,8 +56,19 @@ def choose_case(seed: int = SEED, candidates: int = CANDIDATES) -> int:
 
 
 def write_sample(folder: Path = SAMPLE_DIR, seed: int = SEED) -> Path:
-    """Write image.png, rater_<k>.png (0/255) and sample.json (provenance, rater names) into `folder`."""
+    """Write the first image and, in series_<k>/, the series after it (see the module docstring)."""
     index = choose_case(seed)
+    write_case(folder, seed, index)
+    following = (
+        i for i in itertools.count(index + 1) if make_case(case_stream(seed, SPLIT, i)).raters.any((1, 2)).all()
+    )
+    for k, i in enumerate(itertools.islice(following, SERIES), start=1):
+        write_case(folder / f"series_{k}", seed, i)
+    return folder
+
+
+def write_case(folder: Path, seed: int, index: int) -> None:
+    """Write image.png, rater_<k>.png (0/255) and sample.json (provenance, rater names) into `folder`."""
     case = make_case(case_stream(seed, SPLIT, index))
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(case.image).save(folder / "image.png", optimize=True)
@@ -66,7 +80,6 @@ def write_sample(folder: Path = SAMPLE_DIR, seed: int = SEED) -> Path:
         "raters": list(RATER_STYLES),
     }
     (folder / "sample.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return folder
 
 
 def load_sample(folder: Path = SAMPLE_DIR) -> Sample:
@@ -83,6 +96,12 @@ def load_sample(folder: Path = SAMPLE_DIR) -> Sample:
     image = read_image(folder / "image.png")
     raters = np.stack([read_mask(folder / f"rater_{k}.png") for k in range(len(names))])  # RxHxW
     return Sample(image, raters, names, meta["source"])
+
+
+def load_series(folder: Path = SAMPLE_DIR) -> list[Sample]:
+    """The bundled sample and the series after it (`series_1`, `series_2`, ... as far as they go)."""
+    following = itertools.takewhile(lambda p: p.is_dir(), (folder / f"series_{k}" for k in itertools.count(1)))
+    return [load_sample(folder), *(load_sample(p) for p in following)]
 
 
 if __name__ == "__main__":

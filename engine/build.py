@@ -123,6 +123,33 @@ class ShardSampler(Sampler):
         return iter(self.indices)
 
 
+class SessionBatches(Sampler):
+    """Training batches for a session memory on data whose raters are the same people only within a group (a
+    patient, case or nodule: `keys`): each epoch the groups' images are shuffled and cut into pieces of `per_group`
+    images of one group, the pieces shuffled and laid end to end, `batch_size` at a time — so a batch holds images
+    whose memories can come from each other. Every image once per epoch; the order is drawn from `generator`."""
+
+    def __init__(self, keys: list[str], batch_size: int, per_group: int, generator: torch.Generator | None) -> None:
+        self.groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            self.groups.setdefault(key, []).append(i)
+        self.batch_size, self.per_group, self.generator = batch_size, per_group, generator
+        self.n = len(keys)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        pieces = []
+        for key in sorted(self.groups):
+            members = self.groups[key]
+            order = torch.randperm(len(members), generator=self.generator).tolist()
+            shuffled = [members[i] for i in order]
+            pieces += [shuffled[i : i + self.per_group] for i in range(0, len(shuffled), self.per_group)]
+        flat = [i for j in torch.randperm(len(pieces), generator=self.generator).tolist() for i in pieces[j]]
+        return iter([flat[i : i + self.batch_size] for i in range(0, len(flat), self.batch_size)])
+
+
 class Indexed(Dataset):
     """Adds each sample's dataset index (`index`): validation keys its random draws on it."""
 
@@ -161,8 +188,21 @@ def build_loader(cfg: RunConfig, split: str, generator: torch.Generator | None =
         raise InputError(f"{d.data_path}: the {split} split has no samples")
     train = split == "train"
     sampler = None
-    if dist.is_available() and dist.is_initialized():  # training pads to equal shards; testing must not
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:  # training pads to equal shards; testing must not
         sampler = DistributedSampler(data, shuffle=True, seed=cfg.seed) if train else ShardSampler(data)
+    keys = [data.dataset.session_key(i) for i in range(len(data))] if hasattr(data.dataset, "session_key") else []
+    if train and not distributed and cfg.model.memory != "none" and len(set(keys)) > 1:
+        per_group = min(d.batch_size, getattr(cfg.options, "memory_context", 0) + 1)
+        batches = SessionBatches(keys, d.batch_size, max(per_group, 2), generator)
+        return DataLoader(
+            data,
+            batch_sampler=batches,
+            num_workers=d.workers,
+            generator=generator,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
     return DataLoader(
         data,
         batch_size=d.batch_size,

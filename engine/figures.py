@@ -38,14 +38,26 @@ def plot_round_curves(series: dict[str, list[dict]], path: Path, title: str = ""
     plt.close(fig)
 
 
+def last_rounds(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    """The last round of every (split, epoch): the per-image protocol's row, else (an evaluation of the session
+    protocol alone) the mean over positions of their last-round values."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["split"], r["epoch"]), []).append(r)
+    last = {}
+    for key, group in groups.items():
+        plain = [r for r in group if "position" not in r] or group
+        final = max(r["round"] for r in plain)
+        at_last = [r for r in plain if r["round"] == final]
+        names = {k for r in at_last for k, v in r.items() if isinstance(v, float)}
+        last[key] = {k: float(np.mean([r[k] for r in at_last if k in r])) for k in names}
+    return last
+
+
 def plot_epoch_curves(rows: list[dict], path: Path) -> None:
     """Train loss, and last-round Dice_follow / Follow_accuracy of every evaluated split (val, test) against epochs."""
     plt = pyplot()
-    last = {}
-    for r in rows:  # keep the last round of every (split, epoch)
-        key = (r["split"], r["epoch"])
-        if key not in last or r["round"] > last[key]["round"]:
-            last[key] = r
+    last = last_rounds(rows)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
     panels = [("loss", ("train",)), ("Dice_follow", ("val", "test")), ("Follow_accuracy", ("val", "test"))]
     for ax, (metric, splits) in zip(axes, panels):
@@ -58,6 +70,33 @@ def plot_epoch_curves(rows: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sessions(rows: list[dict], path: Path, title: str = "") -> None:
+    """The session protocol by position: Dice_follow and Follow_accuracy of the first prediction (no click) and of
+    the last round, one point per position of the session."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("Dice_follow", "Follow_accuracy")):
+        for pick, label in ((min, "first prediction"), (max, "last round")):
+            points = {}
+            for r in rows:
+                if metric in r and "position" in r:
+                    best = points.get(r["position"])
+                    if best is None or pick(best["round"], r["round"]) == r["round"]:
+                        points[r["position"]] = r
+            if points:
+                xs = sorted(points)
+                ax.plot(xs, [points[x][metric] for x in xs], marker="o", label=f"{label}")
+        ax.set_title(metric)
+        ax.set_xlabel("image of the session")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -127,12 +127,24 @@ def train_one_epoch(
 @dataclass
 class Evaluation:
     """One pass over a split: metrics.jsonl rows, per_image.csv rows, the following matrix (None: no raters
-    followed), and the qualitative grid's inputs (the split's first images; None off the main process)."""
+    followed), and the qualitative grid's inputs (the split's first images; None off the main process). `protocol`:
+    'image' (every image on its own) or 'session' (engine/sessions.py: rows and matrices by position)."""
 
     rows: list[dict[str, Any]]
     per_image: list[dict[str, Any]]
     matrix: dict | None
     figure: dict | None = None
+    protocol: str = "image"
+
+    def __add__(self, other: Evaluation) -> Evaluation:
+        """Both evaluations of one split as one record (the final test of both protocols); the first's matrix and
+        figure."""
+        return Evaluation(self.rows + other.rows, self.per_image + other.per_image, self.matrix, self.figure)
+
+
+def per_image_protocol(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the per-image protocol (those of the session protocol carry a position)."""
+    return [r for r in rows if "position" not in r]
 
 
 @torch.no_grad()
@@ -197,27 +209,38 @@ def qualitative_inputs(model: AESPAModel | None, batch: Batch, cfg: RunConfig, m
 
 
 def record_evaluation(
-    run: RunFolder, result: Evaluation, cfg: RunConfig, epoch: int, split: str, final: bool = False
+    run: RunFolder,
+    result: Evaluation,
+    cfg: RunConfig,
+    epoch: int,
+    split: str,
+    final: bool = False,
+    rows: bool = True,
 ) -> None:
     """What an evaluation leaves in the run folder (train.py and val.py alike): its metrics.jsonl and per_image.csv
     rows (a `final` test's replacing an earlier final test's), its following matrix, and its figures (round
     curves, curves over epochs, the following matrix, the qualitative grid), all from the evaluation in memory."""
     if final:
         run.replace_final_test(result.rows, result.per_image)
-    else:
+    elif rows:  # (rows False: they are written with another evaluation's, e.g. a final test of both protocols)
         run.write_metrics(result.rows)
         run.write_per_image(result.per_image)
+    sessions = result.protocol == "session"
+    name = f"follow_matrix_{split}{'_sessions' if sessions else ''}_epoch{epoch:03d}"
     if result.matrix is not None:
-        run.write_json(f"follow_matrix_{split}_epoch{epoch:03d}.json", result.matrix)
+        run.write_json(f"{name}.json", result.matrix)
     if not run.enabled or cfg.plots == "none":
         return
+    figures.plot_epoch_curves(run.history, run.plot_dir / "epochs.png")
+    if sessions:
+        figures.plot_sessions(result.rows, run.plot_dir / f"sessions_{split}.png", f"{cfg.exp_name}: by position")
+        return
     figures.plot_round_curves(
-        {f"{split}, epoch {epoch}": result.rows},
+        {f"{split}, epoch {epoch}": per_image_protocol(result.rows)},
         run.plot_dir / f"round_curves_{split}.png",
         f"{cfg.exp_name}: per round",
     )
-    figures.plot_epoch_curves(run.history, run.plot_dir / "epochs.png")
     if result.matrix is not None:
-        figures.plot_follow_matrix(result.matrix, run.plot_dir / f"follow_matrix_{split}_epoch{epoch:03d}.png")
+        figures.plot_follow_matrix(result.matrix, run.plot_dir / f"{name}.png")
     if result.figure is not None:
         figures.qualitative_grid(**result.figure, path=run.plot_dir / f"qualitative_{split}_epoch{epoch:03d}.png")

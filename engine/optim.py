@@ -19,7 +19,7 @@ from models import AESPAModel
 from utils import InputError
 
 PARAM_GROUPS = {
-    "network": ("image_encoder", "fcomb", "mask_decoder", "pixel_branch"),
+    "network": ("image_encoder", "fcomb", "mask_decoder", "pixel_branch", "memory"),
     "prompt": ("prompt_encoder", "mean_var_head"),
     "weight": ("weight_head",),
 }

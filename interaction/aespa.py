@@ -19,7 +19,7 @@ from interaction.mode import Mode, Selection, User
 from interaction.raters import draw_among, mean_of, pick, raters_agreeing, switch_raters
 from multirater_metrics import neutral_mask
 from pipeline.batch import Batch
-from pipeline.rng import KeyedRandom
+from pipeline.rng import KeyedRandom, uniform
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,18 @@ class AESPAOptions(FollowOptions):
     )
     box_jitter: int = option(5, "training boxes: each side moved by up to this many pixels", check=non_negative)
     train_prompt: bool = option(False, "also train the prompt encoder and mean/variance head (SPA's step 3)")
+    memory_context: int = option(
+        4,
+        "training with -memory style: a row's memory is made of 0..N other images of its simulated session (the "
+        "number drawn uniformly; 0: a session's first image)",
+        check=non_negative,
+    )
+    memory_switch: float = option(
+        0.2,
+        "training with -memory style: chance that a row's memory is of another rater than the one it follows (a user "
+        "who switched; the clicks must win)",
+        check=within(0.0, 1.0),
+    )
 
 
 def update_consistent(consistent: torch.Tensor, agree: torch.Tensor, target_from: str) -> torch.Tensor:
@@ -106,6 +118,12 @@ class FollowingUser(User):
         """A click on the followed rater's mask."""
         return next_click(strategy, selection.pred, self.followed, exclude=exclude, generator=self.source)
 
+    def memory(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The session protocol's memory of each row's (image, followed rater): the batch's, gathered per row."""
+        if self.batch.memory is None:
+            return None
+        return self.batch.memory[self.rows, self.rater], self.batch.memory_count[self.rows, self.rater] > 0
+
     def candidate_set(self, selection: Selection) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Validation: per image, the predictions made following each of its raters (BxRxSxS, which were made)."""
         if self.purpose == "train":
@@ -140,6 +158,28 @@ class FollowedRaterUser(FollowingUser):
 
     def first_click(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return self.centre_click_on_followed() if self.options.first_prompt == "click" else None
+
+    def memory_context(self, sessions: torch.Tensor) -> torch.Tensor:
+        """Training: each row's memory is made of up to `-memory_context` other images of its session in the batch
+        (the number drawn uniformly from 0..N; 0: the session's first image), each through the mask of one rater: the
+        followed one, or with probability `-memory_switch` another valid one (a user whose memory is of a rater they
+        have left). Until the first click the target is that rater's mask: the memory is the only evidence of whom
+        the user follows, and clicks correct it (`-target_from all` falls back to the raters agreeing with them).
+        -> weights BxBxR over the batch's (image, rater) masks (training has one row per image)."""
+        b, r = self.valid.shape
+        device, n = self.valid.device, self.options.memory_context
+        count = (uniform((b,), device, self.source) * (n + 1)).floor().long().clamp_max(n)
+        rater = switch_raters(self.rater, self.valid, self.options.memory_switch, self.source)
+        others = (sessions[:, None] == sessions[None, :]) & ~torch.eye(b, dtype=torch.bool, device=device)
+        candidates = others & self.batch.valid.T[rater]  # BxB: image j's mask of row i's memory rater exists
+        scores = uniform((b, b), device, self.source).masked_fill(~candidates, -1.0)
+        rank = scores.argsort(1, descending=True).argsort(1)
+        chosen = candidates & (rank < count[:, None])
+        one_hot = torch.nn.functional.one_hot(rater, r).bool()
+        has = chosen.any(1)
+        self.consistent = torch.where(has[:, None], one_hot, self.consistent)
+        self.target = self._target()
+        return chosen[:, :, None].float() * one_hot[:, None, :].float()
 
     def first_box(self) -> torch.Tensor | None:
         """With `-first_prompt box`: the bounding box Px4 (x0, y0, x1, y1) of the followed mask, each side moved by

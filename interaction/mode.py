@@ -67,6 +67,30 @@ class LoopConfig:
         False,
         "evaluate the test split at every validation too (default: once, with the best checkpoint, at the end)",
     )
+    session_length: int | None = option(
+        None,
+        "evaluation: N > 1 also runs the session protocol: the split's images in seeded sessions of N images, "
+        "each session followed through by each rater in turn, reported by position (1: the per-image protocol only; "
+        "default: 8 for a model with -memory style, else 1)",
+        type=int,
+        check=positive,
+    )
+    session_memory: str = option(
+        "model",
+        "session protocol, a model with -memory style: the memory it carries from image to image: model (the style "
+        "of its own final predictions), oracle (of the followed rater's masks: an upper bound), none (reset at every "
+        "image)",
+        choices=("model", "oracle", "none"),
+    )
+    memory_window: int = option(
+        2, "session memory: the style vectors of the session's last N images are averaged", check=positive
+    )
+    session_switch: int = option(
+        0,
+        "session protocol: from the P-th image of a session on, every user follows the next rater (k -> k+1): does "
+        "the memory let go of the old style? (0: never)",
+        check=non_negative,
+    )
 
 
 class RunSettings(Protocol):
@@ -171,6 +195,17 @@ class User:
 
     def first_box(self) -> torch.Tensor | None:
         """A box Px4 (x0, y0, x1, y1) kept in the prompt of every round, or None."""
+        return None
+
+    def memory(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The session memory each row brings to its image (PxD mean style vectors, P bool: which rows have one),
+        or None (no session: the per-image protocol)."""
+        return None
+
+    def memory_context(self, sessions: torch.Tensor) -> torch.Tensor | None:
+        """Training a model with a session memory: which (image, rater) masks of the batch make each row's memory,
+        as a simulated session would have left it -> weights PxBxR (a row of zeros: no memory yet), or None (this
+        mode's user has none). `sessions` B long: images with equal codes share their raters' identities."""
         return None
 
     def centre_click_on_followed(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from interaction.clicks import ClickState, paint_clicks
 from interaction.mode import Mode, Optimiser, RunSettings, Selection, User
-from models import AESPAModel, Decoded, Prompts, responsibilities
+from models import AESPAModel, Decoded, Prompts, mean_memory, responsibilities
 from multirater_metrics import dice, personalised_metrics, set_metrics
 from pipeline.batch import Batch
 
@@ -41,33 +41,44 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, per_image: bool = False
 class RoundState:
     """What carries from one round to the next, per interaction row: the clicks, the box (kept in every round),
     the previous round's low-resolution logits Px1x4Gx4G (the mask prompt) and its responsibilities PxK (the
-    weight head's input)."""
+    weight head's input); and, in a session, the memory the row brought to its image (PxD, P bool), which every
+    round reads."""
 
     clicks: ClickState
     box: torch.Tensor | None = None
     prev_low: torch.Tensor | None = None
     em_weights: torch.Tensor | None = None
+    memory: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def start(
-        cls, rows: int, size: int, device: torch.device, first_click=None, box: torch.Tensor | None = None
+        cls,
+        rows: int,
+        size: int,
+        device: torch.device,
+        first_click=None,
+        box: torch.Tensor | None = None,
+        memory: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> RoundState:
-        """The state before the first round: no click yet, or a first click (points Px2, labels P); a box Px4."""
-        state = cls(ClickState(rows, size, device), box)
+        """The state before the first round: no click yet, or a first click (points Px2, labels P); a box Px4; a
+        session memory (PxD mean style vectors, P bool)."""
+        state = cls(ClickState(rows, size, device), box, memory=memory)
         if first_click is not None:
             state.clicks.add(*first_click)
         return state
 
     @classmethod
     def for_user(cls, user: User, size: int, device: torch.device) -> RoundState:
-        """The state before the first round of a simulated user: its box and first click, if its protocol has them."""
-        box = user.first_box()
-        return cls.start(len(user.rows), size, device, user.first_click(), box)
+        """The state before the first round of a simulated user: its box, first click and session memory, if its
+        protocol has them."""
+        return cls.start(len(user.rows), size, device, user.first_click(), user.first_box(), user.memory())
 
     def prompts(self, model: AESPAModel, weights: torch.Tensor | None = None) -> Prompts:
         """The model's prompt side for this state (mixture `weights` PxK given: the weight head is skipped)."""
         c = self.clicks
-        return model.prompt(len(c.exclude), c.points, c.labels, self.box, self.prev_low, self.em_weights, weights)
+        return model.prompt(
+            len(c.exclude), c.points, c.labels, self.box, self.prev_low, self.em_weights, weights, self.memory
+        )
 
     def advance(self, selection: Selection, em_weights: torch.Tensor | None) -> None:
         """After the round: its mask prompt and responsibilities become the next round's inputs."""
@@ -152,7 +163,10 @@ def prompt_step(
     with torch.no_grad():
         weights = prompts.weights if em_selected is None else model.weight_head(em_selected)
     eps = user.noise(model.latent_dim)  # fresh samples
-    with stepper.autocast(), frozen(model.fcomb, model.mask_decoder, model.pixel_branch, model.weight_head):
+    with (
+        stepper.autocast(),
+        frozen(model.fcomb, model.mask_decoder, model.pixel_branch, model.memory, model.weight_head),
+    ):
         loss = bce_loss(
             model.decode_round(embedding, state.prompts(model, weights=weights), eps).logits.mean(1), user.target
         )
@@ -188,6 +202,29 @@ def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
     return model.image_features(batch.images, batch.embedding)
 
 
+class TrainingMemory:
+    """The simulated sessions' memories of a training batch (`User.memory_context`): the style vectors of the
+    (image, rater) masks the rows' memories are made of, computed with gradients in the first round — where the
+    memory is all the model knows of the user — and reused, detached, by the later rounds (one style-encoder pass
+    per batch). `weights` PxBxR."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        flat = weights.flatten(1)  # Px(B*R)
+        self.used = (flat.sum(0) > 0).nonzero()[:, 0]
+        self.weights, self.n_raters = flat[:, self.used], weights.shape[2]
+        self.styles: torch.Tensor | None = None
+
+    def shift(self, model: AESPAModel, batch: Batch) -> torch.Tensor:
+        """The rows' token shifts Px2xD for this round."""
+        if self.styles is None:
+            image, rater = self.used // self.n_raters, self.used % self.n_raters
+            self.styles = model.memory.styles(batch.images[image], batch.raters[image, rater])
+            styles = self.styles
+        else:
+            styles = self.styles.detach()
+        return model.memory.shift(*mean_memory(styles, self.weights.to(styles.dtype)))
+
+
 def train_batch(
     model: AESPAModel, stepper: Optimiser, batch: Batch, cfg: RunSettings, mode: Mode
 ) -> list[dict[str, torch.Tensor]]:
@@ -195,6 +232,8 @@ def train_batch(
     the user's click, the prompt step (when the mode takes it) and the weight-head step. Returns one dict of per-image
     values per round."""
     user = mode.user(batch, cfg.loop, cfg.options, "train")
+    context = None if model.memory is None else user.memory_context(batch.session_codes())
+    memory = None if context is None else TrainingMemory(context)
     state = RoundState.for_user(user, batch.images.shape[-1], batch.images.device)
     rows = []
     for _ in range(cfg.loop.clicks):
@@ -203,6 +242,8 @@ def train_batch(
             prompts = state.prompts(model)
         with stepper.autocast():
             embedding = image_embedding(model, batch)
+            if memory is not None:  # the session memory learns through the network step
+                prompts.memory_shift = memory.shift(model, batch)
             decoded = model.decode_round(embedding, prompts, eps)
             loss = bce_loss(decoded.logits.mean(1), user.target)
         stepper.step(loss)

@@ -39,11 +39,15 @@ AUC_CLICKS = 5  # the CVPR 2025 challenge's click predictions (after its first, 
 @dataclass
 class ValidatedBatch:
     """One validated batch: `rounds` per round {metric: per-row or per-image values}, `counts` {NoC@τ, NoF@τ,
-    NoI@τ: per row}, `per_image` rows of per_image.csv (plain values; epoch and split are added by the caller)."""
+    NoI@τ: per row}, `per_image` rows of per_image.csv (plain values; epoch and split are added by the caller);
+    `user` (its rows and followed raters) and `final`, each row's last prediction PxSxS (a session's memory reads
+    them)."""
 
     rounds: list[dict[str, torch.Tensor]]
     counts: dict[str, torch.Tensor]
     per_image: list[dict]
+    user: User | None = None
+    final: torch.Tensor | None = None
 
 
 def noc_rounds(first_round_clicks: int, budget: int) -> int:
@@ -201,7 +205,8 @@ def validate_batch(
     counts.update(
         click_curve_metrics(per_round, [mode.clicks_of_round(t, cfg.options) for t in range(1, len(per_round) + 1)])
     )
-    return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round, counts))
+    final = run.selections[loop.clicks - 1].pred
+    return ValidatedBatch(per_round, counts, per_image_rows(batch, user, mode, cfg, per_round, counts), user, final)
 
 
 @torch.no_grad()

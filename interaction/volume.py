@@ -13,6 +13,10 @@ budget  `clicks` clicks for the whole case: each click goes to the session whose
         target (most wrong pixels), as a centre click there; unclicked slices keep the click-free prediction. Every
         slice is a candidate: a slice the followed rater leaves empty has a session whose target is empty, so false
         positives there are counted and a (negative) click can remove them.
+
+A model with a session memory (`-memory style`) treats the case as a session (`CaseMemory`): after every click the
+style of the clicked slices' predictions (the last `-memory_window` slices clicked) is the memory of every slice,
+and the slices not clicked yet are predicted again from their cached embeddings with it.
 """
 
 from __future__ import annotations
@@ -98,18 +102,68 @@ class VolumeInteraction:
         session.clicks += 1
 
 
-def run_marked(vi: VolumeInteraction, sessions: list[Session], rounds: int, record: Callable[[int], None]) -> None:
+class CaseMemory:
+    """A case as a session of a model with a session memory: what the clicks revealed on some slices carries to all.
+
+    `source` 'model': the style of each clicked slice's current prediction; 'oracle': of the followed rater's mask
+    there (an upper bound). The memory is the mean style of the last `window` slices clicked."""
+
+    def __init__(self, vi: VolumeInteraction, images: torch.Tensor, window: int, source: str = "model") -> None:
+        if vi.model.memory is None:
+            raise ValueError("a case memory needs a model with a session memory (-memory style)")
+        self.vi, self.images, self.window, self.source = vi, images, window, source
+        self.styles: dict[int, torch.Tensor] = {}  # slice -> style of its latest state, the last clicked last
+
+    @torch.no_grad()
+    def after_click(self, clicked: Session, sessions: list[Session]) -> None:
+        """Update the memory from the clicked session; every session reads it from now on, and the ones without a
+        click yet are predicted again from their cached embeddings (a click-free prediction with the memory)."""
+        model, z = self.vi.model, clicked.z
+        shown = clicked.target if self.source == "oracle" else clicked.probs > 0.5
+        self.styles.pop(z, None)
+        self.styles[z] = model.memory.styles(self.images[z : z + 1], shown[None].float())[0]
+        mean = torch.stack(list(self.styles.values())[-self.window :]).mean(0, keepdim=True)  # 1xD
+        for s in sessions:
+            s.state.memory = (mean, torch.ones(1, dtype=torch.bool, device=mean.device))
+        fresh = [s for s in sessions if s.clicks == 0]
+        for i in range(0, len(fresh), self.vi.batch):
+            chunk = fresh[i : i + self.vi.batch]
+            rows = (mean.expand(len(chunk), -1), torch.ones(len(chunk), dtype=torch.bool, device=mean.device))
+            state = RoundState.start(len(chunk), model.image_size, mean.device, memory=rows)
+            probs = deterministic_round(model, state, torch.cat([self.vi.embeddings[s.z : s.z + 1] for s in chunk]))
+            for k, s in enumerate(chunk):
+                s.probs = probs[k]
+                s.state.prev_low = state.prev_low[k : k + 1]
+                s.state.em_weights = None if state.em_weights is None else state.em_weights[k : k + 1]
+
+
+def run_marked(
+    vi: VolumeInteraction,
+    sessions: list[Session],
+    rounds: int,
+    record: Callable[[int], None],
+    memory: CaseMemory | None = None,
+) -> None:
     """Every session gets `rounds` - 1 clicks, round by round; `record(clicks per session)` after each round."""
     record(0)
     for t in range(1, rounds):
         for s in sessions:
             vi.click(s)
+            if memory is not None:
+                memory.after_click(s, sessions)
         record(t)
 
 
-def run_budget(vi: VolumeInteraction, sessions: list[Session], clicks: int, record: Callable[[int], None]) -> None:
+def run_budget(
+    vi: VolumeInteraction,
+    sessions: list[Session],
+    clicks: int,
+    record: Callable[[int], None],
+    memory: CaseMemory | None = None,
+) -> None:
     """`clicks` clicks for the case, each on the session with the most wrong pixels (the first of equals);
-    `record(clicks so far)` after each. A case whose sessions are all right stops early (nothing to click)."""
+    `record(clicks so far)` after each. A case whose sessions are all right stops early (nothing to click). With a
+    `memory`, every click also updates the memory of the whole case."""
     record(0)
     for n in range(1, clicks + 1):
         worst = max(sessions, key=lambda s: s.errors, default=None)
@@ -118,6 +172,8 @@ def run_budget(vi: VolumeInteraction, sessions: list[Session], clicks: int, reco
                 record(rest)
             return
         vi.click(worst)
+        if memory is not None:
+            memory.after_click(worst, sessions)
         record(n)
 
 

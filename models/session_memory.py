@@ -48,7 +48,7 @@ class SessionMemory(nn.Module):
 
     def __init__(self, prompt_dim: int = 256, dim: int = STYLE_DIM) -> None:
         super().__init__()
-        self.prompt_dim = prompt_dim
+        self.prompt_dim, self.dim = prompt_dim, dim
         self.encoder = StyleEncoder(dim)
         self.to_shift = nn.Sequential(nn.Linear(dim, prompt_dim), nn.ReLU(), nn.Linear(prompt_dim, 2 * prompt_dim))
         nn.init.zeros_(self.to_shift[-1].weight)

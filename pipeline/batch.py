@@ -30,6 +30,16 @@ class Batch:
     # Bx2 (row, column) pixel size in mm (the loader's `spacing`; None: 1), as loaded: augmentation's quarter turns
     # do not swap it, so only evaluation, which never augments, measures in it (NSD)
     spacing: torch.Tensor | None = None
+    sessions: list[str] | None = None  # per image: images with the same key share their raters' identities
+    memory: torch.Tensor | None = None  # BxRxD the session memory of each (image, rater) (the session protocol)
+    memory_count: torch.Tensor | None = None  # BxR long: images the memory is made of (0: none)
+
+    def session_codes(self) -> torch.Tensor:
+        """B long: equal for images whose rater k is the same person (no keys: the whole batch, as for data whose
+        raters keep their identity across the dataset)."""
+        keys = self.sessions or [""] * self.size
+        codes = {k: i for i, k in enumerate(sorted(set(keys)))}
+        return torch.tensor([codes[k] for k in keys], device=self.images.device)
 
     @property
     def size(self) -> int:
@@ -75,4 +85,5 @@ def prepare_batch(
     spacing = data["spacing"].to(device) if "spacing" in data else None
     if augment != "none":
         images, raters = augment_batch(images, raters, source, augment)
-    return Batch(images, raters, valid, list(data["name"]), keys, source, spacing=spacing)
+    sessions = list(data["session"]) if "session" in data else None
+    return Batch(images, raters, valid, list(data["name"]), keys, source, spacing=spacing, sessions=sessions)
