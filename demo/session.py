@@ -1,8 +1,10 @@
 """One user's interaction, as plain immutable data, and what the UI shows for it (no gradio here).
 
 A `Session` is an image (the bundled sample with its raters, or an upload without) and the clicks so far,
-plus the undone clicks that `redo` brings back. Every action returns a new Session; `render` draws it.
-The prediction depends only on (image, clicks), so undo gives back exactly the earlier prediction.
+plus the undone clicks that `redo` brings back, and — for a model with a session memory — the style vectors of the
+images finished before it in this session (`next_image` adds the current one's; `new_session` forgets them).
+Every action returns a new Session; `render` draws it. The prediction depends only on (image, clicks, memory), so
+undo gives back exactly the earlier prediction.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class Session:
     redo_stack: tuple[Click, ...] = ()
     box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) model pixels, in every round's prompt
     corner: tuple[int, int] | None = None  # the box's first corner, waiting for the opposite one
+    memory: tuple[np.ndarray, ...] = ()  # style vectors (D) of the session's finished images, the newest last
+    series: int = 0  # which image of the bundled series this is (-1: an upload)
 
     @property
     def size(self) -> int:
@@ -78,15 +82,52 @@ class Rendered:
     clicks_text: str
 
 
-def new_session(image: np.ndarray, size: int, title: str, sample: Sample | None = None) -> Session:
-    """A session without clicks for an HxW[x3] image (float in [0,1] or uint8), with the sample's raters."""
+def new_session(
+    image: np.ndarray,
+    size: int,
+    title: str,
+    sample: Sample | None = None,
+    memory: tuple[np.ndarray, ...] = (),
+    series: int = -1,
+) -> Session:
+    """A session without clicks for an HxW[x3] image (float in [0,1] or uint8), with the sample's raters, carrying
+    the memory of earlier images."""
     pixels = to_model_input(image, size).numpy()
     raters = names = None
     if sample is not None:
         raters = np.stack([resize_mask(m, size) for m in sample.raters])  # RxSxS, as the data loaders resize
         names = tuple(f"rater {k} ({name})" for k, name in enumerate(sample.rater_names))
     base, thumb = (base_view(image, display_size(size, at_least)) for at_least in (VIEW_MIN, THUMB_MIN))
-    return Session(title, pixels, base, thumb, raters, names or ())
+    return Session(title, pixels, base, thumb, raters, names or (), memory=memory, series=series)
+
+
+def series_session(series: list[Sample], k: int, size: int, memory: tuple[np.ndarray, ...] = ()) -> Session:
+    """A session on image k of the bundled series (counted around), carrying `memory`."""
+    k %= len(series)
+    title = "Bundled sample" if k == 0 else f"Bundled sample, image {k + 1} of {len(series)}"
+    return new_session(series[k].image, size, title, series[k], memory, k)
+
+
+def memory_of(predictor: Predictor, s: Session) -> np.ndarray | None:
+    """The memory the session's predictions read: the mean style of its last images (None: none yet)."""
+    if not s.memory:
+        return None
+    return np.mean(s.memory[-predictor.memory_window :], axis=0)
+
+
+def next_image(predictor: Predictor, s: Session, series: list[Sample]) -> Session:
+    """The next image of the bundled series; a model with a session memory keeps the style of the prediction the
+    user ended with here (an upload goes on with the series' first image)."""
+    memory = s.memory
+    if predictor.has_memory:
+        probs = predictor.predict(to_tensor(s), s.clicks, s.box, memory_of(predictor, s))
+        memory = memory + (predictor.styles(to_tensor(s), probs[None])[0],)
+    return series_session(series, s.series + 1, s.size, memory)
+
+
+def forget(s: Session) -> Session:
+    """A new session on the same image: no memory, no clicks (every image of a session starts blind again)."""
+    return replace(clear(s), memory=())
 
 
 def read_upload(path: str | os.PathLike) -> np.ndarray:
@@ -191,7 +232,7 @@ def clear(s: Session) -> Session:
 def suggest(predictor: Predictor, s: Session, rater: str | int) -> Session:
     """Add the simulated user's next click toward `rater` (see `rater_number`)."""
     k = rater_number(rater, s)
-    probs = predictor.predict(to_tensor(s), s.clicks, s.box)
+    probs = predictor.predict(to_tensor(s), s.clicks, s.box, memory_of(predictor, s))
     return add_click(s, *predictor.suggest(probs, s.raters[k], s.clicks))
 
 
@@ -208,17 +249,35 @@ def describe_clicks(s: Session) -> str:
     return "\n".join(lines) if lines else "no clicks yet"
 
 
+def belief(predictor: Predictor, s: Session) -> str:
+    """What the model currently believes about the user's preference, in words: no memory in the model, none yet,
+    or the rater of this image whose style (its mask's style vector) is closest (cosine) to the memory."""
+    if not predictor.has_memory:
+        return "This model has no session memory: every image starts blind."
+    memory = memory_of(predictor, s)
+    if memory is None:
+        return "Preference: **no preference yet** (the first image of a session starts blind)."
+    n = min(len(s.memory), predictor.memory_window)
+    carried = f"carried from the last {n} image{'s' if n != 1 else ''} of this session"
+    if s.raters is None:
+        return f"Preference: {carried}."
+    styles = predictor.styles(to_tensor(s), s.raters)
+    cosine = styles @ memory / (np.linalg.norm(styles, axis=1) * np.linalg.norm(memory) + 1e-12)
+    return f"Preference {carried}: closest to **{s.rater_names[int(np.argmax(cosine))]}**."
+
+
 def render(predictor: Predictor, s: Session) -> Rendered:
-    """Predict from the session's clicks and draw everything the UI shows."""
-    probs = predictor.predict(to_tensor(s), s.clicks, s.box)
+    """Predict from the session's clicks (and memory) and draw everything the UI shows."""
+    probs = predictor.predict(to_tensor(s), s.clicks, s.box, memory_of(predictor, s))
     view = prediction_view(s.base, probs, s.clicks, s.box)
     n = len(s.clicks)
     summary = f"{n} click{'s' if n != 1 else ''}; {int((probs > 0.5).sum())} of {s.size}x{s.size} pixels predicted"
+    believes = belief(predictor, s)
     if s.raters is None:
         return Rendered(
             view,
             mask_png(probs),
-            f"**{s.title}**: no raters to compare with. {summary}.",
+            f"**{s.title}**: no raters to compare with. {summary}.\n\n{believes}",
             [],
             describe_clicks(s),
         )
@@ -228,6 +287,9 @@ def render(predictor: Predictor, s: Session) -> Rendered:
         f"| {name}{' ⟵' if k == best else ''} | {d:.3f} | {j:.3f} |"
         for k, (name, d, j) in enumerate(zip(s.rater_names, dices, ious))
     )
-    caption = f"**Following: {s.rater_names[best]}**. {summary}.\n\n| rater | Dice | IoU |\n|---|---|---|\n{table}"
+    caption = (
+        f"**Following: {s.rater_names[best]}**. {summary}.\n\n{believes}\n\n| rater | Dice | IoU |\n|---|---|---|\n"
+        f"{table}"
+    )
     tiles = [(comparison_view(s.thumb, probs, r), name) for r, name in zip(s.raters, s.rater_names)]
     return Rendered(view, mask_png(probs), caption, tiles, describe_clicks(s))
