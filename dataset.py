@@ -122,8 +122,10 @@ class MultiRaterDataset(Dataset):
         valid_raters: str = "present",
         dataset_name: str = "",
         options: object | None = None,
+        raters_across: str = "folder",
     ):
         self.records = records
+        self.raters_across = raters_across
         self.image_size = image_size
         self.n_raters = n_raters
         self.n_classes = n_classes
@@ -133,6 +135,12 @@ class MultiRaterDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def session_key(self, index: int) -> str:
+        """The images whose rater k is one person share this key: '' for all of them when the raters keep their
+        identity across the dataset (`raters_across` 'dataset'), else the sample's first folder (a patient, case or
+        nodule)."""
+        return "" if self.raters_across == "dataset" else _first_folder(self.records[index].name)
 
     def __getitem__(self, index: int) -> dict:
         rec, S, C = self.records[index], self.image_size, self.n_classes
@@ -154,6 +162,7 @@ class MultiRaterDataset(Dataset):
             "valid_raters": torch.from_numpy(valid),
             "name": rec.name,
             "spacing": torch.tensor([rec.spacing[0] * h / S, rec.spacing[1] * w / S], dtype=torch.float32),
+            "session": self.session_key(index),
         }
 
 
@@ -414,7 +423,8 @@ class Layout:
     the grouping by which validation is carved from the training folder. `generate` makes generated data on
     first use ((root, options) -> root); its default folder then depends on the data seed. `options`: the
     dataclass of the dataset's own settings (flags, build_dataset keywords); the reader and the generator get its
-    instance."""
+    instance. `raters_across`: 'dataset' when rater k is the same person on every image (a session memory may
+    learn from any two images), 'folder' when only within a patient / case folder."""
 
     default_path: str
     records: Callable[[Path, Any], list[Record]]
@@ -423,6 +433,7 @@ class Layout:
     val_grouping: Grouping | None = None
     generate: Callable[[Path, Any], Path] | None = None
     options: type = CarvedOptions
+    raters_across: str = "folder"
 
     def __post_init__(self):
         if ("val" in self.split_folders) == (self.val_grouping is not None):
@@ -441,6 +452,7 @@ DATASETS: dict[str, Layout] = {
         split_folders={"train": "train", "val": "val", "test": "test"},
         generate=_ensure_synthetic,
         options=SyntheticOptions,
+        raters_across="dataset",  # four styles, the same on every image
     ),
     "LIDC": Layout(
         "data/LIDC",
@@ -567,4 +579,6 @@ def build_dataset(
         raise InputError(f"{split_dir}: no slice of the {split} split has a marked lesion (keep_empty keeps them)")
     log.info("%s (%s): %d samples (%d without lesion skipped)", split_dir, split, len(kept), len(records) - len(kept))
     n_raters = max(len(rec.raters) for rec in kept)
-    return MultiRaterDataset(kept, int(image_size), n_raters, layout.n_classes, valid_raters, name, chosen)
+    return MultiRaterDataset(
+        kept, int(image_size), n_raters, layout.n_classes, valid_raters, name, chosen, layout.raters_across
+    )

@@ -18,7 +18,8 @@ from utils import InputError
 
 
 def _check_sample(sample: dict, n_raters: int, n_classes: int, size: int) -> None:
-    assert set(sample) == {"image", "multi_rater", "valid_raters", "name", "spacing"}
+    assert set(sample) == {"image", "multi_rater", "valid_raters", "name", "spacing", "session"}
+    assert sample["session"] == sample["name"].split("/")[0]  # these layouts' raters are people per folder
     assert sample["spacing"].shape == (2,) and sample["spacing"].dtype == torch.float32
     image, masks = sample["image"], sample["multi_rater"]
     assert image.shape == (3, size, size) and image.dtype == torch.float32

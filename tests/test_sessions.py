@@ -187,3 +187,12 @@ def test_session_batches_hold_pieces_of_one_group_and_every_image_once():
     assert sorted(len(p) for p in pieces).count(1) == 2
     again = list(SessionBatches(keys, batch_size=4, per_group=2, generator=torch.Generator().manual_seed(1)))
     assert again == batches
+
+
+def test_synthetic_raters_are_the_same_people_everywhere_and_lidc_raters_per_patient(synthetic_root):
+    from dataset import build_dataset
+
+    synthetic = build_dataset("synthetic", synthetic_root, "test", 32, n_train=16, n_test=8)
+    lidc = build_dataset("LIDC", synthetic_root, "test", 32)  # the same files read as LIDC crops
+    assert {synthetic[i]["session"] for i in range(len(synthetic))} == {""}
+    assert [lidc[i]["session"] for i in range(len(lidc))] == [r.name.split("/")[0] for r in lidc.records]
