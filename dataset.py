@@ -63,8 +63,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from conf import global_settings as settings
-from conf.options import declared, field_problem, option, seed_range, within
+from conf.options import declared, field_problem, non_negative, option, seed_range, within
 from pipeline.image_files import image_size_of, mask_shape_of, read_image, read_mask, resize_image, resize_mask
+from pipeline.lidc_readers import CROP_SPACING as LIDC_READERS_PIXEL_MM
+from pipeline.lidc_readers import DEFAULT_ROOT as LIDC_READERS_ROOT
+from pipeline.lidc_readers import ensure_lidc_readers, read_manifest, reader_counts
 from pipeline.synthetic import DEFAULT_ROOT as SYNTHETIC_ROOT
 from pipeline.synthetic import N_TEST, N_TRAIN, N_VAL, ensure_synthetic
 from utils import InputError, atomic_write_bytes, natural_key
@@ -417,6 +420,41 @@ class SyntheticOptions(EmptySliceOptions):
 
 
 @dataclass(frozen=True)
+class LIDCReadersOptions:
+    min_readers: int = option(
+        2,
+        "keep the nodules marked by at least this many of the scan's four readers (the others are raters with an "
+        "empty mask)",
+        check=within(1, 4),
+    )
+    slices_per_nodule: int = option(
+        0,
+        "keep this many slices of each nodule: its middle slice and the nearest ones (0: every slice a reader marks)",
+        check=non_negative,
+    )
+
+
+def _lidc_readers_records(split_dir: Path, options: LIDCReadersOptions) -> list[Record]:
+    """The crops of the nodules marked by at least `min_readers` readers (nodules.json), `slices_per_nodule` of
+    each around its middle slice, with their pixel spacing (CROP_SPACING mm)."""
+    counts = reader_counts(split_dir.parent)
+    by_nodule: dict[str, list[Record]] = {}
+    for rec in _lidc_records(split_dir):
+        nodule = _first_folder(rec.name)
+        if counts.get(nodule, 0) >= options.min_readers:
+            by_nodule.setdefault(nodule, []).append(rec)
+    spacing = (LIDC_READERS_PIXEL_MM, LIDC_READERS_PIXEL_MM)
+    kept = []
+    for records in by_nodule.values():
+        records = sorted(records, key=lambda r: natural_key(r.name))
+        k = options.slices_per_nodule or len(records)
+        middle = (len(records) - 1) / 2
+        nearest = sorted(range(len(records)), key=lambda i: (abs(i - middle), i))[:k]
+        kept += [replace(records[i], spacing=spacing) for i in sorted(nearest)]
+    return kept
+
+
+@dataclass(frozen=True)
 class Layout:
     """How a dataset lies on disk: its default folder, the reader of a folder's records (folder, options) ->
     records, the classes of its masks (1: binary), the split folder names, and either a "val" split folder or
@@ -438,6 +476,12 @@ class Layout:
     def __post_init__(self):
         if ("val" in self.split_folders) == (self.val_grouping is not None):
             raise ValueError("a layout has either a val split folder or a val_grouping to carve one")
+
+
+def _ensure_lidc_readers(root: Path, options: LIDCReadersOptions) -> Path:
+    """A build found at `root` (of every nodule, or of some patients: `python -m pipeline.lidc_readers`), else the
+    build of every nodule; -min_readers filters when reading."""
+    return root if read_manifest(root) is not None else ensure_lidc_readers(root)
 
 
 def _ensure_synthetic(root: Path, options: SyntheticOptions) -> Path:
@@ -468,6 +512,13 @@ DATASETS: dict[str, Layout] = {
         lambda d, o: _mbhseg_records(d, MBHSEG_CLASSES),
         MBHSEG_CLASSES,
         val_grouping=Grouping("case", _first_folder),
+    ),
+    "LIDC-readers": Layout(
+        LIDC_READERS_ROOT,
+        _lidc_readers_records,
+        split_folders={"train": "train", "val": "val", "test": "test"},
+        generate=_ensure_lidc_readers,
+        options=LIDCReadersOptions,
     ),
     "REFUGE": Layout(
         "data/REFUGE-Multirater",

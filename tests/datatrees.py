@@ -8,6 +8,7 @@ slice's masks are never empty unless asked for. Indices in `empty_*` / `missing_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,4 +224,19 @@ def write_two_style_tree(root: str | Path, n_train: int = 32, n_test: int = 8, s
             write_png(root / split / "images" / f"{stem}.png", (np.clip(image, 0, 1) * 255).astype(np.uint8))
             for k, offset in enumerate((-3, 3)):
                 write_png(root / split / "gt" / f"{stem}_l{k}.png", ((dist < radius + offset) * 255).astype(np.uint8))
+    return root
+
+
+def write_lidc_readers_tree(root: str | Path, readers: Sequence[int] = (4, 2, 1)) -> Path:
+    """The LIDC-readers layout without the database: LIDC-layout crops in train/val/test, one nodule folder per
+    patient (`LIDC-<p>`, p = 0, 1, 2 marked by `readers[p]` readers), nodules.json with the reader counts and a
+    manifest, as `python -m pipeline.lidc_readers` writes them (dataset.py then reads the tree as it is)."""
+    root = write_lidc_tree(root, ("train", "val", "test"), n_patients=len(readers), slices=3)
+    records = [
+        {"name": f"LIDC-{p:04d}", "split": split, "readers": n}
+        for split in ("train", "val", "test")
+        for p, n in enumerate(readers)
+    ]
+    (root / "nodules.json").write_text(json.dumps(records))
+    (root / "lidc_readers.json").write_text(json.dumps({"settings": {"generator": "a test's tree"}}))
     return root

@@ -310,3 +310,26 @@ def test_pairwise_dice_by_hand():
     empty = np.zeros((4, 4), bool)
     assert lidc_readers._pair_dice(np.stack([a, b])) == pytest.approx([2 * 2 / 6])
     assert lidc_readers._pair_dice(np.stack([a, empty, empty])) == [0.0, 0.0]  # the empty pair is left out
+
+
+@needs_database
+@pytest.mark.parametrize("min_readers, per_nodule", [(2, 3), (4, 1), (1, 0)])
+def test_the_dataset_keeps_the_nodules_of_enough_readers_and_their_middle_slices(built, min_readers, per_nodule):
+    from dataset import build_dataset
+
+    records = json.loads((built / "nodules.json").read_text())
+    for split in ("train", "test"):
+        expected = set()
+        for r in records:
+            if r["split"] == split and r["readers"] >= min_readers:
+                zs = r["slices"]  # sorted slice indices; the middle ones, lower first on a tie
+                middle = (len(zs) - 1) / 2
+                take = sorted(range(len(zs)), key=lambda i: (abs(i - middle), i))[: per_nodule or len(zs)]
+                expected |= {f"{r['name']}/z{zs[i]:03d}" for i in take}
+        data = build_dataset("LIDC-readers", built, split, 64, min_readers=min_readers, slices_per_nodule=per_nodule)
+        assert {rec.name for rec in data.records} == expected
+        if expected:
+            sample = data[0]
+            assert sample["spacing"].tolist() == [1.0, 1.0]  # 0.5 mm per crop pixel, 128 -> 64
+            assert sample["session"] == sample["name"].split("/")[0]  # a nodule: its readers are people there
+            assert sample["valid_raters"].all()  # a reader who did not mark it is an empty mask, not a missing one

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_run_args
-from datatrees import write_lidc_tree, write_mbhseg_tree, write_refuge_tree
+from datatrees import write_lidc_readers_tree, write_lidc_tree, write_mbhseg_tree, write_refuge_tree
 
 import tables
 import train
@@ -179,6 +179,7 @@ TREES = {
     "MBHSeg-Binary": write_mbhseg_tree,
     "MBHSeg-Multiclass": lambda root: write_mbhseg_tree(root, multiclass=True),
     "REFUGE": write_refuge_tree,
+    "LIDC-readers": write_lidc_readers_tree,
 }
 SMALL_SYNTHETIC = [("n_train", int, 4), ("n_val", int, 2), ("n_test", int, 2)]  # not flags: build_dataset keywords
 
