@@ -30,6 +30,7 @@ import torch
 from cfg import ARCHITECTURE_FLAGS, Setup, build_parser, given_flags, make_config, run_command
 from engine.build import build_model_from_config
 from engine.distributed import choose_device
+from interaction.validation import AUC_CLICKS
 from interaction.volume import (
     PROTOCOLS,
     CaseMemory,
@@ -40,13 +41,14 @@ from interaction.volume import (
     slice_embeddings,
     upsample,
 )
-from multirater_metrics import NOC_THRESHOLDS
+from multirater_metrics import NOC_THRESHOLDS, click_auc, surface_dice_case
 from pipeline.image_files import resize_image, resize_mask
 from utils import InputError, OneLineParser, natural_key
 from volumes.nifti import (
     case_folders,
     check_window,
     display_slice,
+    display_spacing,
     from_display,
     load_image,
     load_label,
@@ -122,6 +124,7 @@ class Case:
         self.embeddings = slice_embeddings(model, self.inputs)
         self.z = self.image.data.shape[2]
         self.height, self.width = display_slice(self.image.data, 0).shape
+        self.display_spacing = display_spacing(self.image)  # mm along the display stack's Z, rows, columns
 
     def planes(self, label: np.ndarray, cls: int | None) -> list[np.ndarray]:
         """A label volume's display planes as bool masks of class `cls` (None: any class)."""
@@ -161,10 +164,11 @@ def follow(
     case: Case, vi: VolumeInteraction, label: np.ndarray, args, rounds: int, size: int, box: bool, memory=None
 ) -> tuple:
     """One followed rater: the sessions of the track, the protocol's clicks -> (final display planes uint8, the
-    case's Dice after each click count). `memory`: a CaseMemory (a model with a session memory), fresh per rater."""
+    case's Dice and NSD (foreground, `NSD_TOLERANCE` mm) after each click count: [(clicks, Dice, NSD)]). `memory`: a
+    CaseMemory (a model with a session memory), fresh per rater."""
     sessions = sessions_of(case, vi, label, args, size, box)
     default_cls = default_class(label, args.track)
-    dice_curve: list[tuple[int, float]] = []
+    dice_curve: list[tuple[int, float, float]] = []
 
     def volume() -> list[np.ndarray]:
         by_slice: dict[int, list] = {}
@@ -188,7 +192,8 @@ def follow(
     def record(clicks: int) -> None:
         pred = np.stack(volume())
         score = (plain_dice if args.track == "binary" else challenge_dice)(pred, reference.astype(np.uint8))
-        dice_curve.append((clicks, score))
+        nsd = surface_dice_case(pred > 0, reference > 0, np.diag([*case.display_spacing, 1.0]))
+        dice_curve.append((clicks, score, nsd))
 
     if args.protocol == "marked":
         run_marked(vi, sessions, rounds, record, memory)
@@ -197,9 +202,17 @@ def follow(
     return volume(), dice_curve
 
 
-def noc(curve: list[tuple[int, float]], budget: int) -> dict[str, int]:
-    """Clicks to reach each Dice threshold (the budget when never reached)."""
-    return {f"NoC@{t:.2f}": next((c for c, d in curve if d >= t), budget) for t in NOC_THRESHOLDS}
+def noc(curve: list[tuple[int, float, float]], budget: int) -> dict[str, float]:
+    """Clicks to reach each Dice threshold (the budget when never reached); with at least AUC_CLICKS clicks, the CVPR
+    2025 challenge's DSC_AUC / NSD_AUC (trapezoid over the predictions after 1..AUC_CLICKS clicks) and DSC_Final /
+    NSD_Final (after AUC_CLICKS clicks), docs/metrics.md#interactive."""
+    out: dict[str, float] = {f"NoC@{t:.2f}": next((c for c, d, _ in curve if d >= t), budget) for t in NOC_THRESHOLDS}
+    chosen = [(d, n) for c, d, n in curve if 1 <= c <= AUC_CLICKS]
+    if len(chosen) == AUC_CLICKS:
+        scores = torch.tensor(chosen).T  # 2 x AUC_CLICKS: Dice, NSD
+        for name, row in zip(("DSC", "NSD"), scores):
+            out[f"{name}_AUC"], out[f"{name}_Final"] = float(click_auc(row[None])[0]), float(row[-1])
+    return out
 
 
 def refuse_unused_flags(argv: Sequence[str] | None) -> None:
@@ -288,7 +301,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for copy in copies:
                     copy.parent.mkdir(exist_ok=True)
                     shutil.copyfile(written, copy)
-                rows += [{"case": case.name, "followed": rater, **tag, "clicks": c, "Dice": d} for c, d in curve]
+                rows += [
+                    {"case": case.name, "followed": rater, **tag, "clicks": c, "Dice": d, "NSD": n} for c, d, n in curve
+                ]
                 counts.append({"case": case.name, "followed": rater, **tag, **noc(curve, budget)})
                 final.append(curve[-1][1])  # after the last click
             print(f"{case.name}: {len(case.raters)} raters, {case.z} slices ({time.time() - start:.1f} s)")

@@ -164,6 +164,10 @@ def test_predict_writes_a_submission_per_followed_rater_that_the_scorer_reads(tm
         assert written.get_data_dtype() == np.uint8
     clicks = [r["clicks"] for r in rows if r["followed"] == "1"]
     assert clicks == ([0, 1, 2, 3] if protocol == "budget" else [0, 1, 2])
+    # the last NSD, computed on the display stack, equals the written prediction's in the file's own geometry
+    written = nib.load(tmp_path / "out" / "follow_1" / "case_0.nii.gz").get_fdata() > 0
+    nsd = multirater_metrics.surface_dice_case(written, original.get_fdata() > 0, original.affine)
+    assert [r["NSD"] for r in rows if r["followed"] == "1"][-1] == pytest.approx(nsd, abs=1e-6)
     with (tmp_path / "out" / "interaction.csv").open() as f:
         assert {r["protocol"] for r in csv.DictReader(f)} == {protocol}
     mean = multirater_metrics.main(["-pred", str(tmp_path / "out" / "follow_1"), "-gt", str(gt)])

@@ -197,6 +197,16 @@ def display_slice(volume: np.ndarray, z: int) -> np.ndarray:
     return np.swapaxes(volume[:, :, z], 0, 1)[::-1, ::-1]
 
 
+def display_spacing(volume: Volume) -> tuple[float, float, float]:
+    """mm per element of a stack of displayed slices (Z planes of YxX, `display_slice`): the canonical Z, Y, X voxel
+    sizes, from the file's affine (the length of each file axis' column) and the reorientation."""
+    file_sizes = np.linalg.norm(np.asarray(volume.image.affine, dtype=np.float64)[:3, :3], axis=0)
+    canonical = [0.0, 0.0, 0.0]
+    for file_axis, (axis, _) in enumerate(volume.ornt):
+        canonical[int(axis)] = float(file_sizes[file_axis])
+    return canonical[2], canonical[1], canonical[0]
+
+
 def from_display(plane: np.ndarray) -> np.ndarray:
     """A YxX displayed slice back as the XxY plane of the canonical volume (the inverse of `display_slice`)."""
     return np.swapaxes(plane[::-1, ::-1], 0, 1)
