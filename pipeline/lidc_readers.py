@@ -49,9 +49,9 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from utils import InputError, OneLineParser, atomic_write_bytes, one_line, run_cli
+from utils import InputError, OneLineParser, atomic_write_bytes, file_sha256, one_line, run_cli
 
-from .lidc_database import READERS_PER_SCAN, Nodule, database_path, file_sha256, nodules_of, read_scans
+from .lidc_database import READERS_PER_SCAN, Nodule, database_path, nodules_of, read_scans
 from .lidc_image import synthesize
 from .lidc_split import SPLIT_FILE, SPLITS, read_split
 

@@ -269,6 +269,7 @@ def test_the_budget_protocol_clicks_false_positives_on_a_slice_the_rater_leaves_
     label[4:10, 4:10, 2] = 1  # slice 2: 36 voxels
     case = object.__new__(predict.Case)
     case.z, case.height, case.width = SHAPE[2], SHAPE[1], SHAPE[0]
+    case.display_spacing = (1.0, 1.0, 1.0)
     click_free = torch.zeros(SHAPE[2], size, size)
     click_free[0, 2:14, 2:14] = 1.0  # slice 0, which the rater leaves empty: 144 false-positive pixels
     truth = torch.from_numpy(predict.resize_mask(case.planes(label, None)[2], size))

@@ -18,7 +18,6 @@ folder that lacks a case the scorer is asked to score (naming the run's complete
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,19 +26,11 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from utils import InputError, atomic_write_bytes, natural_key, one_line, unusable_folder
+from utils import InputError, atomic_write_bytes, file_sha256, natural_key, one_line, unusable_folder
 
 MANIFEST = "manifest.json"
 WRITER = "predict.py"
 PREDICTION_RE = re.compile(r"(?P<case>.+?)\.nii(?P<gz>\.gz)?")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(path: Path) -> dict | None:
@@ -102,7 +93,7 @@ class RunFolder:
         folders = {}
         for folder in sorted((p for p in self.tmp.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name)):
             files = sorted((p for p in folder.iterdir() if PREDICTION_RE.fullmatch(p.name)), key=lambda p: p.name)
-            folders[folder.name] = {p.name: sha256(p) for p in files}
+            folders[folder.name] = {p.name: file_sha256(p) for p in files}
         manifest = {
             "written_by": WRITER,
             "run": dict(run),
@@ -149,7 +140,7 @@ def check_prediction_folder(pred: Path, cases: Sequence[str]) -> None:
     if missing:
         raise InputError(f"{pred / missing[0]}: written by the run {manifest_path} describes, now missing")
     for name in sorted(listed, key=natural_key):
-        if sha256(pred / name) != listed[name]:
+        if file_sha256(pred / name) != listed[name]:
             raise InputError(
                 f"{pred / name}: changed since the run {manifest_path} describes wrote it (its SHA-256 differs)"
             )
