@@ -1,125 +1,112 @@
 #!/usr/bin/env bash
-# README "Results": the default `python train.py` (LiteMedSAM, frozen encoder, 64 px, 12 epochs; best checkpoint on
-# the validation split, test split once at the end) against the baselines of the same protocol, on the built-in
-# synthetic data. The default runs once at the machine's thread count (README's own command) and three times at one
-# thread (training seeds 0, 1, 2 on data seeds 0, 1, 0): the thread count rounds floats differently, which moves a
-# run as a seed does, so the one-thread runs measure the spread and the default-thread run must fall inside it.
-# Beside them: the preference-blind model (2 runs), SPA with its own defaults on the from-scratch vit_t at the
-# default's time budget (3 seeds; through LiteMedSAM's decoder its 48 latent samples take about an hour per epoch on
-# a CPU), zero-shot LiteMedSAM and the two oracle baselines (data seeds 0 and 1).
+# docs/results.md: every run its tables come from, then the tables (assets/results/) and the page itself.
 #
-#   bash bash_results.sh                    # 1.5-2 h on 2 cores: two single-threaded jobs at a time
-#   FULL=1 bash bash_results.sh             # + the default at the machine's thread count for all 3 x 2 seeds (about
-#                                           # 1 h more): README's main row, its paired tables against the oracles
-#                                           # (readme_command_vs_*) and the thread comparison on three seeds
-#   SPA_FROM=old/logs_results bash bash_results.sh   # SPA's runs (spa/, spa_aespa_protocol/) copied from an earlier
-#                                           # output instead of trained again (30 min less); only valid while SPA's
-#                                           # code path is unchanged since (bit-exact: same machine, same threads)
-#   NO_BRANCH=dir bash bash_results.sh      # + the default against runs of the same seeds without the pixel branch
-#                                           # (e.g. commit dc560dd's logs_results/default_1thread: its default)
-#   MIRROR=dir bash bash_results.sh         # + the default against runs of the same seeds with four symmetries
-#                                           # (-augment mirror, e.g. the logs_results of commit c58c849, whose
-#                                           # default it was; paired on default/ when both have it)
+#   bash bash_results.sh                 # everything, about 4 h on 2 cores (two single-threaded jobs at a time)
+#   PARTS="synthetic sessions" bash bash_results.sh     # some parts only: synthetic sessions cases lidc
 #
-# The same thread count on the same machine gives the same files, bit for bit.
+# synthetic  `python train.py` (LiteMedSAM frozen, 64 px, 12 epochs) with the session memory (-memory style) for
+#            training seeds 0, 1, 2 on data seeds 0 and 1, without it (-memory none) for seeds 0, 1, 2 on data seed 0,
+#            the preference-blind model (-target consensus, seeds 0/0 and 1/1) and the two oracles (in sessions of 8
+#            too); one thread each; the final test of a model with memory runs both protocols
+# sessions   the memory model's checkpoints (data seed 0) again under the session protocol: memory reset at every
+#            image, the followed rater's own masks as the memory (an upper bound), a switch of rater at the 5th
+#            image
+# cases      whole cases: the synthetic NIfTI set, a model with memory trained on its slices, predict.py with and
+#            without the case memory (3 seeds)
+# lidc       LIDC-IDRI's readers (-dataset LIDC-readers, 3 middle slices per nodule, no augmentation, 1 epoch): the
+#            model with memory and the preference-blind model (3 seeds each), the blind model's paint variant, the
+#            oracles
+#
+# A job is one line of $JOBS: "<folder>/<name>|<script and flags>"; PARALLEL jobs at a time with one thread each
+# (the same files on the same machine, bit for bit). Then tables.py into assets/results/ and
+# `python -m analysis.results_page`, which rewrites the generated tables of README.md and docs/.
 set -e
 OUT=${OUT:-logs_results}
 PARALLEL=${PARALLEL:-2}
-# (sweep.py reads this file again while its jobs fill $OUT, and says so with AESPA_SWEEP_CONTINUES)
-if [ -e "$OUT" ] && [ -z "${AESPA_SWEEP_CONTINUES:-}" ]; then echo "bash_results.sh: $OUT/ exists; move it away first" >&2; exit 1; fi
-
-# Baselines (no training) and the data of both seeds, generated before any job runs beside another.
-for d in 0 1; do
-    for mode in click_editor consensus; do
-        python val.py -mode $mode -data_seed $d -exp_name ${mode}_data_seed$d -log_dir $OUT/$mode
-    done
-done
-
-# The default as README's command runs it (the machine's thread count), alone on the machine.
-SEEDS="0 0"
-[ -z "${FULL:-}" ] || SEEDS="0 0|1 0|2 0|0 1|1 1|2 1"
-IFS='|' read -ra PAIRS <<<"$SEEDS"
-for sd in "${PAIRS[@]}"; do
-    set -- $sd
-    mkdir -p $OUT/default
-    python train.py -seed $1 -data_seed $2 -exp_name default_seed$1_data$2 -log_dir $OUT/default >/dev/null \
-        2>"$OUT/default/seed$1_data$2.err"
-done
-
-# Single-threaded jobs (OMP_NUM_THREADS=1), PARALLEL at a time: folder/run|script and flags.
-JOBS=$(mktemp)
-for sd in "0 0" "1 1" "2 0"; do
-    set -- $sd
-    echo "default_1thread/seed$1_data$2|train.py -seed $1 -data_seed $2" >>"$JOBS"
-    [ -n "${SPA_FROM:-}" ] ||
-        echo "spa/seed$1_data$2|train.py -mode SPA -sam_ckpt none -epochs 2 -val_freq 1 -seed $1 -data_seed $2" >>"$JOBS"
-done
-if [ -n "${SPA_FROM:-}" ]; then cp -r "$SPA_FROM"/spa "$SPA_FROM"/spa_aespa_protocol "$OUT"/; fi
-for sd in "0 0" "1 1"; do
-    set -- $sd
-    echo "blind/seed$1_data$2|train.py -target consensus -seed $1 -data_seed $2" >>"$JOBS"
-done
-for d in 0 1; do  # the pretrained model, untrained, clicked as the others are (no box)
-    echo "zeroshot/lite_data$d|val.py -sam_ckpt lite_medsam -data_seed $d" >>"$JOBS"
-done
-tr '\n' '\0' <"$JOBS" | xargs -0 -P "$PARALLEL" -I{} bash -c '
-    name=${1%%|*}; command=${1#*|}; dir="$2/${name%%/*}"; err="$dir/${name##*/}.err"; mkdir -p "$dir"
-    OMP_NUM_THREADS=1 python $command -exp_name ${name//\//_} -log_dir "$dir" >/dev/null 2>"$err" ||
-        { echo "bash_results.sh: $name failed, see $err" >&2; exit 255; }' _ {} "$OUT"
-rm -f "$JOBS"
-
-# Evaluation variants of trained models: the editor's rule painted on the default's and the blind model's
-# predictions (the blind model + painting is the non-oracle answer a user could deploy), SPA under AESPA's protocol.
-for run in "$OUT"/default_1thread/default_1thread_seed* "$OUT"/blind/blind_seed*; do
-    name=$(basename "$run" | sed 's/_20[0-9_]*$//; s/_seed/_paint_seed/')  # seeds last: tables.py groups by the rest
-    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -paint_clicks 3 -exp_name $name \
-        -log_dir "$OUT"/$(basename "$(dirname "$run")")_paint >/dev/null
-done
-for run in $([ -n "${SPA_FROM:-}" ] || echo "$OUT"/spa/spa_seed*); do
-    OMP_NUM_THREADS=1 python val.py -weights "$run"/Model/checkpoint_best.pth -mode AESPA \
-        -exp_name "$(basename "$run" | sed 's/_20[0-9_]*$//; s/^spa_/spa_aespa_protocol_/')" -log_dir "$OUT"/spa_aespa_protocol >/dev/null
-done
-
-# Tables. The paired comparisons take the three single-threaded default runs as the default (A side).
-ROUNDS=1,2,3,4,5,6
+PARTS=${PARTS:-synthetic sessions cases lidc}
 R=assets/results
-A="$OUT"/default_1thread
-# SPA's own protocol has no followed rater (no Follow_accuracy): its own table below
-python tables.py $(ls -d "$OUT"/*/ | grep -v '/spa/$') -metrics Dice_follow,Dice_follow_nonempty,Follow_accuracy -rounds $ROUNDS -out $R
-python tables.py "$OUT"/spa -metrics Dice_follow,Dice_selected,Selected_minus_follow,Sample_spread,Empty_click_map,NoI@0.80,NoI@0.90 \
-    -rounds $ROUNDS -out $R/spa_own_protocol
-for other in blind blind_paint default_1thread_paint click_editor consensus zeroshot; do
-    for empty in all nonempty; do
-        python tables.py -compare "$A" "$OUT"/$other -rounds $ROUNDS -empty $empty -out $R/default_vs_${other}_$empty
+has() { [[ " $PARTS " == *" $1 "* ]]; }
+# (sweep.py reads this file again while its jobs fill $OUT, and says so with AESPA_SWEEP_CONTINUES)
+if [ -e "$OUT/.done_$(echo $PARTS | tr ' ' _)" ] && [ -z "${AESPA_SWEEP_CONTINUES:-}" ]; then
+    echo "bash_results.sh: $OUT/ holds these parts already; move it away first" >&2
+    exit 1
+fi
+mkdir -p "$OUT"
+
+run_jobs() {  # the lines "<folder>/<run name>|<script and flags>" of file $1, PARALLEL at a time, one thread each
+    tr '\n' '\0' <"$1" | xargs -0 -P "$PARALLEL" -I{} bash -c '
+        name=${1%%|*}; command=${1#*|}; dir="$2/$(dirname "$name")"; err="$dir/$(basename "$name").err"
+        mkdir -p "$dir"
+        OMP_NUM_THREADS=1 python $command -exp_name "$(basename "$name")" -log_dir "$dir" >/dev/null 2>"$err" ||
+            { echo "bash_results.sh: $name failed, see $err" >&2; exit 255; }' _ {} "$OUT"
+}
+best() { echo "$OUT"/$1_*/Model/checkpoint_best.pth; }  # the best checkpoint of run <folder>/<run name>
+ROUNDS=1,2,3,4,5,6
+JOBS=$(mktemp)
+
+if has synthetic; then
+    for d in 0 1; do  # the data of both seeds first, then the trainings beside each other
+        python val.py -mode consensus -data_seed $d -session_length 8 -exp_name consensus_data$d \
+            -log_dir $OUT/consensus/data$d >/dev/null
+        python val.py -mode click_editor -data_seed $d -session_length 8 -exp_name click_editor_data$d \
+            -log_dir $OUT/click_editor/data$d >/dev/null
+        for s in 0 1 2; do
+            echo "memory/data$d/memory_seed${s}_data$d|train.py -memory style -seed $s -data_seed $d" >>"$JOBS"
+            [ $d = 1 ] || echo "no_memory/data$d/no_memory_seed${s}_data$d|train.py -memory none -session_length 8 -seed $s -data_seed $d" >>"$JOBS"
+        done
+        echo "blind/data$d/blind_seed${d}_data$d|train.py -memory none -target consensus -seed $d -data_seed $d" >>"$JOBS"
     done
-done
-# the README command at the machine's thread count against the same seeds at one thread (every seed pair run at both)
-THREAD_SEEDS="0 0"
-[ -z "${FULL:-}" ] || THREAD_SEEDS="0 0|1 1|2 0"
-IFS='|' read -ra PAIRS <<<"$THREAD_SEEDS"
-for sd in "${PAIRS[@]}"; do
-    set -- $sd
-    python tables.py -compare "$OUT"/default/default_seed$1_data$2_* "$A"/default_1thread_seed$1_data$2_* -rounds $ROUNDS \
-        -out $R/threads_seed$1_data$2
-done
-if [ -n "${FULL:-}" ]; then  # README's command over all six seed pairs against the oracles (A side: $OUT/default)
-    for other in click_editor consensus; do
-        for empty in all nonempty; do
-            python tables.py -compare "$OUT"/default "$OUT"/$other -rounds $ROUNDS -empty $empty \
-                -out $R/readme_command_vs_${other}_$empty
+    run_jobs "$JOBS" && : >"$JOBS"
+fi
+
+if has sessions; then
+    for s in 0 1 2; do
+        ckpt=$(best memory/data0/memory_seed${s}_data0)
+        for memory in none oracle; do
+            echo "sessions_$memory/sessions_${memory}_seed${s}_data0|val.py -weights $ckpt -session_memory $memory" >>"$JOBS"
+        done
+        echo "sessions_switch/sessions_switch_seed${s}_data0|val.py -weights $ckpt -session_switch 5" >>"$JOBS"
+    done
+    run_jobs "$JOBS" && : >"$JOBS"
+fi
+
+if has cases; then
+    CASES=$OUT/cases
+    python -m volumes.synthetic $CASES/raw >/dev/null
+    python process_mbhseg.py --src $CASES/raw --dst $CASES/slices >/dev/null
+    for s in 0 1 2; do
+        echo "cases_models/cases_seed$s|train.py -sam_ckpt none -dataset MBHSeg-Binary -data_path $CASES/slices/MBHSeg-Binary -memory style -epochs 5 -seed $s" >>"$JOBS"
+    done
+    run_jobs "$JOBS" && : >"$JOBS"
+    for s in 0 1 2; do
+        for memory in model none oracle; do
+            OMP_NUM_THREADS=1 python predict.py -weights "$(best cases_models/cases_seed$s)" -data_path $CASES/raw/test \
+                -out $CASES/predict_${memory}_seed$s -session_memory $memory >/dev/null
         done
     done
 fi
-python tables.py -compare "$A" "$OUT"/spa_aespa_protocol -rounds 2,3,4,5,6 -out $R/default_vs_spa
-python tables.py -gain "$OUT"/spa -rounds 1,6 -out $R/spa_gain
-python tables.py -gain "$A" -rounds 1,6 -out $R/default_gain
-if [ -n "${NO_BRANCH:-}" ]; then  # the pixel branch's effect, paired on the same seeds
-    for empty in all nonempty; do
-        python tables.py -compare "$A" "$NO_BRANCH" -rounds $ROUNDS -empty $empty -out $R/default_vs_no_branch_$empty
+
+if has lidc; then
+    LIDC="-dataset LIDC-readers -slices_per_nodule 3 -augment none -epochs 1 -noc_clicks 0"
+    python -m pipeline.lidc_readers --dst data/LIDC-readers >/dev/null  # (built once; 2-3 minutes)
+    python val.py -mode consensus $(echo $LIDC | sed 's/-augment none -epochs 1//') -exp_name lidc_consensus \
+        -log_dir $OUT/lidc_consensus >/dev/null
+    python val.py -mode click_editor $(echo $LIDC | sed 's/-augment none -epochs 1//') -exp_name lidc_click_editor \
+        -log_dir $OUT/lidc_click_editor >/dev/null
+    for s in 0 1 2; do
+        echo "lidc_memory/lidc_memory_seed$s|train.py $LIDC -memory style -seed $s" >>"$JOBS"
+        echo "lidc_blind/lidc_blind_seed$s|train.py $LIDC -memory none -target consensus -seed $s" >>"$JOBS"
     done
-fi
-if [ -n "${MIRROR:-}" ]; then  # the augmentation's effect: all eight symmetries (the default) against four, paired
-    for side in default_1thread $([ -n "${FULL:-}" ] && [ -d "$MIRROR"/default ] && echo default); do
-        python tables.py -compare "$OUT"/$side "$MIRROR"/$side -rounds $ROUNDS -out $R/${side}_vs_mirror
+    run_jobs "$JOBS" && : >"$JOBS"
+    for s in 0 1 2; do  # the editor's disks painted on the blind model: the deployable non-oracle answer
+        echo "lidc_blind_paint/lidc_blind_paint_seed$s|val.py -weights $(best lidc_blind/lidc_blind_seed$s) -paint_clicks 3 -noc_clicks 0" >>"$JOBS"
+        echo "lidc_sessions_none/lidc_sessions_none_seed$s|val.py -weights $(best lidc_memory/lidc_memory_seed$s) -session_memory none" >>"$JOBS"
     done
+    run_jobs "$JOBS" && : >"$JOBS"
 fi
+rm -f "$JOBS"
+touch "$OUT/.done_$(echo $PARTS | tr ' ' _)"
+
+# --- tables ---------------------------------------------------------------------------------------------------
+python -m analysis.results_tables "$OUT" "$R" $PARTS
+python -m analysis.results_page

@@ -21,7 +21,7 @@ from torch import nn
 
 from interaction.clicks import ClickState, paint_clicks
 from interaction.mode import Mode, Optimiser, RunSettings, Selection, User
-from models import AESPAModel, Decoded, Prompts, mean_memory, responsibilities
+from models import STYLE_CONTRAST_WEIGHT, AESPAModel, Decoded, Prompts, mean_memory, responsibilities, style_contrast
 from multirater_metrics import dice, personalised_metrics, set_metrics
 from pipeline.batch import Batch
 
@@ -203,25 +203,33 @@ def image_embedding(model: AESPAModel, batch: Batch) -> torch.Tensor:
 
 
 class TrainingMemory:
-    """The simulated sessions' memories of a training batch (`User.memory_context`): the style vectors of the
-    (image, rater) masks the rows' memories are made of, computed with gradients in the first round — where the
-    memory is all the model knows of the user — and reused, detached, by the later rounds (one style-encoder pass
-    per batch). `weights` PxBxR."""
+    """The simulated sessions' memories of a training batch (`User.memory_context`, weights PxBxR over the batch's
+    (image, rater) masks). In the first round — where the memory is all the model knows of the user — the style
+    vectors of every valid, non-empty mask are computed with gradients: the rows' memories are made of them, and
+    `style_contrast` (one rater's masks on different images of a group alike, the other raters' apart) is added to
+    that round's loss; the later rounds reuse them, detached (one style-encoder pass per batch)."""
 
-    def __init__(self, weights: torch.Tensor) -> None:
-        flat = weights.flatten(1)  # Px(B*R)
-        self.used = (flat.sum(0) > 0).nonzero()[:, 0]
-        self.weights, self.n_raters = flat[:, self.used], weights.shape[2]
+    def __init__(self, weights: torch.Tensor, batch: Batch) -> None:
+        b, r = batch.valid.shape
+        masks = batch.raters.flatten(2).gt(0.5).any(2)  # BxR: marks something
+        self.pairs = ((batch.valid & masks) | (weights.sum(0) > 0)).flatten().nonzero()[:, 0]  # (image, rater) used
+        self.weights, self.n_raters = weights.flatten(1)[:, self.pairs], r
+        codes = batch.session_codes()
+        image, rater = self.pairs // r, self.pairs % r
+        contrasted = (batch.valid & masks).flatten()[self.pairs]
+        self.labels = torch.where(contrasted, codes[image] * r + rater, -1 - torch.arange(len(self.pairs)))
         self.styles: torch.Tensor | None = None
+        self.contrast: torch.Tensor | None = None
 
     def shift(self, model: AESPAModel, batch: Batch) -> torch.Tensor:
-        """The rows' token shifts Px2xD for this round."""
+        """The rows' shifts Px(2C + 2C/8) for this round (the first round also sets `contrast`)."""
         if self.styles is None:
-            image, rater = self.used // self.n_raters, self.used % self.n_raters
+            image, rater = self.pairs // self.n_raters, self.pairs % self.n_raters
             self.styles = model.memory.styles(batch.images[image], batch.raters[image, rater])
+            self.contrast = style_contrast(self.styles, self.labels)
             styles = self.styles
         else:
-            styles = self.styles.detach()
+            styles, self.contrast = self.styles.detach(), None
         return model.memory.shift(*mean_memory(styles, self.weights.to(styles.dtype)))
 
 
@@ -233,7 +241,7 @@ def train_batch(
     values per round."""
     user = mode.user(batch, cfg.loop, cfg.options, "train")
     context = None if model.memory is None else user.memory_context(batch.session_codes())
-    memory = None if context is None else TrainingMemory(context)
+    memory = None if context is None else TrainingMemory(context, batch)
     state = RoundState.for_user(user, batch.images.shape[-1], batch.images.device)
     rows = []
     for _ in range(cfg.loop.clicks):
@@ -246,6 +254,8 @@ def train_batch(
                 prompts.memory_shift = memory.shift(model, batch)
             decoded = model.decode_round(embedding, prompts, eps)
             loss = bce_loss(decoded.logits.mean(1), user.target)
+            if memory is not None and memory.contrast is not None:
+                loss = loss + STYLE_CONTRAST_WEIGHT * memory.contrast
         stepper.step(loss)
 
         selection = user.select(decoded.detach())

@@ -17,7 +17,7 @@ from .build import (
 from .checkpoint import CheckpointError, LoadReport, load_weights, read_checkpoint, unwrap_state_dict
 from .preference import FUSION_LAYOUTS, mixture_latent, responsibilities
 from .sam import Sam
-from .session_memory import MEMORY_KINDS, mean_memory
+from .session_memory import MEMORY_KINDS, STYLE_CONTRAST_WEIGHT, mean_memory, style_contrast
 
 __all__ = [
     "AESPAModel",
@@ -43,6 +43,8 @@ __all__ = [
     "FUSION_LAYOUTS",
     "MEMORY_KINDS",
     "mean_memory",
+    "style_contrast",
+    "STYLE_CONTRAST_WEIGHT",
     "mixture_latent",
     "responsibilities",
     "Sam",

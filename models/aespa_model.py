@@ -29,7 +29,7 @@ MIXTURE_BUFFERS = ("mixture_weights", "mixture_means", "mixture_variances")
 @dataclass
 class Prompts:
     """The prompt side of a round: sparse BxNxD and dense BxDxGxG embeddings, the mixture BxK each, and the
-    session memory's token shift Bx2xD (None: a model without memory, or no memory given)."""
+    session memory's shift Bx(2D + 2D/8) (None: a model without memory, or no memory given)."""
 
     sparse: torch.Tensor
     dense: torch.Tensor
@@ -182,7 +182,7 @@ class AESPAModel(Sam):
         memory_shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Fuse the latent into the SAM embedding and decode: embedding BxCxGxG, z BxL, the pixel branch's
-        features Bx(D/8)x4Gx4G (optional), the memory's token shift Bx2xD (optional) -> low-res logits Bx1x4Gx4G."""
+        features Bx(D/8)x4Gx4G (optional), the memory's shift Bx(2D + 2D/8) (optional) -> low-res logits Bx1x4Gx4G."""
         fused = self.fcomb(embedding, z)
         multimask = self.multimask_output > 1
         pe = self.prompt_encoder.get_dense_pe()

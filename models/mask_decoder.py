@@ -26,6 +26,13 @@ class MLP(nn.Module):
         return x
 
 
+def memory_effect(shift: torch.Tensor, width: int) -> tuple[torch.Tensor, ...]:
+    """A session memory's shift Bx(2C + 2C/8) (C = `width`) -> its four parts: the mask tokens' shift before and
+    after the transformer (BxC each), the mask features' scale and offset (Bx(C/8) each)."""
+    c8 = width // 8
+    return tuple(shift.split([width, width, c8, c8], dim=1))
+
+
 class MaskDecoder(nn.Module):
     """Predicts low-resolution mask logits Bx(1|M)x4Gx4G and their IoU scores from embeddings and prompts."""
 
@@ -62,14 +69,13 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
         pixel_features: torch.Tensor | None = None,
-        token_shift: torch.Tensor | None = None,
+        memory_shift: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings BxCxGxG, image_pe 1xCxGxG, sparse BxNxC, dense BxCxGxG, pixel_features Bx(C/8)x4Gx4G
-        (optional, added to the upscaled embedding the mask tokens read), token_shift Bx2xC (optional, a session's
-        memory: added to the mask tokens before and after the transformer) -> masks Bx(1 or 3)x4Gx4G logits,
-        iou Bx(1 or 3)."""
+        (optional, added to the upscaled embedding the mask tokens read), memory_shift Bx(2C + 2C/8) (optional, a
+        session's memory, `memory_effect`) -> masks Bx(1 or 3)x4Gx4G logits, iou Bx(1 or 3)."""
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, pixel_features, token_shift
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, pixel_features, memory_shift
         )
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
@@ -81,7 +87,7 @@ class MaskDecoder(nn.Module):
         sparse: torch.Tensor,
         dense: torch.Tensor,
         pixel_features: torch.Tensor | None = None,
-        token_shift: torch.Tensor | None = None,
+        memory_shift: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b = image_embeddings.shape[0]
         if sparse.shape[0] != b or dense.shape[0] != b:
@@ -90,10 +96,11 @@ class MaskDecoder(nn.Module):
             )
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)  # (1+T)xC
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)  # Bx(1+T+N)xC
-        if token_shift is not None:
+        memory = None if memory_shift is None else memory_effect(memory_shift.to(tokens.dtype), tokens.shape[-1])
+        if memory is not None:
             mask_slots = torch.zeros_like(tokens[0, :, :1])  # (1+T+N)x1: 1 at the mask tokens
             mask_slots[1 : 1 + self.num_mask_tokens] = 1
-            tokens = tokens + mask_slots * token_shift[:, :1].to(tokens.dtype)
+            tokens = tokens + mask_slots * memory[0][:, None]
         src = image_embeddings + dense
         pos_src = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape
@@ -101,12 +108,14 @@ class MaskDecoder(nn.Module):
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]  # BxTxC
-        if token_shift is not None:
-            mask_tokens_out = mask_tokens_out + token_shift[:, 1:].to(mask_tokens_out.dtype)
+        if memory is not None:
+            mask_tokens_out = mask_tokens_out + memory[1][:, None]
 
         upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # Bx(C/8)x4Gx4G
         if pixel_features is not None:
             upscaled = upscaled + pixel_features
+        if memory is not None:  # per-channel scale and offset of the mask features the hypernetwork scores
+            upscaled = upscaled * (1 + memory[2][:, :, None, None]) + memory[3][:, :, None, None]
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )  # BxTx(C/8)

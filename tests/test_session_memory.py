@@ -78,3 +78,15 @@ def test_mean_memory_by_hand(weights, expected, has):
     memory, got_has = mean_memory(styles, torch.tensor(weights))
     torch.testing.assert_close(memory, torch.tensor(expected))
     assert got_has.tolist() == has
+
+
+def test_the_style_contrast_by_hand():
+    from models import style_contrast
+
+    # two raters' vectors: rater 0 at angle 0 and ~0, rater 1 at 90 degrees; temperature 1 for easy numbers
+    styles = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    loss = style_contrast(styles, torch.tensor([0, 0, 1]), temperature=1.0)
+    # vector 0: positives {1}: -log(e^1 / (e^1 + e^0)); vector 1 the same; vector 2 has no positive (left out)
+    expected = -torch.log(torch.tensor(torch.e / (torch.e + 1.0)))
+    torch.testing.assert_close(loss, expected)
+    assert style_contrast(styles, torch.tensor([0, 1, 2])) == 0  # no pair of one rater
