@@ -12,6 +12,8 @@ Kinds (arguments are shell-quoted words):
     compare DIR... [empty=all|nonempty|empty] [metric=Dice_follow] [names="A - B,..."]
         from each DIR/compare.csv (tables.py -compare): one row per comparison, per click count the mean paired
         difference with its 95 % interval
+    sessions DIR [rows=a,b] [cols=M@r,...] [head="h1,h2"] [positions=1-8] [labels=FILE]
+        from DIR/sessions.csv (tables.py -positions): one row per configuration and position
     include FILE
         the file's text as it is (e.g. a gain.md)
 Below a table or comparison, the provenance line of DIR/provenance.json (command, commit, machine, seeds) when the
@@ -122,6 +124,31 @@ def render_table(root: Path, args: list[str], opts: dict[str, str]) -> str:
     return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
 
 
+def render_sessions(root: Path, args: list[str], opts: dict[str, str]) -> str:
+    folder = root / args[0]
+    rows = _read_csv(folder / "sessions.csv")
+    names = opts["rows"].split(",") if "rows" in opts else list(dict.fromkeys(r["configuration"] for r in rows))
+    wanted = None
+    if "positions" in opts:
+        first, _, last = opts["positions"].partition("-")
+        wanted = set(range(int(first), int(last or first) + 1))
+    cols = _columns(opts["cols"]) if "cols" in opts else [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")]
+    head = opts["head"].split(",") if "head" in opts else cols
+    if len(head) != len(cols):
+        raise InputError(f"generated sessions {args[0]}: {len(head)} headings for {len(cols)} columns")
+    labels = _labels(root, opts)
+    lines = ["| configuration | image | n | " + " | ".join(head) + " |", "|---|---:|---:|" + "---:|" * len(cols)]
+    for name in names:
+        mine = [r for r in rows if r["configuration"] == name and (wanted is None or int(r["position"]) in wanted)]
+        if not mine:
+            raise InputError(f"{folder / 'sessions.csv'}: no configuration {name}")
+        for row in mine:
+            cells = _table_row(row, cols)
+            lines.append(f"| {labels.get(name, name)} | {row['position']} | {row['n']} | " + " | ".join(cells) + " |")
+    note = provenance(folder)
+    return "\n".join(lines) + ("\n\n" + note if note else "") + "\n"
+
+
 def _signed(x: float) -> str:
     return f"{x:+.{DIGITS}f}".replace("-", "−")
 
@@ -157,7 +184,7 @@ def render_include(root: Path, args: list[str], opts: dict[str, str]) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-KINDS = {"table": render_table, "compare": render_compare, "include": render_include}
+KINDS = {"table": render_table, "sessions": render_sessions, "compare": render_compare, "include": render_include}
 
 
 def render_block(root: Path, spec: str) -> str:

@@ -382,7 +382,9 @@ def test_every_layout_has_a_val_split():
 
 
 def test_unknown_names_and_options(tmp_path):
-    message = _input_error("synthetic, LIDC, MBHSeg-Binary, MBHSeg-Multiclass, REFUGE", "lidc", tmp_path, "train", 16)
+    message = _input_error(
+        "synthetic, LIDC, MBHSeg-Binary, MBHSeg-Multiclass, LIDC-readers, REFUGE", "lidc", tmp_path, "train", 16
+    )
     assert "lidc" in message
     root = write_lidc_tree(tmp_path / "LIDC", n_patients=1, slices=1, size=8)
     _input_error("train, val, test", "LIDC", root, "dev", 16)

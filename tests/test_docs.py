@@ -105,3 +105,16 @@ def test_commands_are_found_in_blocks_continuations_and_inline_code():
         ["val.py", "-weights", "W"],
         ["train.py", "-b", "4"],
     ]
+
+
+def test_a_sessions_block_shows_each_position_of_the_rows_asked(tmp_path: Path):
+    folder = tmp_path / "assets" / "s"
+    folder.mkdir(parents=True)
+    (folder / "sessions.csv").write_text(
+        "configuration,position,n,Dice_follow@1_mean,Dice_follow@1_std\n"
+        "mem,1,3,0.7,0.01\nmem,2,3,0.8,0.02\nmem,3,3,0.85,0.03\nreset,1,3,0.7,0.01\n"
+    )
+    text = '<!-- generated: sessions assets/s rows=mem positions=2-3 head="first" -->\n<!-- end -->\n'
+    got = render_document(tmp_path, text)
+    assert "| mem | 2 | 3 | 0.800 ± 0.020 |" in got and "| mem | 3 | 3 | 0.850 ± 0.030 |" in got
+    assert "| mem | 1 |" not in got and "reset" not in got
