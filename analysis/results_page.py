@@ -65,11 +65,15 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _columns(spec: str) -> list[str]:
-    """'Dice_follow@1-3,Follow_accuracy@6' -> Dice_follow@1, @2, @3, Follow_accuracy@6."""
+    """'Dice_follow@1-3,Follow_accuracy@6,DSC_AUC,NoC@0.85' -> Dice_follow@1, @2, @3, Follow_accuracy@6, and the
+    per-run columns as they are (no round: DSC_AUC; a family member: NoC@0.85)."""
     out = []
     for item in spec.split(","):
         name, _, rounds = item.rpartition("@")
         first, _, last = rounds.partition("-")
+        if not (name and first.isdigit() and (not last or last.isdigit())):
+            out.append(item)
+            continue
         out += [f"{name}@{r}" for r in range(int(first), int(last or first) + 1)]
     return out
 

@@ -88,9 +88,10 @@ def compare(runs: Path, dest: Path, part: str, a: str, b: str, rounds: str = ROU
 
 def synthetic(runs: Path, results: Path) -> None:
     table(runs, results / "synthetic", "synthetic", ["memory", "no_memory", "blind", "consensus", "click_editor"])
-    for other in ("no_memory", "click_editor", "consensus", "blind"):
-        b = f"{other}/data0"
-        compare(runs, results / f"synthetic_memory_vs_{other}", "synthetic", "memory/data0", b)
+    for a in ("memory", "no_memory"):
+        for other in ("no_memory", "click_editor", "consensus", "blind"):
+            if other != a:
+                compare(runs, results / f"synthetic_{a}_vs_{other}", "synthetic", f"{a}/data0", f"{other}/data0")
 
 
 def sessions(runs: Path, results: Path) -> None:
@@ -150,10 +151,13 @@ def cases(runs: Path, results: Path) -> None:
 
 def lidc(runs: Path, results: Path) -> None:
     part = "lidc"
-    names = ["lidc_memory", "lidc_blind", "lidc_blind_paint", "lidc_consensus", "lidc_click_editor"]
+    names = ["lidc_no_memory", "lidc_memory", "lidc_blind", "lidc_blind_paint", "lidc_consensus", "lidc_click_editor"]
     table(runs, results / "lidc", part, names)
-    for other in ("lidc_blind", "lidc_click_editor", "lidc_blind_paint", "lidc_consensus"):
-        compare(runs, results / f"lidc_memory_vs_{other.removeprefix('lidc_')}", part, "lidc_memory", other)
+    for a in ("lidc_no_memory", "lidc_memory"):
+        for other in ("lidc_no_memory", "lidc_blind", "lidc_click_editor", "lidc_blind_paint", "lidc_consensus"):
+            if other != a:
+                name = f"{a}_vs_{other.removeprefix('lidc_')}"
+                compare(runs, results / name, part, a, other)
     dest = results / "lidc_sessions"
     names = ["lidc_memory", "lidc_sessions_none", "lidc_click_editor"]
     make_session_table(

@@ -118,3 +118,16 @@ def test_a_sessions_block_shows_each_position_of_the_rows_asked(tmp_path: Path):
     got = render_document(tmp_path, text)
     assert "| mem | 2 | 3 | 0.800 ± 0.020 |" in got and "| mem | 3 | 3 | 0.850 ± 0.030 |" in got
     assert "| mem | 1 |" not in got and "reset" not in got
+
+
+def test_column_specs_expand_round_ranges_and_keep_per_run_columns():
+    from analysis.results_page import _columns
+
+    assert _columns("Dice_follow@1-3,Follow_accuracy@6,DSC_AUC,NoC@0.85") == [
+        "Dice_follow@1",
+        "Dice_follow@2",
+        "Dice_follow@3",
+        "Follow_accuracy@6",
+        "DSC_AUC",
+        "NoC@0.85",
+    ]
