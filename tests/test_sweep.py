@@ -109,16 +109,16 @@ def test_the_projects_sweep_files_are_read_as_they_are(tmp_path):
     ]
     out = tmp_path / "results"
     results = read_jobs("bash_results.sh", {"OUT": str(out)})
-    # synthetic: 4 oracle evaluations, 6 with memory, 3 without, 2 blind; sessions: 3 seeds x (reset, oracle,
-    # switch); cases: 3 trainings; lidc: 2 oracles, 3 x (memory, blind), 3 x (blind + paint, memory reset). The
-    # sessions' and the paint lines wait for the runs whose checkpoints they read
-    assert len(results.jobs) == (4 + 6 + 3 + 2) + 9 + 3 + (2 + 6 + 6)
+    # synthetic: 4 oracle evaluations, 6 without memory, 3 with, 2 blind; sessions: 3 seeds x (reset, oracle,
+    # switch); cases: 3 trainings; lidc: 2 oracles, 3 x (no memory, memory, blind), 3 x (blind + paint, memory
+    # reset). The sessions' and the paint lines wait for the runs whose checkpoints they read
+    assert len(results.jobs) == (4 + 6 + 3 + 2) + 9 + 3 + (2 + 9 + 6)
     waiting = [Job.of_call(c, tmp_path, str(ROOT)).waits_for() for c in results.jobs]
     assert sum(w is not None for w in waiting) == 9 + 6
     assert dict(results.jobs[0].env) == {} and dict(results.jobs[4].env) == {"OMP_NUM_THREADS": "1"}  # kept
     with pytest.raises(InputError, match="move it away first"):  # a second plain reading: the file's guard
         read_jobs("bash_results.sh", {"OUT": str(out)})
-    assert len(read_jobs("bash_results.sh", {"OUT": str(out), "AESPA_SWEEP_CONTINUES": "1"}).jobs) == 41
+    assert len(read_jobs("bash_results.sh", {"OUT": str(out), "AESPA_SWEEP_CONTINUES": "1"}).jobs) == 44
 
 
 def test_slots():
